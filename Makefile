@@ -1,0 +1,54 @@
+# iiot-gateway — `make run` and `make test` are the two commands that matter.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUNDIR := .run
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint install deps firmware bench soak fuzz clean services-stop
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lint]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests and `make run` need (installed only when missing).
+deps:
+	ops/install-deps.sh
+
+run: install
+	ops/services.sh start $(RUNDIR) 1883 8428
+	@echo
+	@echo "  Watch MQTT:      mosquitto_sub -v -t 'iiot/#'"
+	@echo "  Watch the TSDB:  curl -s 'http://127.0.0.1:8428/api/v1/export?match[]={node=~\".+\"}'"
+	@echo "  Buffers:         $(BIN)/gateway buffer stats --buffer-dir $(RUNDIR)/buffer"
+	@echo "  Stop:            Ctrl-C (then: make services-stop)"
+	@echo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gateway run --config ops/local.toml --buffer-dir $(RUNDIR)/buffer
+
+services-stop:
+	ops/services.sh stop $(RUNDIR)
+
+test: install deps
+	$(MAKE) -C firmware all test
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy gateway
+
+bench: install deps
+	$(BIN)/python -m bench
+
+fuzz: install
+	FUZZ_EXAMPLES=2000000 $(BIN)/pytest -q tests/test_fuzz.py
+
+soak: install deps
+	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py
+
+clean:
+	rm -rf $(VENV) $(RUNDIR) firmware/build .pytest_cache .mypy_cache .ruff_cache

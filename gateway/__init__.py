@@ -1,0 +1,3 @@
+"""iiot-gateway: Node 2 LoRa telemetry to MQTT and InfluxDB through disk buffers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""The ``gateway`` command line: run, simulate, check, buffer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from gateway import __version__
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway")
+
+EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Log to stderr: plain lines (journald adds its own time stamps) or JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiomqtt/paho chatter is ours to summarise, not to repeat.
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, buffer_dir=getattr(args, "buffer_dir", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``gateway run``: the daemon."""
+    from gateway.supervisor import Gateway
+
+    cfg = _load(args)
+    trio.run(Gateway(cfg).run)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``gateway simulate``: firmware-format lines on stdout."""
+    from gateway import simulate
+
+    return simulate.run(interval=args.interval, count=args.count, seed=args.seed)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``gateway check``: validate config and reach broker and database."""
+    from gateway.check import check
+
+    cfg = _load(args)
+    return trio.run(check, cfg)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    """``gateway buffer stats|export``: what is waiting on disk."""
+    from gateway.buffer import DiskBuffer, buffer_path
+    from gateway.influx_sink import point_time_ns
+    from gateway.mqtt_sink import split_record
+
+    buffer_dir = args.buffer_dir
+    if buffer_dir is None:
+        buffer_dir = _load(args).gateway.buffer_dir
+    sinks = [args.sink] if getattr(args, "sink", None) else ["mqtt", "influx"]
+    now = time.time_ns()
+    report = {}
+    for sink in sinks:
+        path = buffer_path(buffer_dir, sink)
+        if not path.exists():
+            report[sink] = {"records": 0, "bytes": 0, "oldest_age_seconds": None}
+            continue
+        buf = DiskBuffer(path, max_records=2**62, name=sink)
+        try:
+            if args.action == "export":
+                for rec in buf.iter_all():
+                    if sink == "mqtt":
+                        ns, topic, payload = split_record(rec.value)
+                        line = json.dumps({"received_ns": ns, "topic": topic, "payload": payload})
+                    else:
+                        line = rec.value
+                    sys.stdout.write(line + "\n")
+                continue
+            stats = buf.stats()
+            first = buf._peek_sync(1)  # noqa: SLF001 - blocking read is fine in the CLI
+            oldest = None
+            if first:
+                ns = split_record(first[0].value)[0] if sink == "mqtt" else point_time_ns(
+                    first[0].value
+                )
+                oldest = round((now - ns) / 1e9, 3)
+            report[sink] = {
+                "records": stats["records"],
+                "bytes": stats["bytes"],
+                "oldest_age_seconds": oldest,
+            }
+        finally:
+            buf.close()
+    if args.action == "stats":
+        dead = Path(buffer_dir) / "dead-letter" / "influx.lp"
+        dead_count = 0
+        if dead.exists():
+            with open(dead, "rb") as f:
+                dead_count = sum(1 for _ in f)
+        report["dead_letter"] = {"influx": dead_count}
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for sink, row in report.items():
+                print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gateway`` command."""
+    p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", help="config file (default $GATEWAY_CONFIG or ./config.toml)")
+    run.add_argument("--buffer-dir", help="override [gateway] buffer_dir")
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("simulate", help="print simulated Node 2 lines")
+    sim.add_argument("--interval", type=float, default=1.0, help="seconds between lines")
+    sim.add_argument("--count", type=int, default=None, help="stop after N lines")
+    sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
+    sim.set_defaults(func=cmd_simulate)
+
+    chk = sub.add_parser("check", help="validate config and reach broker + database")
+    chk.add_argument("--config")
+    chk.set_defaults(func=cmd_check)
+
+    buf = sub.add_parser("buffer", help="inspect the disk buffers")
+    buf.add_argument("action", choices=["stats", "export"])
+    buf.add_argument("--config")
+    buf.add_argument("--buffer-dir")
+    buf.add_argument("--sink", choices=["mqtt", "influx"])
+    buf.add_argument("--json", action="store_true", help="stats as JSON")
+    buf.set_defaults(func=cmd_buffer)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -1,0 +1,358 @@
+"""Configuration: TOML → frozen dataclasses, strictly.
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the dotted key,
+so a typo in the field is reported at start-up rather than silently ignored.
+Secrets (MQTT password, InfluxDB token) come from files or the environment and
+never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "config.toml"
+CONFIG_ENV = "GATEWAY_CONFIG"
+MQTT_PASSWORD_ENV = "GATEWAY_MQTT_PASSWORD"
+INFLUX_TOKEN_ENV = "GATEWAY_INFLUXDB_TOKEN"
+
+DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
+DEFAULT_MQTT_BUFFER_MAX = 1000
+DEFAULT_INFLUX_BUFFER_MAX = 100_000
+DEFAULT_BATCH_SIZE = 10
+DEFAULT_FLUSH_INTERVAL = 1.0
+DEFAULT_STALL_TIMEOUT = 60.0
+DEFAULT_MAX_LINE_BYTES = 65536
+
+DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
+    "temperature": (-40.0, 85.0),
+    "humidity": (0.0, 100.0),
+    "pressure": (300.0, 1100.0),
+    "rssi": (-150.0, 0.0),
+    "snr": (-30.0, 30.0),
+}
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``: identity and buffer storage."""
+
+    id: str = "gw-01"
+    buffer_dir: str = DEFAULT_BUFFER_DIR
+    # "full": SQLite synchronous=FULL, a commit survives power loss.
+    # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
+    durability: Literal["full", "normal"] = "full"
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    """``[source]``: where telemetry lines come from."""
+
+    kind: Literal["command", "stdin", "file", "serial"] = "command"
+    command: tuple[str, ...] = (
+        "probe-rs",
+        "attach",
+        "--chip",
+        "STM32F446RETx",
+        "firmware/build/nucleo-f446re/node2.elf",
+    )
+    path: str = ""
+    rate: float = 0.0
+    port: str = "/dev/ttyACM0"
+    baud: int = 115200
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    restart_initial: float = 1.0
+    restart_max: float = 30.0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """``[mqtt]``: the broker, topics and the MQTT buffer bound."""
+
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = "iiot-gateway-gw-01"
+    topic_prefix: str = "iiot"
+    qos: int = 1
+    retain: bool = True
+    keepalive: int = 30
+    username: str = ""
+    password_file: str = ""
+    buffer_max_messages: int = DEFAULT_MQTT_BUFFER_MAX
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Resolved secret; never printed (repr=False).
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class InfluxSection:
+    """``[influxdb]``: the database, batching and the point buffer bound."""
+
+    url: str = "http://localhost:8086"
+    org: str = "my-org"
+    bucket: str = "telemetry"
+    token_file: str = ""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    buffer_max_points: int = DEFAULT_INFLUX_BUFFER_MAX
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    timeout: float = 10.0
+    # Static tags added to every point (e.g. site = "north-field").
+    tags: dict[str, str] = field(default_factory=dict)
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    """``[status]``: the HTTP status endpoint."""
+
+    listen: str = "127.0.0.1:9108"
+    unhealthy_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    source: SourceSection = field(default_factory=SourceSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    influxdb: InfluxSection = field(default_factory=InfluxSection)
+    status: StatusSection = field(default_factory=StatusSection)
+    # metric → (min, max); empty when plausibility checks are disabled.
+    plausibility: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_PLAUSIBILITY)
+    )
+
+
+_SECRET_FIELDS = {"password", "token"}
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type ``hint``; return it normalised."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected a list of {len(args)} items, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        _, vhint = typing.get_args(hint)
+        return {k: _coerce(f"{key}.{k}", v, vhint) for k, v in value.items()}
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in use
+        raise ConfigError(key, "unsupported type")
+    raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _section(cls: type[Any], name: str, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(name, f"expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name not in _SECRET_FIELDS}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{name}.{key}"
+        if key not in fields:
+            if key in _SECRET_FIELDS:
+                raise ConfigError(
+                    dotted, "secrets are not read from the config file; use a file or env var"
+                )
+            raise ConfigError(dotted, "unknown key")
+        kwargs[key] = _coerce(dotted, value, hints[key])
+    return cls(**kwargs)
+
+
+def _read_secret(key: str, path: str, env: str, environ: typing.Mapping[str, str]) -> str:
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read secret file: {exc.strerror}") from None
+    return environ.get(env, "")
+
+
+def _validate(cfg: Config) -> None:
+    g, s, m, i = cfg.gateway, cfg.source, cfg.mqtt, cfg.influxdb
+    if not g.buffer_dir:
+        raise ConfigError("gateway.buffer_dir", "must not be empty")
+    if s.kind == "command" and not s.command:
+        raise ConfigError("source.command", "must name a program when kind = 'command'")
+    if s.kind == "file" and not s.path:
+        raise ConfigError("source.path", "must be set when kind = 'file'")
+    if s.stall_timeout < 0:
+        raise ConfigError("source.stall_timeout", "must be >= 0 (0 turns the watchdog off)")
+    if not 0 < s.restart_initial <= s.restart_max:
+        raise ConfigError("source.restart_initial", "needs 0 < restart_initial <= restart_max")
+    if s.max_line_bytes < 64:
+        raise ConfigError("source.max_line_bytes", "must be at least 64")
+    if s.rate < 0:
+        raise ConfigError("source.rate", "must be >= 0 (0 = as fast as possible)")
+    if not 1 <= m.port <= 65535:
+        raise ConfigError("mqtt.port", "must be 1..65535")
+    if m.qos not in (0, 1, 2):
+        raise ConfigError("mqtt.qos", "must be 0, 1 or 2")
+    prefix_parts = m.topic_prefix.split("/")
+    if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
+        raise ConfigError(
+            "mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'"
+        )
+    if m.keepalive < 5:
+        raise ConfigError("mqtt.keepalive", "must be at least 5 seconds")
+    if m.buffer_max_messages < 1:
+        raise ConfigError("mqtt.buffer_max_messages", "must be at least 1")
+    if not 0 < m.backoff_initial <= m.backoff_max:
+        raise ConfigError("mqtt.backoff_initial", "needs 0 < backoff_initial <= backoff_max")
+    if bool(m.cert_file) != bool(m.key_file):
+        raise ConfigError("mqtt.cert_file", "cert_file and key_file go together")
+    if not i.url.startswith(("http://", "https://")):
+        raise ConfigError("influxdb.url", "must start with http:// or https://")
+    if i.batch_size < 1:
+        raise ConfigError("influxdb.batch_size", "must be at least 1")
+    if i.flush_interval <= 0:
+        raise ConfigError("influxdb.flush_interval", "must be > 0")
+    if i.buffer_max_points < 1:
+        raise ConfigError("influxdb.buffer_max_points", "must be at least 1")
+    if not 0 < i.backoff_initial <= i.backoff_max:
+        raise ConfigError("influxdb.backoff_initial", "needs 0 < backoff_initial <= backoff_max")
+    for tag in i.tags:
+        if tag in ("node", "unit") or not tag:
+            raise ConfigError(f"influxdb.tags.{tag}", "'node' and 'unit' are set per point")
+    for metric, (lo, hi) in cfg.plausibility.items():
+        if lo > hi:
+            raise ConfigError(f"plausibility.{metric}", "min must be <= max")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    buffer_dir: str | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Config:
+    """Load, validate and resolve the configuration.
+
+    The file is ``path``, else ``$GATEWAY_CONFIG``, else ``./config.toml``.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not TOML, has an unknown
+            key or a wrong type, or a value out of range.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    try:
+        raw = chosen.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {chosen}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"{chosen} is not valid TOML: {exc}") from None
+    cfg = parse_config(data, environ=environ)
+    if buffer_dir:
+        cfg = dataclasses.replace(
+            cfg, gateway=dataclasses.replace(cfg.gateway, buffer_dir=buffer_dir)
+        )
+    if (cfg.mqtt.password or cfg.influxdb.token) and _world_readable(chosen):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s is world-readable and the gateway uses secrets; chmod 640 it", chosen
+        )
+    return cfg
+
+
+def _world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def parse_config(
+    data: dict[str, Any], *, environ: typing.Mapping[str, str] | None = None
+) -> Config:
+    """Build a :class:`Config` from already-parsed TOML data.
+
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    environ = os.environ if environ is None else environ
+    sections: dict[str, Any] = {
+        "gateway": GatewaySection,
+        "source": SourceSection,
+        "mqtt": MqttSection,
+        "influxdb": InfluxSection,
+        "status": StatusSection,
+    }
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in sections:
+            kwargs[key] = _section(sections[key], key, value)
+        elif key == "plausibility":
+            if value is False:
+                kwargs[key] = {}
+            elif isinstance(value, dict):
+                ranges = dict(DEFAULT_PLAUSIBILITY)
+                for metric, bounds in value.items():
+                    ranges[metric] = _coerce(
+                        f"plausibility.{metric}", bounds, tuple[float, float]
+                    )
+                kwargs[key] = ranges
+            else:
+                raise ConfigError("plausibility", "expected a table or false")
+        else:
+            raise ConfigError(key, "unknown section")
+    cfg = Config(**kwargs)
+    password = _read_secret(
+        "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ
+    )
+    token = _read_secret("influxdb.token_file", cfg.influxdb.token_file, INFLUX_TOKEN_ENV, environ)
+    cfg = dataclasses.replace(
+        cfg,
+        mqtt=dataclasses.replace(cfg.mqtt, password=password),
+        influxdb=dataclasses.replace(cfg.influxdb, token=token),
+    )
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,277 @@
+"""The InfluxDB sink: packets → points → batched writes to ``/api/v2/write``.
+
+One point per metric: measurement = metric, tags ``node`` (the group) and
+``unit`` (when known) plus static tags, one float field ``value``, timestamp =
+the packet's receive time in ns. Points wait in a
+:class:`~gateway.buffer.DiskBuffer` as line protocol and leave it only after a
+2xx. A batch goes out when ``batch_size`` points are waiting or
+``flush_interval`` after the first of them arrived; a backlog drains in large
+requests. Errors are classified once, in :func:`classify`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import trio
+import urllib3
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.exceptions import InfluxDBError
+from influxdb_client.client.write_api import SYNCHRONOUS
+from trio_util import wait_any
+
+from gateway.backoff import Backoff
+from gateway.buffer import DiskBuffer, Record
+from gateway.config import InfluxSection
+from gateway.errors import InfluxWriteError
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.telemetry import Packet
+
+log = logging.getLogger(__name__)
+
+UNITS: dict[str, str] = {
+    "temperature": "celsius",
+    "humidity": "percent",
+    "gas_resistance": "ohms",
+    "pressure": "hpa",
+    "rssi": "dbm",
+    "snr": "db",
+}
+MAX_REQUEST_POINTS = 5000  # per request while a backlog drains
+DEAD_LETTER_FILE = "influx.lp"
+
+
+def _escape_tag(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def tag_suffix(tags: Mapping[str, str]) -> str:
+    """Static tags as a line-protocol suffix (sorted, escaped): ``,site=north``."""
+    return "".join(f",{_escape_tag(k)}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v)
+
+
+def packet_points(packet: Packet, static_tags: str = "") -> list[str]:
+    """Map a packet to line-protocol points (names are pre-validated, no escaping)."""
+    ns = packet.received_ns
+    out = []
+    for group, metric, value in packet.metrics():
+        unit = UNITS.get(metric)
+        tags = f",node={group},unit={unit}" if unit else f",node={group}"
+        out.append(f"{metric}{tags}{static_tags} value={float(value)!r} {ns}")
+    return out
+
+
+def point_time_ns(line: str) -> int:
+    """The timestamp of a point this module produced."""
+    return int(line.rsplit(" ", 1)[1])
+
+
+def classify(exc: BaseException) -> InfluxWriteError:
+    """Turn whatever the client raised into an :class:`InfluxWriteError` with a decision."""
+    if isinstance(exc, InfluxWriteError):
+        return exc
+    if isinstance(exc, InfluxDBError):
+        status = getattr(exc, "status", None)
+        if status is None and exc.response is not None:
+            status = getattr(exc.response, "status", None)
+        retry_after = _seconds(getattr(exc, "retry_after", None))
+        message = f"HTTP {status}: {getattr(exc, 'message', '') or exc}"[:300]
+        if status in (400, 422):
+            return InfluxWriteError(message, status=status, retryable=False, split=True)
+        if status == 413:
+            return InfluxWriteError(message, status=status, retryable=True, split=True)
+        if status in (401, 403):
+            message += " (check influxdb.token_file / $GATEWAY_INFLUXDB_TOKEN)"
+        elif status == 404:
+            message += " (check influxdb.org and influxdb.bucket)"
+        return InfluxWriteError(message, status=status, retryable=True, retry_after=retry_after)
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return InfluxWriteError(f"network: {exc}"[:300], status=None, retryable=True)
+    return InfluxWriteError(f"{type(exc).__name__}: {exc}"[:300], retryable=True)
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        return max(0.0, float(str(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+class InfluxWriter:
+    """Blocking writes through influxdb-client's synchronous API (run in a thread)."""
+
+    def __init__(self, cfg: InfluxSection) -> None:
+        self.cfg = cfg
+        self.client = InfluxDBClient(
+            url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout * 1000)
+        )
+        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Write points; raise :class:`InfluxWriteError` on any failure."""
+        try:
+            self.api.write(
+                bucket=self.cfg.bucket,
+                org=self.cfg.org,
+                record="\n".join(lines),
+                write_precision=WritePrecision.NS,
+            )
+        except Exception as exc:  # noqa: BLE001 - everything is classified, nothing escapes
+            raise classify(exc) from exc
+
+    def close(self) -> None:
+        """Release connections."""
+        self.client.close()
+
+
+class InfluxSink:
+    """Deliver the InfluxDB buffer, in batches, retrying forever.
+
+    Args:
+        cfg: the ``[influxdb]`` section.
+        buffer: the sink's disk buffer.
+        metrics: counters and gauges.
+        dead_letter_dir: where points rejected for good are appended.
+        writer: the blocking writer (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        cfg: InfluxSection,
+        buffer: DiskBuffer,
+        metrics: Metrics,
+        dead_letter_dir: Path,
+        writer: InfluxWriter | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.buffer = buffer
+        self.metrics = metrics
+        self.dead_letter_path = Path(dead_letter_dir) / DEAD_LETTER_FILE
+        self.writer = writer or InfluxWriter(cfg)
+        self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self.healthy: bool | None = None  # None until the first request
+        self.last_error = ""
+        self.last_delivery: float | None = None
+        self._stop = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)
+        self._errlog = RateLimitedLog(log, interval=30.0)
+
+    def stop(self) -> None:
+        """Ask the sink to finish the request in flight and return."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Batch and write until :meth:`stop`; a server being down is retried forever."""
+        task_status.started()
+        try:
+            while not self._stop.is_set():
+                await self._wait_for_batch()
+                if self._stop.is_set():
+                    break
+                try:
+                    await self._flush()
+                except InfluxWriteError as exc:
+                    await self._failed(exc)
+            # Stopping: one last attempt for what is waiting, if the server is up.
+            if self.buffer.count.value and self.healthy:
+                try:
+                    await self._flush()
+                except InfluxWriteError as exc:
+                    self.last_error = str(exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.writer.close)
+
+    async def _wait_for_batch(self) -> None:
+        count = self.buffer.count
+        if count.value == 0:
+            await wait_any(self._stop.wait, functools.partial(count.wait_value, lambda n: n > 0))
+        if count.value >= self.cfg.batch_size:
+            return
+        # A partial batch waits at most flush_interval from now (its first point).
+        with trio.move_on_after(self.cfg.flush_interval):
+            await wait_any(
+                self._stop.wait,
+                functools.partial(count.wait_value, lambda n: n >= self.cfg.batch_size),
+            )
+
+    async def _failed(self, exc: InfluxWriteError) -> None:
+        self.healthy = False
+        self.last_error = str(exc)
+        self.metrics.influx_errors.labels(str(exc.status or "network")).inc()
+        delay = self.backoff.next_delay()
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        level = logging.ERROR if exc.status in (401, 403, 404) else logging.WARNING
+        self._errlog.log(
+            level,
+            str(exc.status),
+            "influxdb: write to %s failed: %s; %d point(s) buffered; retrying in %.1f s",
+            self.cfg.url,
+            exc,
+            self.buffer.count.value,
+            delay,
+        )
+        await wait_any(functools.partial(trio.sleep, delay), self._stop.wait)
+
+    async def _flush(self) -> None:
+        """Write up to one request's worth of the oldest points; ack what was accepted."""
+        batch = await self.buffer.peek(MAX_REQUEST_POINTS)
+        if not batch:
+            return
+        oldest = point_time_ns(batch[0].value)
+        self.metrics.buffer_oldest_age.labels("influx").set(
+            max(0.0, (time.time_ns() - oldest) / 1e9)
+        )
+        await self._write(batch)
+        if not self.healthy:
+            log.info("influxdb: writes to %s succeed again", self.cfg.url)
+        self.healthy = True
+        self.backoff.up()
+        self.last_error = ""
+        self.last_delivery = trio.current_time()
+        self.metrics.influx_buffered.set(self.buffer.count.value)
+
+    async def _write(self, batch: Sequence[Record]) -> None:
+        """Write ``batch``; split on 413/400/422 to isolate bad points."""
+        try:
+            await trio.to_thread.run_sync(
+                self.writer.write, [r.value for r in batch], limiter=self._limiter
+            )
+        except InfluxWriteError as exc:
+            if not exc.split:
+                raise
+            if len(batch) == 1:
+                await self._dead_letter(batch, exc)
+                return
+            mid = len(batch) // 2
+            await self._write(batch[:mid])
+            await self._write(batch[mid:])
+            return
+        await self.buffer.ack(batch)
+        self.metrics.influx_written.inc(len(batch))
+
+    async def _dead_letter(self, batch: Sequence[Record], exc: InfluxWriteError) -> None:
+        lines = "".join(r.value + "\n" for r in batch)
+
+        def append() -> None:
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.dead_letter_path, "a", encoding="utf-8") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+        await trio.to_thread.run_sync(append)
+        await self.buffer.ack(batch)
+        self.metrics.influx_dead_letter.inc(len(batch))
+        log.error(
+            "influxdb: server rejected %d point(s) for good (%s); moved to %s",
+            len(batch),
+            exc,
+            self.dead_letter_path,
+        )

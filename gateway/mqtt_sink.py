@@ -1,0 +1,249 @@
+"""The MQTT sink: packets → ``{prefix}/{group}/{metric}`` messages → the broker.
+
+Records wait in a :class:`~gateway.buffer.DiskBuffer` and leave it only after
+the broker's PUBACK. Delivery runs in windows: one trio→asyncio crossing
+publishes a whole window (paho pipelines it) and returns when every message of
+it is acknowledged; a sibling task notices a dropped connection within
+milliseconds. Each connection attempt builds a fresh aiomqtt ``Client``
+(a reused one can claim to be connected and replay stale QoS1 messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import Iterable, Sequence
+
+import aiomqtt
+import trio
+import trio_asyncio
+from trio_util import wait_any
+
+from gateway.backoff import Backoff
+from gateway.buffer import DiskBuffer, Record
+from gateway.config import MqttSection
+from gateway.errors import leaf
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.telemetry import Packet, format_value
+
+log = logging.getLogger(__name__)
+
+WINDOW = 500  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
+CONNECT_TIMEOUT = 10.0  # a broker that accepts TCP but never sends CONNACK
+STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
+ONLINE, OFFLINE = "online", "offline"
+# Everything a broker, a network or TLS can throw at us: never fatal, always retried.
+RETRYABLE = (aiomqtt.MqttError, OSError, ssl.SSLError, ValueError, trio.TooSlowError)
+
+
+def status_topic(prefix: str) -> str:
+    """The retained presence topic."""
+    return f"{prefix}/gateway/status"
+
+
+def packet_records(packet: Packet, prefix: str) -> list[str]:
+    """Map a packet to buffer records: ``"<received_ns> <topic> <payload>"``.
+
+    Topic and payload never contain spaces (names are ``[A-Za-z0-9_-]``).
+    """
+    ns = packet.received_ns
+    return [
+        f"{ns} {prefix}/{group}/{metric} {format_value(value)}"
+        for group, metric, value in packet.metrics()
+    ]
+
+
+def split_record(value: str) -> tuple[int, str, str]:
+    """Inverse of :func:`packet_records` for one record: (ns, topic, payload)."""
+    ns, topic, payload = value.split(" ", 2)
+    return int(ns), topic, payload
+
+
+def _tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
+    if not cfg.ca_file:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return ctx
+
+
+class MqttSink:
+    """Deliver the MQTT buffer to the broker, reconnecting forever.
+
+    Args:
+        cfg: the ``[mqtt]`` section.
+        buffer: the sink's disk buffer.
+        metrics: counters and gauges.
+        window: messages per delivery window (also paho's in-flight limit).
+    """
+
+    def __init__(
+        self, cfg: MqttSection, buffer: DiskBuffer, metrics: Metrics, *, window: int = WINDOW
+    ) -> None:
+        self.cfg = cfg
+        self.buffer = buffer
+        self.metrics = metrics
+        self.window = window
+        self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self.connected = False
+        self.last_error = ""
+        self.last_delivery: float | None = None  # trio time of the last PUBACKed window
+        self._stop = trio.Event()
+        self._errlog = RateLimitedLog(log, interval=30.0)
+        self._tls = _tls_context(cfg)
+
+    def stop(self) -> None:
+        """Ask the sink to finish its window, publish "offline" and disconnect."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, deliver, reconnect with backoff, until :meth:`stop`.
+
+        Needs a running trio-asyncio loop (``trio_asyncio.open_loop()``).
+        """
+        task_status.started()
+        while not self._stop.is_set():
+            failure: BaseException | None = None
+            try:
+                await self._session()
+            except* RETRYABLE as group:
+                failure = leaf(group)
+            if failure is not None:
+                self._set_connected(False)
+                self.last_error = _describe(failure)
+                delay = self.backoff.next_delay()
+                self._errlog.log(
+                    logging.WARNING,
+                    "connect",
+                    "mqtt: %s:%d: %s; %d message(s) buffered; retrying in %.1f s",
+                    self.cfg.host,
+                    self.cfg.port,
+                    self.last_error,
+                    self.buffer.count.value,
+                    delay,
+                )
+                await wait_any(functools.partial(trio.sleep, delay), self._stop.wait)
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self.metrics.mqtt_connected.set(1 if value else 0)
+
+    async def _new_client(self) -> aiomqtt.Client:
+        # Runs inside asyncio: aiomqtt.Client binds to the running loop.
+        cfg = self.cfg
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            keepalive=cfg.keepalive,
+            timeout=CONNECT_TIMEOUT,
+            will=aiomqtt.Will(status_topic(cfg.topic_prefix), OFFLINE, qos=1, retain=True),
+            max_inflight_messages=self.window,
+            tls_context=self._tls,
+        )
+        client.pending_calls_threshold = self.window + 10
+        return client
+
+    async def _session(self) -> None:
+        client: aiomqtt.Client = await trio_asyncio.aio_as_trio(self._new_client)()
+        with trio.fail_after(CONNECT_TIMEOUT + 1):
+            await trio_asyncio.aio_as_trio(client.__aenter__)()
+        try:
+            await trio_asyncio.aio_as_trio(client.publish)(
+                status_topic(self.cfg.topic_prefix), ONLINE, qos=1, retain=True
+            )
+            self._set_connected(True)
+            self.backoff.up()
+            self.metrics.mqtt_connects.inc()
+            self.last_error = ""
+            log.info(
+                "mqtt: connected to %s:%d; %d message(s) to replay",
+                self.cfg.host,
+                self.cfg.port,
+                self.buffer.count.value,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_disconnect, client)
+                await self._deliver(client)
+                # Stopping: the in-flight window landed; say goodbye on purpose.
+                with trio.move_on_after(STATUS_TIMEOUT):
+                    await trio_asyncio.aio_as_trio(client.publish)(
+                        status_topic(self.cfg.topic_prefix),
+                        OFFLINE,
+                        qos=1,
+                        retain=True,
+                        timeout=STATUS_TIMEOUT,
+                    )
+                nursery.cancel_scope.cancel()
+        finally:
+            self._set_connected(False)
+            with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
+                try:
+                    await trio_asyncio.aio_as_trio(client.__aexit__)(None, None, None)
+                except (aiomqtt.MqttError, OSError):
+                    pass
+
+    async def _watch_disconnect(self, client: aiomqtt.Client) -> None:
+        # Iterating client.messages raises as soon as paho sees the socket die,
+        # while a publish awaiting PUBACK would only time out.
+        async def watch() -> None:
+            async for _ in client.messages:
+                pass
+
+        await trio_asyncio.aio_as_trio(watch)()
+        raise aiomqtt.MqttError("connection closed by the broker")
+
+    async def _deliver(self, client: aiomqtt.Client) -> None:
+        buffer = self.buffer
+        while True:
+            if buffer.count.value == 0:
+                await wait_any(
+                    self._stop.wait,
+                    functools.partial(buffer.count.wait_value, lambda n: n > 0),
+                )
+            if self._stop.is_set():
+                return
+            batch = await buffer.peek(self.window)
+            if not batch:
+                continue
+            self._note_oldest(batch)
+            messages = [split_record(r.value)[1:] for r in batch]
+            await trio_asyncio.aio_as_trio(self._publish_window)(client, messages)
+            await buffer.ack(batch)
+            self.metrics.mqtt_published.inc(len(batch))
+            self.metrics.mqtt_buffered.set(buffer.count.value)
+            self.last_delivery = trio.current_time()
+
+    def _note_oldest(self, batch: Sequence[Record]) -> None:
+        import time
+
+        oldest_ns = split_record(batch[0].value)[0]
+        self.metrics.buffer_oldest_age.labels("mqtt").set(
+            max(0.0, (time.time_ns() - oldest_ns) / 1e9)
+        )
+
+    async def _publish_window(
+        self, client: aiomqtt.Client, messages: Iterable[tuple[str, str]]
+    ) -> None:
+        # Inside asyncio: queue the whole window at once so paho pipelines it,
+        # then wait for every PUBACK (QoS 0 returns when written).
+        qos, retain = self.cfg.qos, self.cfg.retain
+        timeout = max(30.0, 3.0 * self.cfg.keepalive)
+        await asyncio.gather(
+            *(
+                client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+                for topic, payload in messages
+            )
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (4, 5, 134, 135):
+        text += " (check mqtt.username and the password file/env)"
+    return text

@@ -1,0 +1,241 @@
+"""The source stage: a supervised child process (probe-rs) or another byte stream.
+
+Whatever the kind, bytes go through one :class:`~gateway.telemetry.LineSplitter`
+and every batch of complete lines is handed to ``on_lines`` together with its
+receive time. The command source restarts its child with backoff after any
+exit, and a stall watchdog restarts a child that went quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from gateway.backoff import Backoff
+from gateway.config import SourceSection
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.telemetry import LineSplitter
+
+log = logging.getLogger(__name__)
+
+LineHandler = Callable[[list[bytes], int], Awaitable[None]]
+STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping the child
+READ_SIZE = 65536
+
+
+async def stop_process(proc: trio.Process, grace: float = STOP_GRACE) -> int | None:
+    """Stop ``proc`` and its process group: SIGINT, then SIGKILL after ``grace``.
+
+    probe-rs detaches cleanly on SIGINT; SIGKILL is the backstop for a wedged
+    child. Always reaps the child (no zombie). Shielded: safe under cancellation.
+    """
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            _signal_group(proc, signal.SIGINT)
+            with trio.move_on_after(grace):
+                await proc.wait()
+        if proc.returncode is None:
+            _signal_group(proc, signal.SIGKILL)
+            await proc.wait()
+        else:
+            # The leader exited; take any stragglers in its group with it.
+            _signal_group(proc, signal.SIGKILL)
+    return proc.returncode
+
+
+def _signal_group(proc: trio.Process, sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+class Source:
+    """Read telemetry lines and pass them on; supervise the child if there is one.
+
+    Args:
+        cfg: the ``[source]`` section.
+        on_lines: called with each batch of complete lines and their receive
+            time (ns, UTC). It commits them to the buffers before returning.
+        metrics: where restarts and source state are counted.
+    """
+
+    def __init__(self, cfg: SourceSection, on_lines: LineHandler, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.on_lines = on_lines
+        self.metrics = metrics
+        self.backoff = Backoff(cfg.restart_initial, cfg.restart_max)
+        self.restarts: dict[str, int] = {}
+        self.state = "starting"
+        self.pid: int | None = None
+        self._stderr_log = RateLimitedLog(log, interval=5.0)
+        self._splitter = LineSplitter(cfg.max_line_bytes)
+
+    # -- the common path -------------------------------------------------------
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, scope: trio.CancelScope | None) -> None:
+        """Read ``stream`` to EOF, splitting lines; push back the stall deadline."""
+        splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
+        while True:
+            chunk = await stream.receive_some(READ_SIZE)
+            if not chunk:
+                break
+            await self._deliver(splitter.feed(chunk), splitter, scope)
+        last = splitter.flush()
+        await self._deliver([last] if last else [], splitter, scope)
+
+    async def _deliver(
+        self, lines: list[bytes], splitter: LineSplitter, scope: trio.CancelScope | None
+    ) -> None:
+        if splitter.too_long:
+            self.metrics.lines_rejected.labels("too_long").inc(splitter.too_long)
+            log.warning(
+                "dropped %d line(s) longer than source.max_line_bytes=%d",
+                splitter.too_long,
+                self.cfg.max_line_bytes,
+            )
+            splitter.too_long = 0
+        if not lines:
+            return
+        if scope is not None and self.cfg.stall_timeout > 0:
+            scope.deadline = trio.current_time() + self.cfg.stall_timeout
+        self.backoff.up()
+        await self.on_lines(lines, time.time_ns())
+
+    def _count_restart(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        self.metrics.source_restarts.labels(reason).inc()
+
+    # -- run --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the configured source until cancelled (or, for stdin/file, EOF)."""
+        kind = self.cfg.kind
+        task_status.started()
+        try:
+            if kind == "command":
+                await self._run_command()
+            elif kind == "stdin":
+                await self._run_stdin()
+            elif kind == "file":
+                await self._run_file()
+            else:
+                await self._run_serial()
+        finally:
+            self.metrics.source_up.set(0)
+            self.state = "stopped"
+
+    async def _run_command(self) -> None:
+        argv = list(self.cfg.command)
+        while True:
+            self.state = "starting"
+            try:
+                proc = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # its own group, so we can stop all of it
+                )
+            except OSError as exc:
+                self.state = "failed"
+                self._count_restart("failed_to_start")
+                delay = self.backoff.next_delay()
+                log.error(
+                    "source: cannot start %s: %s; retrying in %.1f s",
+                    argv[0],
+                    exc.strerror or exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                continue
+            reason = await self._supervise(proc)
+            self._count_restart(reason)
+            delay = self.backoff.next_delay()
+            log.warning("source: %s (%s); restarting in %.1f s", argv[0], reason, delay)
+            await trio.sleep(delay)
+
+    async def _supervise(self, proc: trio.Process) -> str:
+        """Read one child's output until it exits or stalls; return the reason."""
+        self.pid = proc.pid
+        self.state = "running"
+        self.metrics.source_up.set(1)
+        log.info("source: started %s (pid %d)", self.cfg.command[0], proc.pid)
+        stalled = False
+        try:
+            async with trio.open_nursery() as nursery:
+                assert proc.stderr is not None and proc.stdout is not None
+                nursery.start_soon(self._log_stderr, proc.stderr)
+                with trio.CancelScope() as scope:
+                    if self.cfg.stall_timeout > 0:
+                        scope.deadline = trio.current_time() + self.cfg.stall_timeout
+                    await self._pump(proc.stdout, scope)
+                stalled = scope.cancelled_caught
+                await stop_process(proc)
+                nursery.cancel_scope.cancel()
+        finally:
+            await stop_process(proc)
+            self.metrics.source_up.set(0)
+            self.pid = None
+            self.state = "restarting"
+        if stalled:
+            log.warning(
+                "source: no line for %.0f s (source.stall_timeout); restarting the child",
+                self.cfg.stall_timeout,
+            )
+            return "stalled"
+        code = proc.returncode
+        if code is not None and code < 0:
+            return f"signal_{-code}"
+        return f"exit_code_{code}"
+
+    async def _log_stderr(self, stream: trio.abc.ReceiveStream) -> None:
+        splitter = LineSplitter(4096)
+        while chunk := await stream.receive_some(READ_SIZE):
+            for line in splitter.feed(chunk):
+                text = line.decode("utf-8", "replace").strip()
+                if text:
+                    self._stderr_log.log(logging.INFO, "stderr", "source stderr: %s", text)
+
+    async def _run_stdin(self) -> None:
+        self.state = "running"
+        self.metrics.source_up.set(1)
+        stream = trio.lowlevel.FdStream(os.dup(0))
+        async with stream:
+            await self._pump(stream, None)
+        log.info("source: end of stdin; buffers keep draining until stopped")
+
+    async def _run_file(self) -> None:
+        self.state = "running"
+        self.metrics.source_up.set(1)
+        rate = self.cfg.rate
+        async with await trio.open_file(self.cfg.path, "rb") as f:
+            if rate <= 0:
+                splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
+                while chunk := await f.read(READ_SIZE):
+                    await self._deliver(splitter.feed(chunk), splitter, None)
+                last = splitter.flush()
+                await self._deliver([last] if last else [], splitter, None)
+            else:
+                splitter = LineSplitter(self.cfg.max_line_bytes)
+                next_at = trio.current_time()
+                while chunk := await f.read(READ_SIZE):
+                    for line in splitter.feed(chunk):
+                        await trio.sleep_until(next_at)
+                        next_at = max(next_at + 1.0 / rate, trio.current_time())
+                        await self._deliver([line], splitter, None)
+                last = splitter.flush()
+                await self._deliver([last] if last else [], splitter, None)
+        log.info("source: replay of %s finished", self.cfg.path)
+
+    async def _run_serial(self) -> None:
+        raise NotImplementedError("serial source is not implemented yet")

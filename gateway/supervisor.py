@@ -1,0 +1,248 @@
+"""The supervisor: one Trio nursery running source, sinks and their buffers.
+
+``Gateway.run`` opens both buffers, starts the sinks and then the source with
+``nursery.start`` (so a start-up failure surfaces before "ready"), and on
+SIGTERM/SIGINT stops the source first, gives the sinks up to
+``SHUTDOWN_GRACE`` seconds to land their in-flight windows and say "offline",
+then returns. Everything not acknowledged is already on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from gateway.buffer import DiskBuffer, buffer_path
+from gateway.config import Config
+from gateway.errors import BufferError_
+from gateway.influx_sink import InfluxSink, packet_points, tag_suffix
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.mqtt_sink import MqttSink, packet_records
+from gateway.source import Source
+from gateway.telemetry import Packet, SequenceTracker, check_plausibility, parse_line
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+
+
+class Gateway:
+    """The whole daemon: build it from a :class:`Config`, then ``await run()``.
+
+    Args:
+        cfg: validated configuration.
+        metrics: counters (a fresh private registry by default).
+        on_packet: optional hook called with every accepted packet (status page).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: Metrics | None = None,
+        on_packet: Callable[[Packet], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.on_packet = on_packet
+        self.sequence = SequenceTracker()
+        self.mqtt_buffer: DiskBuffer | None = None
+        self.influx_buffer: DiskBuffer | None = None
+        self.mqtt: MqttSink | None = None
+        self.influx: InfluxSink | None = None
+        self.source: Source | None = None
+        self._stop = trio.Event()
+        self._rejects = RateLimitedLog(log, interval=10.0)
+        self._tags = tag_suffix(cfg.influxdb.tags)
+        self._signals_scope = trio.CancelScope()
+        self._stages_scope: trio.CancelScope | None = None
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def _open_buffers(self) -> tuple[DiskBuffer, DiskBuffer]:
+        g = self.cfg.gateway
+        root = Path(g.buffer_dir)
+        await trio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True, mode=0o700))
+        mqtt = await DiskBuffer.open(
+            buffer_path(root, "mqtt"),
+            max_records=self.cfg.mqtt.buffer_max_messages,
+            durability=g.durability,
+            name="mqtt",
+        )
+        influx = await DiskBuffer.open(
+            buffer_path(root, "influx"),
+            max_records=self.cfg.influxdb.buffer_max_points,
+            durability=g.durability,
+            name="influx",
+        )
+        for sink, buf in (("mqtt", mqtt), ("influx", influx)):
+            if buf.corrupt_moved:
+                self.metrics.buffer_corrupt.labels(sink).inc(len(buf.corrupt_moved))
+        self.metrics.mqtt_buffered.set(mqtt.count.value)
+        self.metrics.influx_buffered.set(influx.count.value)
+        log.info(
+            "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s)",
+            root,
+            mqtt.count.value,
+            influx.count.value,
+            g.durability,
+        )
+        return mqtt, influx
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
+        self.mqtt_buffer, self.influx_buffer = await self._open_buffers()
+        try:
+            async with trio_asyncio.open_loop() as loop:
+                # trio-asyncio raises what asyncio would only log (e.g. EBADF
+                # from a dying broker socket); log it instead of dying.
+                loop.set_exception_handler(_asyncio_exception)
+                await self._run_stages(task_status)
+        finally:
+            self.mqtt_buffer.close()
+            self.influx_buffer.close()
+        log.info("stopped")
+
+    async def _run_stages(self, task_status: trio.TaskStatus[None]) -> None:
+        assert self.mqtt_buffer is not None and self.influx_buffer is not None
+        cfg = self.cfg
+        self.mqtt = MqttSink(cfg.mqtt, self.mqtt_buffer, self.metrics)
+        self.influx = InfluxSink(
+            cfg.influxdb, self.influx_buffer, self.metrics, Path(cfg.gateway.buffer_dir) / "dead-letter"
+        )
+        self.source = Source(cfg.source, self.ingest, self.metrics)
+        async with trio.open_nursery() as nursery:
+            self._stages_scope = nursery.cancel_scope
+            nursery.start_soon(self._watch_signals)
+            await nursery.start(self.mqtt.run)
+            await nursery.start(self.influx.run)
+            source_done = trio.Event()
+            source_scope = trio.CancelScope()
+
+            async def run_source(task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    with source_scope:
+                        assert self.source is not None
+                        await self.source.run(task_status=task_status)
+                finally:
+                    source_done.set()
+
+            await nursery.start(run_source)
+            log.info(
+                "running: source=%s, mqtt=%s:%d, influxdb=%s",
+                cfg.source.kind,
+                cfg.mqtt.host,
+                cfg.mqtt.port,
+                cfg.influxdb.url,
+            )
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping: source first, then up to %.0f s for in-flight deliveries",
+                     SHUTDOWN_GRACE)
+            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+            source_scope.cancel()
+            await source_done.wait()
+            self.mqtt.stop()
+            self.influx.stop()
+            # The signal watcher is the only task left that never ends by itself.
+            self._signals_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with self._signals_scope, trio.open_signal_receiver(
+            signal.SIGTERM, signal.SIGINT
+        ) as signals:
+            async for signum in signals:
+                if self._stop.is_set() and self._stages_scope is not None:
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    self._stages_scope.cancel()
+                    return
+                log.info("%s received", signal.Signals(signum).name)
+                self.request_stop()
+
+    async def ingest(self, lines: list[bytes], received_ns: int) -> None:
+        """Parse lines, then commit their records to both buffers before returning."""
+        assert self.mqtt_buffer is not None and self.influx_buffer is not None
+        m = self.metrics
+        prefix = self.cfg.mqtt.topic_prefix
+        messages: list[str] = []
+        points: list[str] = []
+        for line in lines:
+            parsed = parse_line(line, received_ns)
+            if parsed is None:
+                continue
+            rejected = parsed.rejected
+            packet = parsed.packet
+            if packet is not None:
+                packet, implausible = check_plausibility(packet, self.cfg.plausibility)
+                rejected = rejected + implausible
+            for group, metric, reason in rejected:
+                m.metrics_rejected.labels(metric, reason).inc()
+                self._rejects.log(
+                    logging.WARNING, f"m:{metric}:{reason}",
+                    "skipped %s/%s: %s", group, metric, reason,
+                )
+            if parsed.line_reason is not None:
+                m.lines_rejected.labels(parsed.line_reason).inc()
+                self._rejects.log(
+                    logging.WARNING, f"l:{parsed.line_reason}",
+                    "rejected a line (%s): %r", parsed.line_reason, line[:120],
+                )
+                continue
+            if packet is None:
+                continue
+            self._track_sequence(packet)
+            m.packet_seen()
+            if self.on_packet is not None:
+                self.on_packet(packet)
+            messages += packet_records(packet, prefix)
+            points += packet_points(packet, self._tags)
+        if not messages:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit, "mqtt", self.mqtt_buffer, messages)
+            nursery.start_soon(self._commit, "influx", self.influx_buffer, points)
+
+    def _track_sequence(self, packet: Packet) -> None:
+        missed, reset = self.sequence.observe(packet)
+        if missed:
+            self.metrics.missed_packets.inc(missed)
+            log.warning("Node 2 reports %d packet(s) received but never printed", missed)
+        if reset:
+            self.metrics.node_resets.inc()
+            log.warning("Node 2 restarted (seq went backwards)")
+
+    async def _commit(self, sink: str, buffer: DiskBuffer, records: list[str]) -> None:
+        m = self.metrics
+        dropped_counter = m.mqtt_dropped if sink == "mqtt" else m.influx_dropped
+        gauge = m.mqtt_buffered if sink == "mqtt" else m.influx_buffered
+        try:
+            dropped = await buffer.append(records)
+        except BufferError_ as exc:
+            m.buffer_errors.labels(sink).inc()
+            dropped_counter.inc(len(records))
+            self._rejects.log(logging.ERROR, f"w:{sink}", "%s; %d record(s) lost", exc,
+                              len(records))
+            return
+        gauge.set(buffer.count.value)
+        if dropped:
+            dropped_counter.inc(dropped)
+            self._rejects.log(
+                logging.WARNING, f"d:{sink}",
+                "%s buffer full (%d): dropped the %d oldest record(s)",
+                sink, buffer.max_records, dropped,
+            )
+
+
+def _asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    log.debug("asyncio: %s (%r)", context.get("message"), exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return

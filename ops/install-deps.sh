@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the Debian packages that `make test` and `make run` use, when missing:
+# Mosquitto (broker + clients), VictoriaMetrics (line-protocol TSDB), the ARM
+# toolchain and QEMU for the Node 2 firmware.
+set -euo pipefail
+want=(mosquitto mosquitto-clients victoria-metrics curl gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+missing=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}" >&2
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

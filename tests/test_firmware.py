@@ -1,0 +1,210 @@
+"""Node 2 firmware: host unit tests, both ELFs, and the emulated board's output
+checked against the line protocol (v1)."""
+
+import json
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+BUILD = FIRMWARE / "build"
+NUCLEO_ELF = BUILD / "nucleo-f446re" / "node2.elf"
+QEMU_ELF = BUILD / "qemu-netduinoplus2" / "node2.elf"
+LINES = 20
+QEMU_LINES_ELF = BUILD / f"qemu-netduinoplus2-lines{LINES}" / "node2.elf"
+TEXT_LIMIT = 64 * 1024
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+GROUP_METRICS = {
+    "node1": {"temperature", "humidity", "gas_resistance"},
+    "node2": {"temperature", "pressure"},
+    "signal": {"rssi", "snr"},
+    "stats": {"packets_received", "crc_errors"},
+}
+
+
+def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", str(FIRMWARE), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def build(*targets: str) -> None:
+    result = make(*targets)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def check_generic(obj: dict) -> None:
+    """Any line: an object with v=1, an integer seq, groups of numbers."""
+    assert isinstance(obj, dict)
+    assert obj["v"] == 1
+    assert isinstance(obj["seq"], int) and obj["seq"] >= 0
+    for name, value in obj.items():
+        assert NAME.match(name), name
+        if isinstance(value, dict):
+            assert set(value) == GROUP_METRICS[name], (name, value)
+            for metric, number in value.items():
+                assert NAME.match(metric), metric
+                assert isinstance(number, (int, float)) and not isinstance(number, bool)
+        else:
+            assert name in {"v", "seq", "uptime_ms"}, name
+            assert isinstance(value, int)
+
+
+def check_node2_line(obj: dict) -> None:
+    """A line of the running firmware: full metadata, stats and signal always;
+    node1/node2 when present have plausible simulated values."""
+    check_generic(obj)
+    assert isinstance(obj["uptime_ms"], int)
+    assert "stats" in obj and "signal" in obj
+    assert set(obj) <= {"v", "seq", "uptime_ms", "node1", "node2", "signal", "stats"}
+    if "node1" in obj:
+        n1 = obj["node1"]
+        assert 20 <= n1["temperature"] <= 28
+        assert 40 <= n1["humidity"] <= 60
+        assert 50_000 <= n1["gas_resistance"] <= 150_000
+        assert isinstance(n1["gas_resistance"], int)
+    if "node2" in obj:
+        n2 = obj["node2"]
+        assert 15 <= n2["temperature"] <= 35
+        assert 950 <= n2["pressure"] <= 1050
+    assert -150 <= obj["signal"]["rssi"] <= 0
+    assert -30 <= obj["signal"]["snr"] <= 30
+
+
+def check_sequence(objs: list[dict], count: int) -> None:
+    assert [o["seq"] for o in objs] == list(range(1, count + 1))
+    prev_ok = prev_bad = 0
+    for o in objs:
+        ok = o["stats"]["packets_received"]
+        bad = o["stats"]["crc_errors"]
+        assert ok + bad == o["seq"]  # one line per received packet
+        if "node1" in o:
+            assert (ok, bad) == (prev_ok + 1, prev_bad)
+        else:
+            assert (ok, bad) == (prev_ok, prev_bad + 1)
+        prev_ok, prev_bad = ok, bad
+    assert objs[-1]["stats"]["packets_received"] > objs[0]["stats"]["packets_received"]
+    assert objs[-1]["stats"]["crc_errors"] > 0
+    uptimes = [o["uptime_ms"] for o in objs]
+    assert uptimes == sorted(uptimes)
+
+
+def test_host_unit_tests_pass():
+    result = make("test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checks passed" in result.stdout
+
+
+def test_both_elfs_build_and_nucleo_fits():
+    build("all")
+    assert NUCLEO_ELF.is_file() and QEMU_ELF.is_file()
+    out = subprocess.run(
+        ["arm-none-eabi-size", str(NUCLEO_ELF), str(QEMU_ELF)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert out[0].split()[:3] == ["text", "data", "bss"]
+    sizes = {Path(line.split()[5]).parent.name: int(line.split()[0]) for line in out[1:]}
+    assert 0 < sizes["nucleo-f446re"] <= TEXT_LIMIT, sizes
+    assert 0 < sizes["qemu-netduinoplus2"], sizes
+
+
+def test_formatter_lines_are_valid_json():
+    build("build/host/print_lines")
+    out = subprocess.run(
+        [str(BUILD / "host" / "print_lines")], capture_output=True, text=True,
+        check=True, timeout=60,
+    ).stdout
+    lines = out.splitlines()
+    assert len(lines) > 1000
+    seen_groups = set()
+    for line in lines:
+        obj = json.loads(line)
+        check_generic(obj)
+        seen_groups.update(k for k, v in obj.items() if isinstance(v, dict))
+    assert seen_groups == set(GROUP_METRICS)
+    assert '"temperature":-0.05' in out
+    assert "-0.-" not in out
+
+
+def test_host_build_of_the_application():
+    build("build/host/node2_host")
+    out = subprocess.run(
+        [str(BUILD / "host" / "node2_host")], capture_output=True, text=True,
+        check=True, timeout=60,
+    ).stdout
+    objs = [json.loads(line) for line in out.splitlines()]
+    assert len(objs) == 300
+    for obj in objs:
+        check_node2_line(obj)
+    check_sequence(objs, 300)
+    assert any("node2" not in o for o in objs)  # simulated BMP280 brown-out
+    assert sum("node2" in o for o in objs) > 250
+
+
+def test_qemu_emits_lines_and_exits():
+    build(str(QEMU_LINES_ELF.relative_to(FIRMWARE)), "build/host/node2_host")
+    cmd = [
+        "timeout", "-k", "5", "60",
+        "make", "-s", "--no-print-directory", "-C", str(FIRMWARE),
+        "qemu-test", f"LINES={LINES}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == LINES, result.stdout
+    objs = [json.loads(line) for line in lines]
+    for obj in objs:
+        check_node2_line(obj)
+    check_sequence(objs, LINES)
+    assert [o["uptime_ms"] for o in objs] == [1000 * (i + 1) for i in range(LINES)]
+    # the same application code on the host gives the same lines
+    host = subprocess.run(
+        [str(BUILD / "host" / "node2_host")], capture_output=True, text=True,
+        check=True, timeout=60,
+    ).stdout.splitlines()
+    assert lines == host[:LINES]
+
+
+def test_qemu_continuous_run_paces_lines_in_real_time():
+    """The command documented for the gateway's source.command."""
+    build("build/qemu-netduinoplus2/node2.elf")
+    argv = [
+        "qemu-system-arm", "-M", "netduinoplus2", "-display", "none",
+        "-monitor", "none", "-serial", "stdio", "-icount", "shift=auto",
+        "-kernel", str(QEMU_ELF),
+    ]
+    proc = subprocess.Popen(
+        ["timeout", "-k", "5", "30", *argv],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    start = time.monotonic()
+    stamps, buf = [], b""
+    try:
+        while len(stamps) < 3 and time.monotonic() - start < 15:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if not ready:
+                continue
+            chunk = proc.stdout.read1(4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                check_node2_line(json.loads(line))
+                stamps.append(time.monotonic() - start)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert len(stamps) == 3, stamps
+    # about one line per second, not a burst and not a crawl
+    assert stamps[0] < 5
+    assert 0.5 < stamps[2] - stamps[0] < 4.0, stamps

@@ -61,6 +61,7 @@ class Gateway:
         self._rejects = RateLimitedLog(log, interval=10.0)
         self._tags = tag_suffix(cfg.influxdb.tags)
         self._signals_scope = trio.CancelScope()
+        self._last_ns = 0
         self._stages_scope: trio.CancelScope | None = None
 
     def request_stop(self) -> None:
@@ -175,6 +176,9 @@ class Gateway:
         messages: list[str] = []
         points: list[str] = []
         for line in lines:
+            # Packets read together must not share a timestamp: InfluxDB would
+            # keep only the last point of a series at one instant.
+            received_ns = max(received_ns, self._last_ns + 1)
             parsed = parse_line(line, received_ns)
             if parsed is None:
                 continue
@@ -198,6 +202,7 @@ class Gateway:
                 continue
             if packet is None:
                 continue
+            self._last_ns = received_ns
             self._track_sequence(packet)
             m.packet_seen()
             if self.on_packet is not None:

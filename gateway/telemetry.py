@@ -108,13 +108,16 @@ def _reject_constant(name: str) -> float:
 
 
 def extract_object(line: bytes) -> bytes | None:
-    """Return the bytes from the first ``{`` to the last ``}``, or None."""
+    """Return the bytes from the first ``{`` to the last ``}`` (or to the end of
+    a line whose object never closes); None when the line has no ``{``."""
     start = line.find(b"{")
     if start < 0:
         return None
     end = line.rfind(b"}")
     if end < start:
-        return None
+        # An object that never closes is a truncated packet, not a log line:
+        # hand it on so it is counted as invalid JSON rather than ignored.
+        return line[start:]
     return line[start : end + 1]
 
 

@@ -1,0 +1,243 @@
+"""Shared fixtures: real brokers and a real TSDB, and `gateway run` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import Broker, Tsdb
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tsdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsdb]:
+    """One VictoriaMetrics for the session; tests isolate by a unique static tag."""
+    server = Tsdb(tmp_path_factory.mktemp("tsdb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A private Mosquitto on a free port, stoppable by the test."""
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def test_id() -> str:
+    """A unique id for topic prefixes and the static `testid` tag."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def toml_value(value: Any) -> str:
+    """Render a Python value as TOML (enough for test configs)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    """Write a config file from nested dicts (one level of sub-tables)."""
+    lines: list[str] = []
+    for name, table in sections.items():
+        subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if k not in subtables]
+        for sub, subtable in subtables.items():
+            lines.append(f"[{name}.{sub}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in subtable.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def base_config(
+    tmp_path: Path, test_id: str, mqtt_port: int, influx_url: str, command: list[str]
+) -> dict[str, dict[str, Any]]:
+    """A config for one test: its own prefix, tag, buffer dir and client id."""
+    return {
+        "gateway": {"id": test_id, "buffer_dir": str(tmp_path / "buffer")},
+        "source": {
+            "kind": "command",
+            "command": command,
+            "stall_timeout": 0.0,
+            "restart_initial": 0.2,
+            "restart_max": 2.0,
+        },
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "client_id": f"gw-{test_id}",
+            "topic_prefix": test_id,
+            "backoff_initial": 0.2,
+            "backoff_max": 1.0,
+            "keepalive": 5,
+        },
+        "influxdb": {
+            "url": influx_url,
+            "org": "test",
+            "bucket": "test",
+            "backoff_initial": 0.2,
+            "backoff_max": 1.0,
+            "tags": {"testid": test_id},
+        },
+        "status": {"listen": ""},
+    }
+
+
+class GatewayProcess:
+    """`gateway run` as a child process, with its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--log-level", "debug", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start `gateway run` processes; all are killed at the end of the test."""
+    procs: list[GatewayProcess] = []
+
+    def start(config: dict[str, dict[str, Any]], env: dict[str, str] | None = None) -> GatewayProcess:
+        n = len(procs)
+        path = write_config(tmp_path / f"config-{n}.toml", config)
+        gp = GatewayProcess(path, tmp_path / f"gateway-{n}.log", env)
+        procs.append(gp)
+        return gp
+
+    yield start
+    for gp in procs:
+        gp.kill()
+
+
+class Subscriber:
+    """An independent MQTT subscriber (mosquitto_sub) recording `topic payload` lines."""
+
+    def __init__(self, port: int, topic: str, *, retained_only: bool = False) -> None:
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-v", "-q", "1"]
+        if retained_only:
+            argv.append("--retained-only")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.messages: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        self._probe = topic.rstrip("#") + "_probe"
+        if not retained_only:
+            self._wait_subscribed(port)
+
+    def _wait_subscribed(self, port: int) -> None:
+        # Publish probes until one comes back: then the subscription is live.
+        for _ in range(100):
+            subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", self._probe, "-m", "x"],
+                check=False,
+                timeout=10,
+            )
+            if self.wait_for(lambda msgs: any(t == self._probe for t, _ in msgs), 0.2):
+                with self._lock:
+                    self.messages = [m for m in self.messages if m[0] != self._probe]
+                return
+        raise TimeoutError("subscriber never saw its probe")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            topic, _, payload = raw.decode().rstrip("\n").partition(" ")
+            with self._lock:
+                self.messages.append((topic, payload))
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, str]]], bool], timeout: float) -> bool:
+        """Poll until ``predicate(messages)`` holds (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(list(self.messages)):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def snapshot(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def retained(port: int, topic: str, timeout: float = 3.0) -> dict[str, str]:
+    """The retained value of every topic matching ``topic``."""
+    sub = Subscriber(port, topic, retained_only=True)
+    try:
+        time.sleep(timeout)
+        return dict(sub.snapshot())
+    finally:
+        sub.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
+    """`gateway buffer stats --json` for a buffer dir."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "buffer", "stats", "--json", "--buffer-dir", str(buffer_dir)],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return dict(json.loads(out.stdout))

@@ -13,6 +13,7 @@ race the writer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -54,7 +55,7 @@ def _open_cache(directory: Path, durability: Durability) -> diskcache.Cache:
         tag_index=False,
         sqlite_synchronous=_SYNCHRONOUS[durability],
     )
-    row = cache._sql("PRAGMA quick_check").fetchone()  # noqa: SLF001 - no public API
+    row = cache._sql("PRAGMA quick_check").fetchone()
     if row is None or row[0] != "ok":
         cache.close()
         raise sqlite3.DatabaseError(f"quick_check failed: {row!r}")
@@ -205,10 +206,8 @@ class DiskBuffer:
         """Records and bytes on disk (blocking; for the CLI and tests)."""
         size = 0
         for path in self.directory.glob("cache.db*"):
-            try:
+            with contextlib.suppress(OSError):
                 size += path.stat().st_size
-            except OSError:
-                pass
         return {"records": len(self._cache), "bytes": size, "max_records": self.max_records}
 
     def iter_all(self) -> list[Record]:
@@ -217,7 +216,7 @@ class DiskBuffer:
 
     def integrity_check(self) -> str:
         """SQLite ``PRAGMA integrity_check`` result ("ok" when healthy)."""
-        row = self._cache._sql("PRAGMA integrity_check").fetchone()  # noqa: SLF001
+        row = self._cache._sql("PRAGMA integrity_check").fetchone()
         return str(row[0]) if row else "no result"
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ def _check_influx(cfg: Config) -> str | None:
     try:
         if not writer.client.ping():
             return "no answer to /ping"
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         return str(exc)
     finally:
         writer.close()
@@ -60,8 +60,7 @@ async def check(cfg: Config) -> int:
     failures += mqtt_err is not None
     influx_err = await trio.to_thread.run_sync(_check_influx, cfg)
     print(
-        f"influxdb  {cfg.influxdb.url:30} "
-        f"{'ok' if influx_err is None else 'FAILED: ' + influx_err}"
+        f"influxdb  {cfg.influxdb.url:30} {'ok' if influx_err is None else 'FAILED: ' + influx_err}"
     )
     failures += influx_err is not None
     sys.stdout.flush()

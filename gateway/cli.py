@@ -88,7 +88,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
         buffer_dir = _load(args).gateway.buffer_dir
     sinks = [args.sink] if getattr(args, "sink", None) else ["mqtt", "influx"]
     now = time.time_ns()
-    report = {}
+    report: dict[str, dict[str, float | int | None]] = {}
     for sink in sinks:
         path = buffer_path(buffer_dir, sink)
         if not path.exists():
@@ -106,11 +106,13 @@ def cmd_buffer(args: argparse.Namespace) -> int:
                     sys.stdout.write(line + "\n")
                 continue
             stats = buf.stats()
-            first = buf._peek_sync(1)  # noqa: SLF001 - blocking read is fine in the CLI
+            first = buf._peek_sync(1)
             oldest = None
             if first:
-                ns = split_record(first[0].value)[0] if sink == "mqtt" else point_time_ns(
-                    first[0].value
+                ns = (
+                    split_record(first[0].value)[0]
+                    if sink == "mqtt"
+                    else point_time_ns(first[0].value)
                 )
                 oldest = round((now - ns) / 1e9, 3)
             report[sink] = {

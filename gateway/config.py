@@ -166,7 +166,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise ConfigError(
+                key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -176,7 +178,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(key, f"expected a list of {len(args)} items, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=False))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table, got {value!r}")
@@ -236,9 +240,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("mqtt.qos", "must be 0, 1 or 2")
     prefix_parts = m.topic_prefix.split("/")
     if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
-        raise ConfigError(
-            "mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'"
-        )
+        raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
     if m.keepalive < 5:
         raise ConfigError("mqtt.keepalive", "must be at least 5 seconds")
     if m.buffer_max_messages < 1:
@@ -336,9 +338,7 @@ def parse_config(
             elif isinstance(value, dict):
                 ranges = dict(DEFAULT_PLAUSIBILITY)
                 for metric, bounds in value.items():
-                    ranges[metric] = _coerce(
-                        f"plausibility.{metric}", bounds, tuple[float, float]
-                    )
+                    ranges[metric] = _coerce(f"plausibility.{metric}", bounds, tuple[float, float])
                 kwargs[key] = ranges
             else:
                 raise ConfigError("plausibility", "expected a table or false")

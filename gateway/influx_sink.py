@@ -20,7 +20,8 @@ from pathlib import Path
 
 import trio
 import urllib3
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
 from trio_util import wait_any
@@ -119,14 +120,14 @@ class InfluxWriter:
                 bucket=self.cfg.bucket,
                 org=self.cfg.org,
                 record="\n".join(lines),
-                write_precision=WritePrecision.NS,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
             )
-        except Exception as exc:  # noqa: BLE001 - everything is classified, nothing escapes
+        except Exception as exc:
             raise classify(exc) from exc
 
     def close(self) -> None:
         """Release connections."""
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]
 
 
 class InfluxSink:

@@ -64,7 +64,10 @@ class Metrics:
             "gateway_influx_dead_letter", "Points the database rejected for good", registry=r
         )
         self.influx_errors = Counter(
-            "gateway_influx_write_errors", "Failed write requests, by status", ["status"], registry=r
+            "gateway_influx_write_errors",
+            "Failed write requests, by status",
+            ["status"],
+            registry=r,
         )
         self.buffer_errors = Counter(
             "gateway_buffer_errors", "Buffer I/O failures, by sink", ["sink"], registry=r

@@ -11,6 +11,7 @@ milliseconds. Each connection attempt builds a fresh aiomqtt ``Client``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -182,11 +183,12 @@ class MqttSink:
                 nursery.cancel_scope.cancel()
         finally:
             self._set_connected(False)
-            with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
-                try:
-                    await trio_asyncio.aio_as_trio(client.__aexit__)(None, None, None)
-                except (aiomqtt.MqttError, OSError):
-                    pass
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(STATUS_TIMEOUT),
+                contextlib.suppress(aiomqtt.MqttError, OSError),
+            ):
+                await trio_asyncio.aio_as_trio(client.__aexit__)(None, None, None)
 
     async def _watch_disconnect(self, client: aiomqtt.Client) -> None:
         # Iterating client.messages raises as soon as paho sees the socket die,

@@ -7,7 +7,9 @@ its CRC (Node 2 then prints no node1 values for it, as the firmware does).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -103,8 +105,7 @@ def run(
                 time.sleep(max(0.0, next_at - time.monotonic()))
     except (BrokenPipeError, KeyboardInterrupt):
         # The reader went away or the operator stopped us: not an error.
-        try:
-            sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - silence the exit flush
-        except OSError:
-            pass
+        # Point stdout at /dev/null so the interpreter's exit flush stays quiet.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     return 0

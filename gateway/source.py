@@ -8,6 +8,7 @@ exit, and a stall watchdog restarts a child that went quiet.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -53,10 +54,8 @@ def _signal_group(proc: trio.Process, sig: signal.Signals) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
 
 
 class Source:
@@ -89,7 +88,7 @@ class Source:
             chunk = await stream.receive_some(READ_SIZE)
             if not chunk:
                 break
-            await self._deliver(splitter.feed(chunk), splitter, scope)
+            await self._deliver(splitter.feed(bytes(chunk)), splitter, scope)
         last = splitter.flush()
         await self._deliver([last] if last else [], splitter, scope)
 
@@ -173,7 +172,8 @@ class Source:
         stalled = False
         try:
             async with trio.open_nursery() as nursery:
-                assert proc.stderr is not None and proc.stdout is not None
+                assert proc.stderr is not None
+                assert proc.stdout is not None
                 nursery.start_soon(self._log_stderr, proc.stderr)
                 with trio.CancelScope() as scope:
                     if self.cfg.stall_timeout > 0:
@@ -201,7 +201,7 @@ class Source:
     async def _log_stderr(self, stream: trio.abc.ReceiveStream) -> None:
         splitter = LineSplitter(4096)
         while chunk := await stream.receive_some(READ_SIZE):
-            for line in splitter.feed(chunk):
+            for line in splitter.feed(bytes(chunk)):
                 text = line.decode("utf-8", "replace").strip()
                 if text:
                     self._stderr_log.log(logging.INFO, "stderr", "source stderr: %s", text)
@@ -222,14 +222,14 @@ class Source:
             if rate <= 0:
                 splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
                 while chunk := await f.read(READ_SIZE):
-                    await self._deliver(splitter.feed(chunk), splitter, None)
+                    await self._deliver(splitter.feed(bytes(chunk)), splitter, None)
                 last = splitter.flush()
                 await self._deliver([last] if last else [], splitter, None)
             else:
                 splitter = LineSplitter(self.cfg.max_line_bytes)
                 next_at = trio.current_time()
                 while chunk := await f.read(READ_SIZE):
-                    for line in splitter.feed(chunk):
+                    for line in splitter.feed(bytes(chunk)):
                         await trio.sleep_until(next_at)
                         next_at = max(next_at + 1.0 / rate, trio.current_time())
                         await self._deliver([line], splitter, None)

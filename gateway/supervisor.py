@@ -113,11 +113,15 @@ class Gateway:
         log.info("stopped")
 
     async def _run_stages(self, task_status: trio.TaskStatus[None]) -> None:
-        assert self.mqtt_buffer is not None and self.influx_buffer is not None
+        assert self.mqtt_buffer is not None
+        assert self.influx_buffer is not None
         cfg = self.cfg
         self.mqtt = MqttSink(cfg.mqtt, self.mqtt_buffer, self.metrics)
         self.influx = InfluxSink(
-            cfg.influxdb, self.influx_buffer, self.metrics, Path(cfg.gateway.buffer_dir) / "dead-letter"
+            cfg.influxdb,
+            self.influx_buffer,
+            self.metrics,
+            Path(cfg.gateway.buffer_dir) / "dead-letter",
         )
         self.source = Source(cfg.source, self.ingest, self.metrics)
         async with trio.open_nursery() as nursery:
@@ -146,8 +150,9 @@ class Gateway:
             )
             task_status.started()
             await self._stop.wait()
-            log.info("stopping: source first, then up to %.0f s for in-flight deliveries",
-                     SHUTDOWN_GRACE)
+            log.info(
+                "stopping: source first, then up to %.0f s for in-flight deliveries", SHUTDOWN_GRACE
+            )
             nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
             source_scope.cancel()
             await source_done.wait()
@@ -157,9 +162,10 @@ class Gateway:
             self._signals_scope.cancel()
 
     async def _watch_signals(self) -> None:
-        with self._signals_scope, trio.open_signal_receiver(
-            signal.SIGTERM, signal.SIGINT
-        ) as signals:
+        with (
+            self._signals_scope,
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        ):
             async for signum in signals:
                 if self._stop.is_set() and self._stages_scope is not None:
                     log.warning("second %s: stopping now", signal.Signals(signum).name)
@@ -170,7 +176,8 @@ class Gateway:
 
     async def ingest(self, lines: list[bytes], received_ns: int) -> None:
         """Parse lines, then commit their records to both buffers before returning."""
-        assert self.mqtt_buffer is not None and self.influx_buffer is not None
+        assert self.mqtt_buffer is not None
+        assert self.influx_buffer is not None
         m = self.metrics
         prefix = self.cfg.mqtt.topic_prefix
         messages: list[str] = []
@@ -190,14 +197,21 @@ class Gateway:
             for group, metric, reason in rejected:
                 m.metrics_rejected.labels(metric, reason).inc()
                 self._rejects.log(
-                    logging.WARNING, f"m:{metric}:{reason}",
-                    "skipped %s/%s: %s", group, metric, reason,
+                    logging.WARNING,
+                    f"m:{metric}:{reason}",
+                    "skipped %s/%s: %s",
+                    group,
+                    metric,
+                    reason,
                 )
             if parsed.line_reason is not None:
                 m.lines_rejected.labels(parsed.line_reason).inc()
                 self._rejects.log(
-                    logging.WARNING, f"l:{parsed.line_reason}",
-                    "rejected a line (%s): %r", parsed.line_reason, line[:120],
+                    logging.WARNING,
+                    f"l:{parsed.line_reason}",
+                    "rejected a line (%s): %r",
+                    parsed.line_reason,
+                    line[:120],
                 )
                 continue
             if packet is None:
@@ -233,16 +247,20 @@ class Gateway:
         except BufferError_ as exc:
             m.buffer_errors.labels(sink).inc()
             dropped_counter.inc(len(records))
-            self._rejects.log(logging.ERROR, f"w:{sink}", "%s; %d record(s) lost", exc,
-                              len(records))
+            self._rejects.log(
+                logging.ERROR, f"w:{sink}", "%s; %d record(s) lost", exc, len(records)
+            )
             return
         gauge.set(buffer.count.value)
         if dropped:
             dropped_counter.inc(dropped)
             self._rejects.log(
-                logging.WARNING, f"d:{sink}",
+                logging.WARNING,
+                f"d:{sink}",
                 "%s buffer full (%d): dropped the %d oldest record(s)",
-                sink, buffer.max_records, dropped,
+                sink,
+                buffer.max_records,
+                dropped,
             )
 
 

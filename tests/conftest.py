@@ -109,7 +109,16 @@ class GatewayProcess:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--log-level", "debug", "run", "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--log-level",
+                "debug",
+                "run",
+                "--config",
+                str(config),
+            ],
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -143,7 +152,9 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Start `gateway run` processes; all are killed at the end of the test."""
     procs: list[GatewayProcess] = []
 
-    def start(config: dict[str, dict[str, Any]], env: dict[str, str] | None = None) -> GatewayProcess:
+    def start(
+        config: dict[str, dict[str, Any]], env: dict[str, str] | None = None
+    ) -> GatewayProcess:
         n = len(procs)
         path = write_config(tmp_path / f"config-{n}.toml", config)
         gp = GatewayProcess(path, tmp_path / f"gateway-{n}.log", env)
@@ -234,7 +245,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
     """`gateway buffer stats --json` for a buffer dir."""
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "buffer", "stats", "--json", "--buffer-dir", str(buffer_dir)],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "buffer",
+            "stats",
+            "--json",
+            "--buffer-dir",
+            str(buffer_dir),
+        ],
         cwd=REPO,
         capture_output=True,
         check=True,

@@ -145,7 +145,6 @@ class Tsdb:
             metric = series["metric"]
             assert isinstance(metric, dict)
             name = str(metric["__name__"]).removesuffix("_value")
-            for value, ts in zip(series["values"], series["timestamps"]):  # type: ignore[call-overload]
+            for value, ts in zip(series["values"], series["timestamps"], strict=False):  # type: ignore[call-overload]
                 out.append((name, metric.get("node", ""), metric.get("unit", ""), value, ts))
         return out
-

@@ -50,7 +50,9 @@ def noisy_capture(n_packets: int = 24) -> tuple[bytes, list[dict[str, Any]]]:
             obj["node2"]["pressure"] = float("nan")
         text = json.dumps(obj, separators=(",", ":"), allow_nan=True)
         if i % 3 == 0:  # defmt prefix, colours and location suffix
-            line = f"{ESC}[32m0.{i:06d} [INFO ] {ESC}[0m{text} {ESC}[2m(node2 src/main.c:42){ESC}[0m"
+            line = (
+                f"{ESC}[32m0.{i:06d} [INFO ] {ESC}[0m{text} {ESC}[2m(node2 src/main.c:42){ESC}[0m"
+            )
         elif i % 3 == 1:
             line = f"{i}.5 INFO  {text}"
         else:
@@ -82,7 +84,9 @@ def test_noisy_stream_delivers_every_valid_metric_once(
     capture.write_bytes(data)
     child = tmp_path / "child.py"
     child.write_text(CHILD)
-    cfg = base_config(tmp_path, test_id, broker.port, tsdb.url, [sys.executable, str(child), str(capture)])
+    cfg = base_config(
+        tmp_path, test_id, broker.port, tsdb.url, [sys.executable, str(child), str(capture)]
+    )
     cfg["plausibility"] = {"temperature": [-40, 85]}
 
     expected_msgs: dict[str, list[str]] = defaultdict(list)
@@ -104,7 +108,7 @@ def test_noisy_stream_delivers_every_valid_metric_once(
             got[topic].append(payload)
         # Exactly once, FIFO per topic, documented topics and payloads.
         assert dict(got) == dict(expected_msgs)
-        assert ("{}/gateway/status".format(test_id), "online") in sub.snapshot()
+        assert (f"{test_id}/gateway/status", "online") in sub.snapshot()
 
         # Every point in the database, with node/unit tags and the receive time.
         def all_points() -> bool:
@@ -129,7 +133,8 @@ def test_noisy_stream_delivers_every_valid_metric_once(
         sub.close()
     assert code == 0, gw.log_text()
     log = gw.log_text()
-    assert "invalid_utf8" in log and "invalid_json" in log
+    assert "invalid_utf8" in log
+    assert "invalid_json" in log
     assert "longer than source.max_line_bytes" in log
 
     # The newest value of each topic is the retained one; "offline" after shutdown.
@@ -164,8 +169,9 @@ def test_servers_down_at_start_then_buffered_and_delivered(
     gw = gateway_factory(cfg)
     try:
         assert wait_until(
-            lambda: (buffer_dir / "mqtt").exists()
-            and buffer_stats(buffer_dir)["mqtt"]["records"] == 90,
+            lambda: (
+                (buffer_dir / "mqtt").exists() and buffer_stats(buffer_dir)["mqtt"]["records"] == 90
+            ),
             30,
         ), gw.log_text()
         time.sleep(2)  # several failed reconnects later ...

@@ -42,14 +42,16 @@ def check_generic(obj: dict) -> None:
     """Any line: an object with v=1, an integer seq, groups of numbers."""
     assert isinstance(obj, dict)
     assert obj["v"] == 1
-    assert isinstance(obj["seq"], int) and obj["seq"] >= 0
+    assert isinstance(obj["seq"], int)
+    assert obj["seq"] >= 0
     for name, value in obj.items():
         assert NAME.match(name), name
         if isinstance(value, dict):
             assert set(value) == GROUP_METRICS[name], (name, value)
             for metric, number in value.items():
                 assert NAME.match(metric), metric
-                assert isinstance(number, (int, float)) and not isinstance(number, bool)
+                assert isinstance(number, (int, float))
+                assert not isinstance(number, bool)
         else:
             assert name in {"v", "seq", "uptime_ms"}, name
             assert isinstance(value, int)
@@ -60,7 +62,8 @@ def check_node2_line(obj: dict) -> None:
     node1/node2 when present have plausible simulated values."""
     check_generic(obj)
     assert isinstance(obj["uptime_ms"], int)
-    assert "stats" in obj and "signal" in obj
+    assert "stats" in obj
+    assert "signal" in obj
     assert set(obj) <= {"v", "seq", "uptime_ms", "node1", "node2", "signal", "stats"}
     if "node1" in obj:
         n1 = obj["node1"]
@@ -102,22 +105,28 @@ def test_host_unit_tests_pass():
 
 def test_both_elfs_build_and_nucleo_fits():
     build("all")
-    assert NUCLEO_ELF.is_file() and QEMU_ELF.is_file()
+    assert NUCLEO_ELF.is_file()
+    assert QEMU_ELF.is_file()
     out = subprocess.run(
         ["arm-none-eabi-size", str(NUCLEO_ELF), str(QEMU_ELF)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     assert out[0].split()[:3] == ["text", "data", "bss"]
     sizes = {Path(line.split()[5]).parent.name: int(line.split()[0]) for line in out[1:]}
     assert 0 < sizes["nucleo-f446re"] <= TEXT_LIMIT, sizes
-    assert 0 < sizes["qemu-netduinoplus2"], sizes
+    assert sizes["qemu-netduinoplus2"] > 0, sizes
 
 
 def test_formatter_lines_are_valid_json():
     build("build/host/print_lines")
     out = subprocess.run(
-        [str(BUILD / "host" / "print_lines")], capture_output=True, text=True,
-        check=True, timeout=60,
+        [str(BUILD / "host" / "print_lines")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     lines = out.splitlines()
     assert len(lines) > 1000
@@ -134,8 +143,11 @@ def test_formatter_lines_are_valid_json():
 def test_host_build_of_the_application():
     build("build/host/node2_host")
     out = subprocess.run(
-        [str(BUILD / "host" / "node2_host")], capture_output=True, text=True,
-        check=True, timeout=60,
+        [str(BUILD / "host" / "node2_host")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     objs = [json.loads(line) for line in out.splitlines()]
     assert len(objs) == 300
@@ -149,9 +161,17 @@ def test_host_build_of_the_application():
 def test_qemu_emits_lines_and_exits():
     build(str(QEMU_LINES_ELF.relative_to(FIRMWARE)), "build/host/node2_host")
     cmd = [
-        "timeout", "-k", "5", "60",
-        "make", "-s", "--no-print-directory", "-C", str(FIRMWARE),
-        "qemu-test", f"LINES={LINES}",
+        "timeout",
+        "-k",
+        "5",
+        "60",
+        "make",
+        "-s",
+        "--no-print-directory",
+        "-C",
+        str(FIRMWARE),
+        "qemu-test",
+        f"LINES={LINES}",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -164,8 +184,11 @@ def test_qemu_emits_lines_and_exits():
     assert [o["uptime_ms"] for o in objs] == [1000 * (i + 1) for i in range(LINES)]
     # the same application code on the host gives the same lines
     host = subprocess.run(
-        [str(BUILD / "host" / "node2_host")], capture_output=True, text=True,
-        check=True, timeout=60,
+        [str(BUILD / "host" / "node2_host")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout.splitlines()
     assert lines == host[:LINES]
 
@@ -174,13 +197,25 @@ def test_qemu_continuous_run_paces_lines_in_real_time():
     """The command documented for the gateway's source.command."""
     build("build/qemu-netduinoplus2/node2.elf")
     argv = [
-        "qemu-system-arm", "-M", "netduinoplus2", "-display", "none",
-        "-monitor", "none", "-serial", "stdio", "-icount", "shift=auto",
-        "-kernel", str(QEMU_ELF),
+        "qemu-system-arm",
+        "-M",
+        "netduinoplus2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-icount",
+        "shift=auto",
+        "-kernel",
+        str(QEMU_ELF),
     ]
     proc = subprocess.Popen(
         ["timeout", "-k", "5", "30", *argv],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     start = time.monotonic()
     stamps, buf = [], b""

@@ -9,10 +9,12 @@ exit, and a stall watchdog restarts a child that went quiet.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import subprocess
+import termios
 import time
 from collections.abc import Awaitable, Callable
 
@@ -78,6 +80,8 @@ class Source:
         self.pid: int | None = None
         self._stderr_log = RateLimitedLog(log, interval=5.0)
         self._splitter = LineSplitter(cfg.max_line_bytes)
+        # The process spawner; a seam for tests that need virtual time.
+        self.spawn: Callable[..., Awaitable[trio.Process]] = trio.lowlevel.open_process
 
     # -- the common path -------------------------------------------------------
 
@@ -138,7 +142,7 @@ class Source:
         while True:
             self.state = "starting"
             try:
-                proc = await trio.lowlevel.open_process(
+                proc = await self.spawn(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
@@ -238,4 +242,70 @@ class Source:
         log.info("source: replay of %s finished", self.cfg.path)
 
     async def _run_serial(self) -> None:
-        raise NotImplementedError("serial source is not implemented yet")
+        port = self.cfg.port
+        while True:
+            self.state = "starting"
+            try:
+                fd = open_serial(port, self.cfg.baud)
+            except OSError as exc:
+                self.state = "failed"
+                self._count_restart("device_missing")
+                delay = self.backoff.next_delay()
+                log.error(
+                    "source: cannot open %s: %s; retrying in %.1f s",
+                    port,
+                    exc.strerror or exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                continue
+            self.state = "running"
+            self.metrics.source_up.set(1)
+            log.info("source: reading %s at %d baud", port, self.cfg.baud)
+            reason = "device_closed"
+            stream = trio.lowlevel.FdStream(fd)
+            try:
+                with trio.CancelScope() as scope:
+                    if self.cfg.stall_timeout > 0:
+                        scope.deadline = trio.current_time() + self.cfg.stall_timeout
+                    await self._pump(stream, scope)
+                if scope.cancelled_caught:
+                    reason = "stalled"
+            except (trio.BrokenResourceError, OSError) as exc:
+                # The USB device went away (EIO) or was unplugged mid-read.
+                reason = "device_lost"
+                log.warning("source: %s: %s", port, exc.__cause__ or exc)
+            finally:
+                self.metrics.source_up.set(0)
+                self.state = "restarting"
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            self._count_restart(reason)
+            delay = self.backoff.next_delay()
+            log.warning("source: %s (%s); reopening in %.1f s", port, reason, delay)
+            await trio.sleep(delay)
+
+
+def open_serial(port: str, baud: int) -> int:
+    """Open a serial device raw (8N1, no echo, no flow control); return the fd.
+
+    Raises:
+        OSError: the device is missing, busy or not a terminal; or the baud
+            rate is not one termios knows.
+    """
+    speed = getattr(termios, f"B{baud}", None)
+    if speed is None:
+        raise OSError(errno.EINVAL, f"unsupported baud rate {baud}")
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        attrs = termios.tcgetattr(fd)
+        iflag, oflag, cflag, lflag = 0, 0, termios.CS8 | termios.CREAD | termios.CLOCAL, 0
+        cc = attrs[6]
+        cc[termios.VMIN] = 1
+        cc[termios.VTIME] = 0
+        # No tcflush: bytes already waiting are real readings, not noise.
+        termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
+    except (termios.error, OSError) as exc:
+        os.close(fd)
+        raise OSError(errno.ENOTTY, f"{port} is not a serial device: {exc}") from exc
+    return fd

@@ -1,0 +1,186 @@
+"""The source stage: supervised child, restarts, stall watchdog, serial, file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.config import SourceSection
+from gateway.metrics import Metrics
+from gateway.source import Source
+
+
+class Collector:
+    """An on_lines handler that keeps every line."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.stamps: list[int] = []
+
+    async def __call__(self, lines: list[bytes], received_ns: int) -> None:
+        self.lines += lines
+        self.stamps.append(received_ns)
+
+
+def source(collector: Collector, **kw: object) -> Source:
+    defaults: dict[str, object] = {
+        "stall_timeout": 0.0,
+        "restart_initial": 0.05,
+        "restart_max": 0.2,
+    }
+    return Source(SourceSection(**{**defaults, **kw}), collector, Metrics())  # type: ignore[arg-type]
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_missing_program_is_retried_with_exact_backoff(
+    autojump_clock: trio.testing.MockClock,
+):
+    collector = Collector()
+    src = source(
+        collector, command=("/nonexistent/probe-rs",), restart_initial=0.5, restart_max=4.0
+    )
+    src.backoff._jitter = lambda ceiling: ceiling  # the upper bound, for exact times
+    attempts: list[float] = []
+
+    async def spawn(argv: list[str], **kwargs: object) -> trio.Process:
+        # Spawning runs in a thread, which virtual time cannot wait for; fail
+        # the way open_process does for a missing program.
+        attempts.append(trio.current_time())
+        raise FileNotFoundError(2, "No such file or directory")
+
+    src.spawn = spawn
+    with trio.move_on_after(20):
+        await src.run()
+    # Attempts at 0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5: doubling up to the cap.
+    assert attempts == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5]
+    assert src.restarts == {"failed_to_start": 8}
+    assert src.metrics.value("gateway_source_restarts_total", reason="failed_to_start") == 8
+
+
+CHUNKY = """
+import json, os, sys
+state = sys.argv[1]
+n = int(open(state).read()) if os.path.exists(state) else 0
+for i in range(3):
+    n += 1
+    print(json.dumps({"v": 1, "seq": n, "stats": {"packets_received": n}}), flush=True)
+open(state, "w").write(str(n))
+sys.exit(3)
+"""
+
+
+async def test_child_exiting_every_few_packets_is_restarted_and_nothing_lost(tmp_path: Path):
+    script = tmp_path / "chunky.py"
+    script.write_text(CHUNKY)
+    collector = Collector()
+    src = source(collector, command=(sys.executable, str(script), str(tmp_path / "n")))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            while len(collector.lines) < 15:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    seqs = [json.loads(line)["seq"] for line in collector.lines]
+    assert seqs[:15] == list(range(1, 16))  # each packet once, in order
+    assert src.restarts["exit_code_3"] >= 4
+    assert set(src.restarts) == {"exit_code_3"}
+
+
+SILENT = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)   # a wedged probe-rs: only SIGKILL works
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+open(sys.argv[1], "w").write(f"{os.getpid()} {child.pid}")
+print('{"v":1,"node2":{"pressure":1000.0}}', flush=True)
+time.sleep(3600)
+"""
+
+
+async def test_silent_child_is_killed_with_its_group_and_restarted(tmp_path: Path):
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT)
+    pids = tmp_path / "pids"
+    collector = Collector()
+    src = source(
+        collector,
+        command=(sys.executable, str(script), str(pids)),
+        stall_timeout=1.0,
+        restart_initial=5.0,
+        restart_max=5.0,
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            while not src.restarts:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert src.restarts == {"stalled": 1}
+    assert collector.lines == [b'{"v":1,"node2":{"pressure":1000.0}}']
+    leader, grandchild = map(int, pids.read_text().split())
+    assert not pid_alive(leader)
+    assert not pid_alive(grandchild)
+
+
+async def test_serial_port_vanishing_and_returning(tmp_path: Path):
+    link = tmp_path / "ttyACM0"  # like /dev/serial/by-id/…: a link that comes and goes
+
+    def plug() -> int:
+        master, slave = os.openpty()
+        link.symlink_to(os.ttyname(slave))
+        os.close(slave)
+        return master
+
+    collector = Collector()
+    src = source(collector, kind="serial", port=str(link), baud=115200)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            while src.restarts.get("device_missing", 0) < 2:  # not plugged in yet
+                await trio.sleep(0.02)
+            master = plug()
+            while src.state != "running":
+                await trio.sleep(0.02)
+            os.write(master, b'{"v":1,"seq":1,"node2":{"pressure":1000.5}}\r\n')
+            while len(collector.lines) < 1:
+                await trio.sleep(0.02)
+            # Unplugged: the reader sees EIO, the link disappears.
+            os.close(master)
+            link.unlink()
+            while src.restarts.get("device_lost", 0) + src.restarts.get("device_closed", 0) < 1:
+                await trio.sleep(0.02)
+            master = plug()
+            while src.state != "running":
+                await trio.sleep(0.02)
+            os.write(master, b'{"v":1,"seq":2,"node2":{"pressure":1000.6}}\n')
+            while len(collector.lines) < 2:
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    os.close(master)
+    assert collector.lines == [
+        b'{"v":1,"seq":1,"node2":{"pressure":1000.5}}',
+        b'{"v":1,"seq":2,"node2":{"pressure":1000.6}}',
+    ]
+
+
+async def test_file_replay_at_a_rate(tmp_path: Path, autojump_clock: trio.testing.MockClock):
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(b"".join(b'{"v":1,"seq":%d,"a":{"b":1}}\n' % i for i in range(5)))
+    collector = Collector()
+    src = source(collector, kind="file", path=str(capture), rate=2.0)
+    await src.run()
+    assert len(collector.lines) == 5
+    assert trio.current_time() == pytest.approx(2.0)  # 5 lines at 2/s: 0, .5, 1, 1.5, 2

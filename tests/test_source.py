@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,14 @@ def source(collector: Collector, **kw: object) -> Source:
         "restart_max": 0.2,
     }
     return Source(SourceSection(**{**defaults, **kw}), collector, Metrics())  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` every 20 ms until it holds (tests bound this with fail_after)."""
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:
@@ -91,8 +100,7 @@ async def test_child_exiting_every_few_packets_is_restarted_and_nothing_lost(tmp
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(src.run)
-            while len(collector.lines) < 15:
-                await trio.sleep(0.05)
+            await until(lambda: len(collector.lines) >= 15)
             nursery.cancel_scope.cancel()
     seqs = [json.loads(line)["seq"] for line in collector.lines]
     assert seqs[:15] == list(range(1, 16))  # each packet once, in order
@@ -125,8 +133,7 @@ async def test_silent_child_is_killed_with_its_group_and_restarted(tmp_path: Pat
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(src.run)
-            while not src.restarts:
-                await trio.sleep(0.05)
+            await until(lambda: bool(src.restarts))
             nursery.cancel_scope.cancel()
     assert src.restarts == {"stalled": 1}
     assert collector.lines == [b'{"v":1,"node2":{"pressure":1000.0}}']
@@ -149,25 +156,20 @@ async def test_serial_port_vanishing_and_returning(tmp_path: Path):
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(src.run)
-            while src.restarts.get("device_missing", 0) < 2:  # not plugged in yet
-                await trio.sleep(0.02)
+            # Not plugged in yet: retried.
+            await until(lambda: src.restarts.get("device_missing", 0) >= 2)
             master = plug()
-            while src.state != "running":
-                await trio.sleep(0.02)
+            await until(lambda: src.state == "running")
             os.write(master, b'{"v":1,"seq":1,"node2":{"pressure":1000.5}}\r\n')
-            while len(collector.lines) < 1:
-                await trio.sleep(0.02)
+            await until(lambda: len(collector.lines) >= 1)
             # Unplugged: the reader sees EIO, the link disappears.
             os.close(master)
             link.unlink()
-            while src.restarts.get("device_lost", 0) + src.restarts.get("device_closed", 0) < 1:
-                await trio.sleep(0.02)
+            await until(lambda: "device_lost" in src.restarts or "device_closed" in src.restarts)
             master = plug()
-            while src.state != "running":
-                await trio.sleep(0.02)
+            await until(lambda: src.state == "running")
             os.write(master, b'{"v":1,"seq":2,"node2":{"pressure":1000.6}}\n')
-            while len(collector.lines) < 2:
-                await trio.sleep(0.02)
+            await until(lambda: len(collector.lines) >= 2)
             nursery.cancel_scope.cancel()
     os.close(master)
     assert collector.lines == [

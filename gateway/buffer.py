@@ -113,9 +113,14 @@ class DiskBuffer:
         try:
             return _open_cache(self.directory, self.durability)
         except (sqlite3.Error, OSError) as exc:
-            aside = self.directory.with_name(
-                f"{self.directory.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-            )
+            stem = f"{self.directory.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside = self.directory.with_name(stem)
+            # A second corruption within the same second must not land inside
+            # the first one's directory (shutil.move into an existing dir).
+            n = 0
+            while aside.exists():
+                n += 1
+                aside = self.directory.with_name(f"{stem}-{n}")
             log.error(
                 "%s buffer at %s cannot be opened (%s); moving it aside to %s and "
                 "starting an empty one",
@@ -182,20 +187,23 @@ class DiskBuffer:
         except (sqlite3.Error, OSError) as exc:
             raise BufferError_(f"{self.name} buffer read failed: {exc}") from exc
 
-    def _ack_sync(self, keys: Sequence[int]) -> int:
+    def _ack_sync(self, records: Sequence[Record]) -> int:
         cache = self._cache
         with cache.transact():
-            for key in keys:
-                cache.delete(key)
+            for record in records:
+                # diskcache restarts push keys once the store is empty, so a key
+                # from a stale batch may now name a newer record: delete only
+                # the record that was acknowledged.
+                if cache.get(record.key) == record.value:
+                    cache.delete(record.key)
             return len(cache)
 
     async def ack(self, records: Sequence[Record]) -> None:
         """Delete acknowledged records (records already dropped are ignored)."""
         if not records:
             return
-        keys = [r.key for r in records]
         try:
-            count = await trio.to_thread.run_sync(self._ack_sync, keys, limiter=self._limiter)
+            count = await trio.to_thread.run_sync(self._ack_sync, records, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
             raise BufferError_(f"{self.name} buffer delete failed: {exc}") from exc
         self.count.value = count

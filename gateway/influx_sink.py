@@ -20,10 +20,10 @@ from pathlib import Path
 
 import trio
 import urllib3
-from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from trio_util import wait_any
 
 from gateway.backoff import Backoff

@@ -214,6 +214,13 @@ def test_deep_nesting_never_raises() -> None:
     assert reason(nested_list) in (TOO_DEEP, INVALID_JSON)
 
 
+@pytest.mark.parametrize(
+    "line", [EXAMPLE[:40], b"0.512 INFO  " + EXAMPLE[:-3], b"} log text {", b"{"]
+)
+def test_an_object_that_never_closes_is_invalid_not_ignored(line: bytes) -> None:
+    assert reason(line) == INVALID_JSON
+
+
 def test_two_objects_on_one_line_are_invalid() -> None:
     assert reason(EXAMPLE + b" " + EXAMPLE) == INVALID_JSON
 
@@ -224,7 +231,6 @@ def test_two_objects_on_one_line_are_invalid() -> None:
         b"",
         b"INFO  flashing 42%",
         b"    Finished in 0.8s",
-        b"} backwards {",
         b"\x1b[31mERROR\x1b[0m probe not found",
     ],
 )
@@ -396,9 +402,7 @@ def test_splitter_long_partial_line_at_end_of_stream() -> None:
 
 
 def stats_packet(seq: int, received: int) -> Packet:
-    return parse(
-        line_with({"seq": seq, "stats": {"packets_received": received, "crc_errors": 0}})
-    )
+    return parse(line_with({"seq": seq, "stats": {"packets_received": received, "crc_errors": 0}}))
 
 
 def test_sequence_tracker_counts_gaps() -> None:

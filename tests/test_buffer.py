@@ -1,0 +1,214 @@
+"""gateway.buffer: the bounded, durable FIFO both sinks deliver from."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.buffer import DiskBuffer, buffer_path
+
+
+async def open_buffer(path: Path, max_records: int = 100, **kwargs: object) -> DiskBuffer:
+    return await DiskBuffer.open(path, max_records=max_records, **kwargs)  # type: ignore[arg-type]
+
+
+def values(records: list) -> list[str]:  # type: ignore[type-arg]
+    return [r.value for r in records]
+
+
+async def test_fifo_order(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "influx")
+    await buf.append(["a", "b"])
+    await buf.append(["c"])
+    await buf.append(["d", "e", "f"])
+    assert values(await buf.peek(10)) == ["a", "b", "c", "d", "e", "f"]
+    assert values(await buf.peek(2)) == ["a", "b"]
+    buf.close()
+
+
+async def test_peek_does_not_remove(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt")
+    await buf.append(["a", "b", "c"])
+    first = await buf.peek(2)
+    second = await buf.peek(2)
+    assert first == second
+    assert buf.count.value == 3
+    assert buf.stats()["records"] == 3
+    buf.close()
+
+
+async def test_ack_removes_only_acked_keys(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt")
+    await buf.append(["a", "b", "c", "d"])
+    batch = await buf.peek(4)
+    await buf.ack([batch[0], batch[2]])
+    assert values(await buf.peek(10)) == ["b", "d"]
+    assert buf.count.value == 2
+    # Acking records that are already gone is harmless.
+    await buf.ack(batch[:1])
+    await buf.ack([])
+    assert values(await buf.peek(10)) == ["b", "d"]
+    buf.close()
+
+
+async def test_records_appended_after_a_peek_survive_its_ack(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "influx")
+    await buf.append(["a", "b"])
+    batch = await buf.peek(10)
+    await buf.append(["c"])
+    await buf.ack(batch)
+    assert values(await buf.peek(10)) == ["c"]
+    buf.close()
+
+
+async def test_stale_ack_after_the_buffer_emptied_keeps_new_records(tmp_path: Path) -> None:
+    # diskcache reuses push keys once the store is empty: an ack of an old
+    # batch must not delete the newer record that now has the same key.
+    buf = await open_buffer(tmp_path / "mqtt")
+    await buf.append(["old"])
+    stale = await buf.peek(10)
+    await buf.ack(stale)
+    await buf.append(["new"])
+    assert [r.key for r in await buf.peek(10)] == [r.key for r in stale]
+    await buf.ack(stale)
+    assert values(await buf.peek(10)) == ["new"]
+    buf.close()
+
+
+async def test_bound_drops_oldest_and_returns_the_count(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt", max_records=5)
+    assert await buf.append(["1", "2", "3"]) == 0
+    assert await buf.append(["4", "5", "6", "7"]) == 2
+    assert values(await buf.peek(10)) == ["3", "4", "5", "6", "7"]
+    assert await buf.append([str(i) for i in range(8, 20)]) == 12
+    assert values(await buf.peek(10)) == ["15", "16", "17", "18", "19"]
+    assert buf.dropped_total == 14
+    assert buf.count.value == 5
+    assert await buf.append([]) == 0
+    buf.close()
+
+
+async def test_ack_of_records_dropped_by_overflow(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt", max_records=3)
+    await buf.append(["a", "b", "c"])
+    batch = await buf.peek(3)
+    await buf.append(["d", "e"])  # drops a and b while the batch is in flight
+    await buf.ack(batch)
+    assert values(await buf.peek(10)) == ["d", "e"]
+    buf.close()
+
+
+async def test_reopen_keeps_records_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "influx"
+    buf = await open_buffer(path)
+    await buf.append(["a", "b", "c"])
+    await buf.ack(await buf.peek(1))
+    buf.close()
+    buf = await open_buffer(path)
+    assert buf.count.value == 2
+    await buf.append(["d"])
+    assert values(await buf.peek(10)) == ["b", "c", "d"]
+    assert buf.corrupt_moved == []
+    buf.close()
+
+
+async def test_count_wakes_a_waiting_sink(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt")
+    seen: list[int] = []
+
+    async def sink() -> None:
+        seen.append(await buf.count.wait_value(lambda n: n >= 3))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink)
+            await buf.append(["a", "b"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            await buf.append(["c"])
+    assert seen == [3]
+    await buf.ack(await buf.peek(2))
+    assert buf.count.value == 1
+    buf.close()
+
+
+def sibling_names(directory: Path, prefix: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(prefix))
+
+
+def corrupt_with_random_bytes(db: Path) -> None:
+    db.write_bytes(random.Random(7).randbytes(16384))
+
+
+def corrupt_by_truncation(db: Path) -> None:
+    with open(db, "r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_with_random_bytes, corrupt_by_truncation])
+async def test_corrupt_store_is_moved_aside(tmp_path: Path, corrupt) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "influx"
+    buf = await open_buffer(path, max_records=1000)
+    await buf.append([f"record {i} " + "x" * 100 for i in range(500)])
+    buf.close()
+    corrupt(path / "cache.db")
+
+    buf = await open_buffer(path, max_records=1000)
+    assert len(buf.corrupt_moved) == 1
+    aside = buf.corrupt_moved[0]
+    assert aside.parent == tmp_path
+    assert aside.name.startswith("influx.corrupt-")
+    assert (aside / "cache.db").exists()
+    assert buf.count.value == 0
+    assert buf.integrity_check() == "ok"
+    await buf.append(["fresh"])
+    assert values(await buf.peek(10)) == ["fresh"]
+    buf.close()
+
+
+async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> None:
+    path = tmp_path / "mqtt"
+    moved = []
+    for _ in range(2):
+        buf = await open_buffer(path)
+        await buf.append(["a"])
+        buf.close()
+        corrupt_with_random_bytes(path / "cache.db")
+        buf = await open_buffer(path)
+        moved += buf.corrupt_moved
+        buf.close()
+    assert len(set(moved)) == 2
+    for aside in moved:
+        assert (aside / "cache.db").exists()
+    assert sibling_names(tmp_path, "mqtt.") == sorted(p.name for p in moved)
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
+async def test_durability(tmp_path: Path, durability: str, synchronous: int) -> None:
+    path = tmp_path / "influx"
+    buf = await open_buffer(path, durability=durability)
+    assert buf._cache._sql("PRAGMA synchronous").fetchone()[0] == synchronous
+    await buf.append(["a", "b"])
+    buf.close()
+    buf = await open_buffer(path, durability=durability)
+    assert values(await buf.peek(10)) == ["a", "b"]
+    assert buf.integrity_check() == "ok"
+    buf.close()
+
+
+async def test_stats_and_iter_all(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "influx", max_records=7)
+    await buf.append(["a", "b", "c"])
+    stats = buf.stats()
+    assert stats["records"] == 3
+    assert stats["max_records"] == 7
+    assert stats["bytes"] > 0
+    assert values(buf.iter_all()) == ["a", "b", "c"]
+    buf.close()
+
+
+def test_buffer_path() -> None:
+    assert buffer_path("buffers", "mqtt") == Path("buffers") / "mqtt"

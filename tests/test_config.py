@@ -1,0 +1,211 @@
+"""gateway.config: strict TOML loading, dotted-key errors, secrets, overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    DEFAULT_PLAUSIBILITY,
+    INFLUX_TOKEN_ENV,
+    MQTT_PASSWORD_ENV,
+    Config,
+    load_config,
+)
+from gateway.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ=NO_ENV)
+    return info.value
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(REPO / "config.toml", environ=NO_ENV)
+    assert cfg.gateway.id == "gw-01"
+    assert cfg.gateway.durability == "full"
+    assert cfg.source.command[0] == "probe-rs"
+    assert cfg.mqtt.port == 1883
+    assert cfg.mqtt.qos == 1
+    assert cfg.influxdb.batch_size == 10
+    assert cfg.influxdb.flush_interval == 1.0
+    assert cfg.influxdb.tags == {}
+    assert cfg.plausibility == DEFAULT_PLAUSIBILITY
+
+
+def test_example_config_states_the_defaults() -> None:
+    """config.toml says "every key is shown with its default"; hold it to that."""
+    cfg = load_config(REPO / "config.toml", environ=NO_ENV)
+    assert cfg == Config()
+
+
+def test_local_config_loads() -> None:
+    cfg = load_config(REPO / "ops" / "local.toml", environ=NO_ENV)
+    assert cfg.gateway.id == "gw-local"
+    assert cfg.source.command == ("gateway", "simulate", "--interval", "1")
+    assert cfg.influxdb.url == "http://127.0.0.1:8428"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nid = "from-env"\n')
+    cfg = load_config(environ={"GATEWAY_CONFIG": str(path)})
+    assert cfg.gateway.id == "from-env"
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), environ=NO_ENV) == Config()
+
+
+def test_unknown_key_names_the_dotted_key(tmp_path: Path) -> None:
+    err = config_error(tmp_path, '[mqtt]\nhostt = "broker"\n')
+    assert err.key == "mqtt.hostt"
+    assert "mqtt.hostt" in str(err)
+
+
+def test_wrong_type_names_the_dotted_key(tmp_path: Path) -> None:
+    assert config_error(tmp_path, '[mqtt]\nport = "1883"\n').key == "mqtt.port"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mqtt]\nretain = 1\n", "mqtt.retain"),
+        ("[mqtt]\nqos = true\n", "mqtt.qos"),
+        ('[influxdb]\nflush_interval = "1s"\n', "influxdb.flush_interval"),
+        ('[source]\ncommand = "probe-rs attach"\n', "source.command"),
+        ('[source]\ncommand = ["a", 1]\n', "source.command[1]"),
+        ('[gateway]\ndurability = "sometimes"\n', "gateway.durability"),
+        ("[influxdb.tags]\nsite = 3\n", "influxdb.tags.site"),
+        ('[influxdb.tags]\nnode = "x"\n', "influxdb.tags.node"),
+        ("[plausibility]\ntemperature = [10, -10]\n", "plausibility.temperature"),
+        ('[plausibility]\ntemperature = "hot"\n', "plausibility.temperature"),
+        ("[plausibility]\ntemperature = [1, 2, 3]\n", "plausibility.temperature"),
+        ("[mqtt]\nport = 70000\n", "mqtt.port"),
+        ('[mqtt]\ntopic_prefix = "a/+/b"\n', "mqtt.topic_prefix"),
+        ('[influxdb]\nurl = "localhost:8086"\n', "influxdb.url"),
+        ("gateway = 3\n", "gateway"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    assert config_error(tmp_path, "[mqqt]\nport = 1\n").key == "mqqt"
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    err = config_error(tmp_path, "[mqtt\nport = \n")
+    assert "not valid TOML" in str(err)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.toml", environ=NO_ENV)
+
+
+def test_plausibility_false_disables_it(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "plausibility = false\n"), environ=NO_ENV)
+    assert cfg.plausibility == {}
+
+
+def test_plausibility_override_keeps_the_other_defaults(tmp_path: Path) -> None:
+    text = "[plausibility]\ntemperature = [-10, 50.5]\nco2 = [300, 5000]\n"
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.plausibility["temperature"] == (-10.0, 50.5)
+    assert cfg.plausibility["co2"] == (300.0, 5000.0)
+    assert cfg.plausibility["pressure"] == DEFAULT_PLAUSIBILITY["pressure"]
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "mqtt.pw").write_text("s3cret-pw\n")
+    (tmp_path / "influx.tok").write_text("  t0ken-value\n")
+    text = (
+        f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
+        f'[influxdb]\ntoken_file = "{tmp_path / "influx.tok"}"\n'
+    )
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.mqtt.password == "s3cret-pw"
+    assert cfg.influxdb.token == "t0ken-value"
+    assert "s3cret-pw" not in repr(cfg)
+    assert "t0ken-value" not in repr(cfg)
+    assert "s3cret-pw" not in str(cfg)
+
+
+def test_secret_file_wins_over_environment(tmp_path: Path) -> None:
+    (tmp_path / "influx.tok").write_text("from-file")
+    text = f'[influxdb]\ntoken_file = "{tmp_path / "influx.tok"}"\n'
+    cfg = load_config(write(tmp_path, text), environ={INFLUX_TOKEN_ENV: "from-env"})
+    assert cfg.influxdb.token == "from-file"
+
+
+def test_secrets_from_environment(tmp_path: Path) -> None:
+    env = {MQTT_PASSWORD_ENV: "env-pw", INFLUX_TOKEN_ENV: "env-token"}
+    cfg = load_config(write(tmp_path, ""), environ=env)
+    assert cfg.mqtt.password == "env-pw"
+    assert cfg.influxdb.token == "env-token"
+    assert "env-pw" not in repr(cfg)
+    assert "env-token" not in repr(cfg)
+
+
+def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:
+    text = f'[mqtt]\npassword_file = "{tmp_path / "missing.pw"}"\n'
+    assert config_error(tmp_path, text).key == "mqtt.password_file"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[mqtt]\npassword = "x"\n', "mqtt.password"),
+        ('[influxdb]\ntoken = "x"\n', "influxdb.token"),
+    ],
+)
+def test_secrets_in_the_file_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    err = config_error(tmp_path, text)
+    assert err.key == key
+    assert "secrets are not read from the config file" in str(err)
+
+
+def test_buffer_dir_override(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nbuffer_dir = "/from/file"\n')
+    assert load_config(path, environ=NO_ENV).gateway.buffer_dir == "/from/file"
+    cfg = load_config(path, buffer_dir=str(tmp_path / "buf"), environ=NO_ENV)
+    assert cfg.gateway.buffer_dir == str(tmp_path / "buf")
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.mqtt.port = 1  # type: ignore[misc]
+
+
+# -- the CLI refuses a bad config with exit code 2 and one line -------------------
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = write(tmp_path, '[mqtt]\nhostt = "broker"\n', name="bad.toml")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "mqtt.hostt" in lines[0]
+    assert result.stdout == ""

@@ -1,0 +1,411 @@
+"""gateway.influx_sink: points, error classification against a real HTTP server of
+our own, dead letters, splitting, retries, and batch timing under a virtual clock."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.buffer import DiskBuffer
+from gateway.config import InfluxSection
+from gateway.errors import InfluxWriteError
+from gateway.influx_sink import (
+    DEAD_LETTER_FILE,
+    InfluxSink,
+    InfluxWriter,
+    classify,
+    packet_points,
+    point_time_ns,
+    tag_suffix,
+)
+from gateway.metrics import Metrics
+from gateway.telemetry import parse_line
+
+RECEIVED_NS = 1795773905582000000
+EXAMPLE = (
+    b'{"v":1,"seq":42,"uptime_ms":420113,'
+    b'"node1":{"temperature":26.7,"humidity":55.4,"gas_resistance":101169},'
+    b'"node2":{"temperature":24.3,"pressure":1013.25},'
+    b'"signal":{"rssi":-33,"snr":13},'
+    b'"stats":{"packets_received":42,"crc_errors":0}}'
+)
+
+# -- points -------------------------------------------------------------------------
+
+
+def example_points(static_tags: str = "") -> list[str]:
+    parsed = parse_line(EXAMPLE, RECEIVED_NS)
+    assert parsed is not None
+    assert parsed.packet is not None
+    return packet_points(parsed.packet, static_tags)
+
+
+def test_packet_points_of_the_design_example() -> None:
+    ns = RECEIVED_NS
+    assert example_points() == [
+        f"temperature,node=node1,unit=celsius value=26.7 {ns}",
+        f"humidity,node=node1,unit=percent value=55.4 {ns}",
+        f"gas_resistance,node=node1,unit=ohms value=101169.0 {ns}",
+        f"temperature,node=node2,unit=celsius value=24.3 {ns}",
+        f"pressure,node=node2,unit=hpa value=1013.25 {ns}",
+        f"rssi,node=signal,unit=dbm value=-33.0 {ns}",
+        f"snr,node=signal,unit=db value=13.0 {ns}",
+        f"packets_received,node=stats value=42.0 {ns}",
+        f"crc_errors,node=stats value=0.0 {ns}",
+    ]
+    assert (
+        example_points()[0] == "temperature,node=node1,unit=celsius value=26.7 1795773905582000000"
+    )
+    assert all(point_time_ns(p) == ns for p in example_points())
+
+
+def test_static_tags_are_sorted_and_escaped() -> None:
+    suffix = tag_suffix({"site": "north field", "rack": "a,b=c\\d", "empty": ""})
+    assert suffix == ",rack=a\\,b\\=c\\\\d,site=north\\ field"
+    assert example_points(suffix)[0] == (
+        "temperature,node=node1,unit=celsius,rack=a\\,b\\=c\\\\d,site=north\\ field "
+        f"value=26.7 {RECEIVED_NS}"
+    )
+    assert tag_suffix({}) == ""
+
+
+# -- a small InfluxDB of our own: answers what the test scripts --------------------
+
+
+@dataclass
+class Request:
+    path: str
+    lines: list[str]
+    status: int
+
+
+@dataclass
+class FakeInflux:
+    """An HTTP server on a free port; ``respond(lines)`` picks each answer."""
+
+    respond: Callable[[list[str]], tuple[int, dict[str, str]]]
+    log: list[Request] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def accepted(self) -> list[str]:
+        return [line for r in self.log if 200 <= r.status < 300 for line in r.lines]
+
+
+@pytest.fixture
+def influx() -> Iterator[FakeInflux]:
+    fake = FakeInflux(respond=lambda lines: (204, {}))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            lines = [line for line in body.decode().split("\n") if line]
+            status, headers = fake.respond(lines)
+            fake.log.append(Request(self.path, lines, status))
+            payload = b"" if status == 204 else json.dumps({"code": "x", "message": "m"}).encode()
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    fake.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=fake.server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+    thread.join()
+
+
+def section(url: str, **kwargs: object) -> InfluxSection:
+    defaults: dict[str, object] = {
+        "url": url,
+        "org": "test-org",
+        "bucket": "test-bucket",
+        "token": "test-token",
+        "timeout": 5.0,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+    }
+    defaults.update(kwargs)
+    return InfluxSection(**defaults)  # type: ignore[arg-type]
+
+
+def write_error(url: str, lines: Sequence[str]) -> InfluxWriteError:
+    writer = InfluxWriter(section(url))
+    try:
+        with pytest.raises(InfluxWriteError) as info:
+            writer.write(lines)
+    finally:
+        writer.close()
+    return info.value
+
+
+def test_successful_write_reaches_the_server(influx: FakeInflux) -> None:
+    writer = InfluxWriter(section(influx.url))
+    writer.write(example_points())
+    writer.close()
+    assert len(influx.log) == 1
+    assert influx.log[0].path.startswith("/api/v2/write?")
+    assert "bucket=test-bucket" in influx.log[0].path
+    assert "precision=ns" in influx.log[0].path
+    assert influx.accepted() == example_points()
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable", "split"),
+    [
+        (400, False, True),
+        (401, True, False),
+        (403, True, False),
+        (404, True, False),
+        (413, True, True),
+        (422, False, True),
+        (500, True, False),
+        (503, True, False),
+    ],
+)
+def test_http_errors_are_classified(
+    influx: FakeInflux, status: int, retryable: bool, split: bool
+) -> None:
+    influx.respond = lambda lines: (status, {})
+    err = write_error(influx.url, example_points()[:2])
+    assert err.status == status
+    assert err.retryable is retryable
+    assert err.split is split
+    assert err.retry_after is None
+    # One request: the client itself must not retry behind our backoff.
+    assert len(influx.log) == 1
+
+
+def test_429_honours_retry_after(influx: FakeInflux) -> None:
+    influx.respond = lambda lines: (429, {"Retry-After": "7"})
+    err = write_error(influx.url, example_points()[:1])
+    assert err.status == 429
+    assert err.retryable is True
+    assert err.split is False
+    assert err.retry_after == 7.0
+
+
+@pytest.mark.parametrize(("status", "hint"), [(401, "token"), (404, "bucket")])
+def test_config_problems_say_what_to_check(influx: FakeInflux, status: int, hint: str) -> None:
+    influx.respond = lambda lines: (status, {})
+    assert hint in str(write_error(influx.url, example_points()[:1]))
+
+
+def test_refused_port_is_a_retryable_network_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The socket is closed: nothing listens on the port any more.
+    err = write_error(f"http://127.0.0.1:{port}", example_points()[:1])
+    assert err.status is None
+    assert err.retryable is True
+    assert err.split is False
+    assert "network" in str(err)
+
+
+def test_classify_passes_our_errors_through_and_wraps_others() -> None:
+    ours = InfluxWriteError("x", status=400, retryable=False)
+    assert classify(ours) is ours
+    other = classify(RuntimeError("boom"))
+    assert other.retryable is True
+    assert other.status is None
+    assert classify(ConnectionResetError("reset")).retryable is True
+
+
+# -- InfluxSink against the fake server -----------------------------------------------
+
+
+async def run_sink_until_drained(
+    cfg: InfluxSection, buffer: DiskBuffer, metrics: Metrics, dead_dir: Path
+) -> InfluxSink:
+    sink = InfluxSink(cfg, buffer, metrics, dead_dir)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+            await buffer.count.wait_value(0)
+            sink.stop()
+    return sink
+
+
+async def test_bad_point_goes_to_dead_letter_the_rest_is_written(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    points = [f"temperature,node=n{i} value={i}.5 {RECEIVED_NS + i}" for i in range(10)]
+    marker = points[6]
+    influx.respond = lambda lines: (400, {}) if marker in lines else (204, {})
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    await buffer.append(points)
+    cfg = section(influx.url, batch_size=10, flush_interval=0.05)
+    await run_sink_until_drained(cfg, buffer, metrics, tmp_path / "dead-letter")
+    buffer.close()
+
+    accepted = influx.accepted()
+    assert sorted(accepted) == sorted(p for p in points if p != marker)
+    assert len(accepted) == 9  # each good point written exactly once
+    dead = (tmp_path / "dead-letter" / DEAD_LETTER_FILE).read_text().splitlines()
+    assert dead == [marker]
+    assert metrics.value("gateway_influx_dead_letter_total") == 1
+    assert metrics.value("gateway_influx_written_total") == 9
+
+
+async def test_too_large_requests_are_split_until_accepted(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    points = [f"pressure,node=n{i} value=1000.{i} {RECEIVED_NS + i}" for i in range(10)]
+    influx.respond = lambda lines: (413, {}) if len(lines) > 4 else (204, {})
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    await buffer.append(points)
+    await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
+    buffer.close()
+
+    assert influx.accepted() == points  # all of them, in order, once
+    assert all(len(r.lines) <= 4 for r in influx.log if r.status == 204)
+    assert not (tmp_path / "dead" / DEAD_LETTER_FILE).exists()
+    assert metrics.value("gateway_influx_dead_letter_total") == 0
+
+
+async def test_unavailable_then_available_loses_nothing(influx: FakeInflux, tmp_path: Path) -> None:
+    points = [f"rssi,node=signal value=-{i}.0 {RECEIVED_NS + i}" for i in range(10)]
+    answers = iter([503, 503])
+    influx.respond = lambda lines: (next(answers, 204), {})
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    await buffer.append(points)
+    sink = await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
+    buffer.close()
+
+    assert [r.status for r in influx.log] == [503, 503, 204]
+    assert influx.log[-1].lines == points
+    assert influx.accepted() == points
+    assert metrics.value("gateway_influx_write_errors_total", status="503") == 2
+    assert sink.healthy is True
+    assert sink.last_error == ""
+
+
+# -- batching, in virtual time ----------------------------------------------------------
+#
+# The sink runs writer.write and the buffer's SQLite work on worker threads. The
+# autojump clock jumps as soon as every task is blocked, and a task waiting for a
+# thread counts as blocked: so these tests never leave a timer of their own
+# pending while a thread runs (they wait on events, not sleeps), hold the clock
+# (autojump_threshold = inf) around a thread call made while the sink's own timer
+# is pending, and the fake writer reads the virtual clock through trio.from_thread.
+
+
+class RecordingWriter:
+    """A writer that accepts instantly and notes the virtual time of each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, list[str]]] = []
+        self.closed = False
+        self.wrote = trio.Event()
+
+    def write(self, lines: Sequence[str]) -> None:
+        now = trio.from_thread.run_sync(trio.current_time)
+        self.writes.append((now, list(lines)))
+        trio.from_thread.run_sync(self.wrote.set)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def points(n: int, start: int = 0) -> list[str]:
+    return [f"snr,node=signal value={i}.0 {RECEIVED_NS + i}" for i in range(start, start + n)]
+
+
+async def start_sink(
+    nursery: trio.Nursery, tmp_path: Path, writer: RecordingWriter, **cfg: object
+) -> tuple[InfluxSink, DiskBuffer]:
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=1000)
+    sink = InfluxSink(
+        section("http://127.0.0.1:9", **cfg),
+        buffer,
+        Metrics(),
+        tmp_path / "dead",
+        writer=writer,  # type: ignore[arg-type]
+    )
+    await nursery.start(sink.run)
+    return sink, buffer
+
+
+async def test_partial_batch_waits_exactly_flush_interval(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    writer = RecordingWriter()
+    async with trio.open_nursery() as nursery:
+        sink, buffer = await start_sink(
+            nursery, tmp_path, writer, batch_size=10, flush_interval=2.5
+        )
+        await trio.sleep(100.0)  # nothing waiting: nothing written
+        assert writer.writes == []
+        arrived = trio.current_time()
+        await buffer.append(points(3))
+        await writer.wrote.wait()
+        await buffer.count.wait_value(0)
+        sink.stop()
+    assert writer.writes == [(arrived + 2.5, points(3))]
+    assert writer.closed
+
+
+async def test_full_batch_is_written_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    writer = RecordingWriter()
+    async with trio.open_nursery() as nursery:
+        sink, buffer = await start_sink(
+            nursery, tmp_path, writer, batch_size=10, flush_interval=2.5
+        )
+        await trio.sleep(1.0)
+        arrived = trio.current_time()
+        await buffer.append(points(10))
+        await writer.wrote.wait()
+        await buffer.count.wait_value(0)
+        sink.stop()
+    assert writer.writes == [(arrived, points(10))]
+
+
+async def test_batch_fills_up_while_waiting(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    writer = RecordingWriter()
+    async with trio.open_nursery() as nursery:
+        sink, buffer = await start_sink(
+            nursery, tmp_path, writer, batch_size=10, flush_interval=2.5
+        )
+        first = trio.current_time()
+        await buffer.append(points(4))
+        await trio.sleep(1.0)
+        assert writer.writes == []
+        # The sink's flush_interval timer is pending now: hold the clock while
+        # the append's thread runs, or autojump would fire the timer meanwhile.
+        autojump_clock.autojump_threshold = math.inf
+        await buffer.append(points(6, start=4))
+        autojump_clock.autojump_threshold = 0
+        await writer.wrote.wait()
+        await buffer.count.wait_value(0)
+        sink.stop()
+    assert writer.writes == [(first + 1.0, points(10))]

@@ -10,6 +10,7 @@ then returns. Everything not acknowledged is already on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -21,11 +22,13 @@ import trio_asyncio
 
 from gateway.buffer import DiskBuffer, buffer_path
 from gateway.config import Config
-from gateway.errors import BufferError_
+from gateway.errors import BufferError_, leaf
 from gateway.influx_sink import InfluxSink, packet_points, tag_suffix
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.mqtt_sink import MqttSink, packet_records
 from gateway.source import Source
+from gateway.status import LatestValues, serve_status
+from gateway.systemd import watchdog
 from gateway.telemetry import Packet, SequenceTracker, check_plausibility, parse_line
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ class Gateway:
         self._rejects = RateLimitedLog(log, interval=10.0)
         self._tags = tag_suffix(cfg.influxdb.tags)
         self._signals_scope = trio.CancelScope()
+        # The status server and the systemd watchdog never end by themselves.
+        self._ops_scope = trio.CancelScope()
+        self.latest = LatestValues()
         self._last_ns = 0
         self._stages_scope: trio.CancelScope | None = None
 
@@ -141,6 +147,7 @@ class Gateway:
                     source_done.set()
 
             await nursery.start(run_source)
+            await nursery.start(self._run_ops)
             log.info(
                 "running: source=%s, mqtt=%s:%d, influxdb=%s",
                 cfg.source.kind,
@@ -160,6 +167,30 @@ class Gateway:
             self.influx.stop()
             # The signal watcher is the only task left that never ends by itself.
             self._signals_scope.cancel()
+            self._ops_scope.cancel()
+
+    async def _run_ops(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The status endpoint, then READY=1 and the systemd watchdog; until shutdown."""
+        with self._ops_scope:
+            async with trio.open_nursery() as ops:
+                if self.cfg.status.listen:
+                    try:
+                        await ops.start(
+                            functools.partial(serve_status, latest=self.latest),
+                            self,
+                            self.cfg.status.listen,
+                        )
+                    except* OSError as group:
+                        # A taken port must not stop the data: run without the page.
+                        log.error(
+                            "status: cannot listen on %s (%s); running without /metrics",
+                            self.cfg.status.listen,
+                            leaf(group),
+                        )
+                await ops.start(watchdog, self)
+                task_status.started()
 
     async def _watch_signals(self) -> None:
         with (
@@ -219,6 +250,7 @@ class Gateway:
             self._last_ns = received_ns
             self._track_sequence(packet)
             m.packet_seen()
+            self.latest.on_packet(packet)
             if self.on_packet is not None:
                 self.on_packet(packet)
             messages += packet_records(packet, prefix)

@@ -3,7 +3,7 @@
 # Mosquitto (broker + clients), VictoriaMetrics (line-protocol TSDB), the ARM
 # toolchain and QEMU for the Node 2 firmware.
 set -euo pipefail
-want=(mosquitto mosquitto-clients victoria-metrics curl gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+want=(mosquitto mosquitto-clients victoria-metrics curl gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm chromium)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

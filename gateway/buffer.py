@@ -19,6 +19,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import diskcache
 import trio
 from trio_util import AsyncValue
 
-from gateway.errors import BufferError_
+from gateway.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ class DiskBuffer:
         durability: "full" (synchronous=FULL: survives power loss) or "normal".
         name: the sink name, for logs and metrics.
 
-    Use :meth:`open` (async) to construct one; a store that cannot be opened
-    is moved aside to ``<dir>.corrupt-<timestamp>`` and replaced.
+    Use :meth:`open` (async) to construct one. A corrupt store is moved aside to
+    ``<dir>.corrupt-<timestamp>`` and replaced. When the store cannot be written
+    at all (disk full, read-only or missing directory) records are kept in
+    memory, still bounded, so live delivery goes on; they are written to disk,
+    oldest first, as soon as a write succeeds again.
     """
 
     def __init__(
@@ -88,11 +92,21 @@ class DiskBuffer:
         self.durability = durability
         self.name = name
         self.corrupt_moved: list[Path] = []
-        self._cache = self._open_or_replace()
-        # Wakes the sink when records arrive; the value is the record count.
-        self.count: AsyncValue[int] = AsyncValue(len(self._cache))
-        self._limiter = trio.CapacityLimiter(1)
+        self.write_errors = 0
         self.dropped_total = 0
+        self._limiter = trio.CapacityLimiter(1)
+        # Records not (yet) on disk, newer than everything on disk; keys < 0.
+        self._memory: deque[Record] = deque()
+        self._memory_seq = 0
+        # Disk keys acknowledged while the disk refused the delete.
+        self._tombstones: set[int] = set()
+        self._disk_count = 0
+        self._retry_open_at = 0.0
+        self._cache: diskcache.Cache | None = self._open_or_replace()
+        if self._cache is not None:
+            self._disk_count = len(self._cache)
+        # Wakes the sink when records arrive; the value is the record count.
+        self.count: AsyncValue[int] = AsyncValue(self._disk_count)
 
     @classmethod
     async def open(
@@ -108,11 +122,19 @@ class DiskBuffer:
             lambda: cls(directory, max_records=max_records, durability=durability, name=name)
         )
 
-    def _open_or_replace(self) -> diskcache.Cache:
-        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    @property
+    def in_memory(self) -> int:
+        """Records held only in memory because the disk refused them."""
+        return len(self._memory)
+
+    def _open_or_replace(self) -> diskcache.Cache | None:
         try:
+            self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             return _open_cache(self.directory, self.durability)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                self._unwritable(exc)
+                return None
             stem = f"{self.directory.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
             aside = self.directory.with_name(stem)
             # A second corruption within the same second must not land inside
@@ -122,22 +144,42 @@ class DiskBuffer:
                 n += 1
                 aside = self.directory.with_name(f"{stem}-{n}")
             log.error(
-                "%s buffer at %s cannot be opened (%s); moving it aside to %s and "
-                "starting an empty one",
+                "%s buffer at %s is corrupt (%s); moving it aside to %s and starting an empty one",
                 self.name,
                 self.directory,
                 exc,
                 aside,
             )
-            if self.directory.exists():
-                shutil.move(str(self.directory), str(aside))
-                self.corrupt_moved.append(aside)
-            return _open_cache(self.directory, self.durability)
+            try:
+                if self.directory.exists():
+                    shutil.move(str(self.directory), str(aside))
+                    self.corrupt_moved.append(aside)
+                return _open_cache(self.directory, self.durability)
+            except (sqlite3.Error, OSError) as again:
+                self._unwritable(again)
+                return None
+        except OSError as exc:
+            self._unwritable(exc)
+            return None
 
-    # -- writes ----------------------------------------------------------------
+    def _unwritable(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        self._retry_open_at = time.monotonic() + _REOPEN_INTERVAL
+        log.error(
+            "%s buffer at %s cannot be opened (%s): keeping records IN MEMORY ONLY "
+            "(at most %d) until it can; they are lost if the process dies",
+            self.name,
+            self.directory,
+            exc,
+            self.max_records,
+        )
+        return None
+
+    # -- blocking primitives (one worker thread at a time) -----------------------
 
     def _append_sync(self, records: Sequence[str]) -> tuple[int, int]:
         cache = self._cache
+        assert cache is not None
         with cache.transact():
             for value in records:
                 cache.push(value)
@@ -150,29 +192,15 @@ class DiskBuffer:
                 dropped += 1
         return count, dropped
 
-    async def append(self, records: Sequence[str]) -> int:
-        """Commit ``records`` (one transaction); return how many old ones were dropped.
-
-        Raises:
-            BufferError_: the store could not be written (disk full, I/O error).
-        """
-        if not records:
-            return 0
-        try:
-            count, dropped = await trio.to_thread.run_sync(
-                self._append_sync, records, limiter=self._limiter
-            )
-        except (sqlite3.Error, OSError) as exc:
-            raise BufferError_(f"{self.name} buffer write failed: {exc}") from exc
-        self.dropped_total += dropped
-        self.count.value = count
-        return dropped
-
-    def _peek_sync(self, limit: int) -> list[Record]:
+    def _peek_sync(self, limit: int, skip: frozenset[int] = frozenset()) -> list[Record]:
         cache = self._cache
         out: list[Record] = []
+        if cache is None:
+            return out
         with cache.transact():
             for key in cache.iterkeys():
+                if key in skip:
+                    continue
                 value = cache.get(key)
                 if value is not None:
                     out.append(Record(key, value))
@@ -180,15 +208,9 @@ class DiskBuffer:
                     break
         return out
 
-    async def peek(self, limit: int) -> list[Record]:
-        """Return up to ``limit`` oldest records, without removing them."""
-        try:
-            return await trio.to_thread.run_sync(self._peek_sync, limit, limiter=self._limiter)
-        except (sqlite3.Error, OSError) as exc:
-            raise BufferError_(f"{self.name} buffer read failed: {exc}") from exc
-
     def _ack_sync(self, records: Sequence[Record]) -> int:
         cache = self._cache
+        assert cache is not None
         with cache.transact():
             for record in records:
                 # diskcache restarts push keys once the store is empty, so a key
@@ -198,15 +220,126 @@ class DiskBuffer:
                     cache.delete(record.key)
             return len(cache)
 
-    async def ack(self, records: Sequence[Record]) -> None:
-        """Delete acknowledged records (records already dropped are ignored)."""
-        if not records:
-            return
-        try:
-            count = await trio.to_thread.run_sync(self._ack_sync, records, limiter=self._limiter)
-        except (sqlite3.Error, OSError) as exc:
-            raise BufferError_(f"{self.name} buffer delete failed: {exc}") from exc
+    # -- the async API used by the pipeline ------------------------------------------
+
+    def _publish_count(self) -> int:
+        count = self._disk_count - len(self._tombstones) + len(self._memory)
         self.count.value = count
+        return count
+
+    def _write_failed(self, what: str, exc: BaseException) -> None:
+        self.write_errors += 1
+        _errlog.log(
+            logging.ERROR,
+            f"{self.name}:{what}",
+            "%s buffer: %s failed (%s); %d record(s) held in memory",
+            self.name,
+            what,
+            exc,
+            len(self._memory),
+        )
+
+    async def append(self, records: Sequence[str]) -> int:
+        """Commit ``records`` in one transaction; return how many old ones were dropped.
+
+        Never raises: when the disk refuses the write, the records wait in memory
+        (bounded) and are committed, oldest first, with the next write that works.
+        """
+        if not records:
+            return 0
+        if self._cache is None and time.monotonic() >= self._retry_open_at:
+            self._cache = await trio.to_thread.run_sync(
+                self._open_or_replace, limiter=self._limiter
+            )
+            if self._cache is not None:
+                self._disk_count = len(self._cache)
+                log.warning("%s buffer at %s is writable again", self.name, self.directory)
+        if self._cache is not None:
+            pending = [r.value for r in self._memory]
+            pending += records
+            try:
+                self._disk_count, dropped = await trio.to_thread.run_sync(
+                    self._append_sync, pending, limiter=self._limiter
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._write_failed("write", exc)
+            else:
+                if self._memory:
+                    log.warning(
+                        "%s buffer: %d record(s) held in memory are on disk now",
+                        self.name,
+                        len(self._memory),
+                    )
+                self._memory.clear()
+                await self._retry_tombstones()
+                self.dropped_total += dropped
+                self._publish_count()
+                return dropped
+        for value in records:
+            self._memory_seq += 1
+            self._memory.append(Record(-self._memory_seq, value))
+        dropped = 0
+        while self._memory and self._publish_count() > self.max_records:
+            self._memory.popleft()
+            dropped += 1
+        self.dropped_total += dropped
+        return dropped
+
+    async def peek(self, limit: int) -> list[Record]:
+        """Return up to ``limit`` oldest records, without removing them."""
+        out: list[Record] = []
+        if self._cache is not None and self._disk_count > len(self._tombstones):
+            try:
+                out = await trio.to_thread.run_sync(
+                    self._peek_sync, limit, frozenset(self._tombstones), limiter=self._limiter
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._write_failed("read", exc)
+        for record in self._memory:
+            if len(out) >= limit:
+                break
+            out.append(record)
+        return out
+
+    async def ack(self, records: Sequence[Record]) -> None:
+        """Delete acknowledged records (records already dropped are ignored).
+
+        Never raises: a delete the disk refuses is remembered and retried, and
+        the record is not handed out again meanwhile.
+        """
+        on_disk = [r for r in records if r.key >= 0]
+        done_in_memory = {r.key for r in records if r.key < 0}
+        if done_in_memory:
+            self._memory = deque(r for r in self._memory if r.key not in done_in_memory)
+        if on_disk and self._cache is not None:
+            try:
+                self._disk_count = await trio.to_thread.run_sync(
+                    self._ack_sync, on_disk, limiter=self._limiter
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._tombstones.update(r.key for r in on_disk)
+                self._write_failed("delete", exc)
+            else:
+                await self._retry_tombstones()
+        self._publish_count()
+
+    async def _retry_tombstones(self) -> None:
+        if not self._tombstones or self._cache is None:
+            return
+        cache = self._cache
+
+        def delete() -> int:
+            with cache.transact():
+                for key in self._tombstones:
+                    cache.delete(key)
+                return len(cache)
+
+        try:
+            self._disk_count = await trio.to_thread.run_sync(delete, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            self._write_failed("delete", exc)
+        else:
+            self._tombstones.clear()
 
     # -- inspection -------------------------------------------------------------
 
@@ -216,20 +349,36 @@ class DiskBuffer:
         for path in self.directory.glob("cache.db*"):
             with contextlib.suppress(OSError):
                 size += path.stat().st_size
-        return {"records": len(self._cache), "bytes": size, "max_records": self.max_records}
+        records = len(self._cache) if self._cache is not None else 0
+        return {"records": records, "bytes": size, "max_records": self.max_records}
 
     def iter_all(self) -> list[Record]:
-        """Every record, oldest first (blocking; for export)."""
+        """Every record on disk, oldest first (blocking; for export)."""
         return self._peek_sync(2**62)
 
     def integrity_check(self) -> str:
         """SQLite ``PRAGMA integrity_check`` result ("ok" when healthy)."""
+        if self._cache is None:
+            return "not open"
         row = self._cache._sql("PRAGMA integrity_check").fetchone()
         return str(row[0]) if row else "no result"
 
     def close(self) -> None:
         """Close the store; committed records stay on disk."""
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+_REOPEN_INTERVAL = 5.0  # seconds between attempts to open an unwritable store
+_errlog = RateLimitedLog(log, interval=10.0)
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """True for a damaged file; False for a disk that is full, read-only or gone."""
+    text = str(exc).lower()
+    return not isinstance(exc, sqlite3.OperationalError) or any(
+        marker in text for marker in ("malformed", "not a database", "quick_check", "corrupt")
+    )
 
 
 def buffer_path(buffer_dir: str | os.PathLike[str], sink: str) -> Path:

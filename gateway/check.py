@@ -10,9 +10,9 @@ import trio_asyncio
 
 from gateway.config import Config
 from gateway.influx_sink import InfluxWriter
-from gateway.mqtt_sink import CONNECT_TIMEOUT, _tls_context
+from gateway.mqtt_sink import _tls_context
 
-CHECK_TIMEOUT = CONNECT_TIMEOUT
+CHECK_TIMEOUT = 10.0
 
 
 async def _check_mqtt(cfg: Config) -> str | None:

@@ -86,6 +86,7 @@ class MqttSection:
     qos: int = 1
     retain: bool = True
     keepalive: int = 30
+    connect_timeout: float = 5.0
     username: str = ""
     password_file: str = ""
     buffer_max_messages: int = DEFAULT_MQTT_BUFFER_MAX
@@ -243,6 +244,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
     if m.keepalive < 5:
         raise ConfigError("mqtt.keepalive", "must be at least 5 seconds")
+    if m.connect_timeout <= 0:
+        raise ConfigError("mqtt.connect_timeout", "must be > 0")
     if m.buffer_max_messages < 1:
         raise ConfigError("mqtt.buffer_max_messages", "must be at least 1")
     if not 0 < m.backoff_initial <= m.backoff_max:

@@ -29,10 +29,6 @@ class SourceStalled(GatewayError):
     """The source produced no line for `stall_timeout` seconds."""
 
 
-class BufferError_(GatewayError):
-    """A disk buffer could not be read or written."""
-
-
 class MqttDeliveryError(GatewayError):
     """The broker connection failed or dropped; always retryable."""
 

@@ -13,7 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 # `*_created` samples double the exposition for no use on a gateway's dashboard.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -74,6 +74,12 @@ class Metrics:
         )
         self.buffer_errors = Counter(
             "gateway_buffer_errors", "Buffer I/O failures, by sink", ["sink"], registry=r
+        )
+        self.buffer_memory = Gauge(
+            "gateway_buffer_memory_records",
+            "Records held in memory because the disk refused them",
+            ["sink"],
+            registry=r,
         )
         self.buffer_corrupt = Counter(
             "gateway_buffer_corrupt", "Corrupt buffers moved aside, by sink", ["sink"], registry=r

@@ -32,7 +32,6 @@ from gateway.telemetry import Packet, format_value
 log = logging.getLogger(__name__)
 
 WINDOW = 500  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
-CONNECT_TIMEOUT = 10.0  # a broker that accepts TCP but never sends CONNACK
 STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
 ONLINE, OFFLINE = "online", "offline"
 # Everything a broker, a network or TLS can throw at us: never fatal, always retried.
@@ -142,7 +141,7 @@ class MqttSink:
             username=cfg.username or None,
             password=cfg.password or None,
             keepalive=cfg.keepalive,
-            timeout=CONNECT_TIMEOUT,
+            timeout=cfg.connect_timeout,
             will=aiomqtt.Will(status_topic(cfg.topic_prefix), OFFLINE, qos=1, retain=True),
             max_inflight_messages=self.window,
             tls_context=self._tls,
@@ -152,7 +151,8 @@ class MqttSink:
 
     async def _session(self) -> None:
         client: aiomqtt.Client = await trio_asyncio.aio_as_trio(self._new_client)()
-        with trio.fail_after(CONNECT_TIMEOUT + 1):
+        # aiomqtt ignores a connection reset before CONNACK; only this bound ends it.
+        with trio.fail_after(self.cfg.connect_timeout + 1):
             await trio_asyncio.aio_as_trio(client.__aenter__)()
         try:
             await trio_asyncio.aio_as_trio(client.publish)(

@@ -22,7 +22,7 @@ import trio_asyncio
 
 from gateway.buffer import DiskBuffer, buffer_path
 from gateway.config import Config
-from gateway.errors import BufferError_, leaf
+from gateway.errors import leaf
 from gateway.influx_sink import InfluxSink, packet_points, tag_suffix
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.mqtt_sink import MqttSink, packet_records
@@ -77,7 +77,13 @@ class Gateway:
     async def _open_buffers(self) -> tuple[DiskBuffer, DiskBuffer]:
         g = self.cfg.gateway
         root = Path(g.buffer_dir)
-        await trio.to_thread.run_sync(lambda: root.mkdir(parents=True, exist_ok=True, mode=0o700))
+        try:
+            await trio.to_thread.run_sync(
+                lambda: root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            )
+        except OSError as exc:
+            # Not fatal: the buffers report it and hold records in memory.
+            log.error("cannot create buffer directory %s: %s", root, exc)
         mqtt = await DiskBuffer.open(
             buffer_path(root, "mqtt"),
             max_records=self.cfg.mqtt.buffer_max_messages,
@@ -272,20 +278,14 @@ class Gateway:
 
     async def _commit(self, sink: str, buffer: DiskBuffer, records: list[str]) -> None:
         m = self.metrics
-        dropped_counter = m.mqtt_dropped if sink == "mqtt" else m.influx_dropped
-        gauge = m.mqtt_buffered if sink == "mqtt" else m.influx_buffered
-        try:
-            dropped = await buffer.append(records)
-        except BufferError_ as exc:
-            m.buffer_errors.labels(sink).inc()
-            dropped_counter.inc(len(records))
-            self._rejects.log(
-                logging.ERROR, f"w:{sink}", "%s; %d record(s) lost", exc, len(records)
-            )
-            return
-        gauge.set(buffer.count.value)
+        errors_before = buffer.write_errors
+        dropped = await buffer.append(records)
+        if buffer.write_errors > errors_before:
+            m.buffer_errors.labels(sink).inc(buffer.write_errors - errors_before)
+        m.buffer_memory.labels(sink).set(buffer.in_memory)
+        (m.mqtt_buffered if sink == "mqtt" else m.influx_buffered).set(buffer.count.value)
         if dropped:
-            dropped_counter.inc(dropped)
+            (m.mqtt_dropped if sink == "mqtt" else m.influx_dropped).inc(dropped)
             self._rejects.log(
                 logging.WARNING,
                 f"d:{sink}",

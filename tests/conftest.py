@@ -207,9 +207,8 @@ class Subscriber:
         """Poll until ``predicate(messages)`` holds (True) or the timeout passes (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                if predicate(list(self.messages)):
-                    return True
+            if predicate(self.snapshot()):
+                return True
             time.sleep(0.05)
         return False
 

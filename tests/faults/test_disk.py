@@ -1,0 +1,151 @@
+"""The buffer directory at its worst: corrupt stores, a read-only mount, a full disk.
+
+The gateway starts anyway, keeps delivering live data, says so loudly, and
+resumes writing by itself when the disk has room again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
+from tests.faults.common import NUMBERED, numbers
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs to fill up (needs root, as in CI)."""
+    assert os.geteuid() == 0, "the disk-full tests mount a tmpfs and need root"
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def numbered_config(tmp_path: Path, test_id: str, broker, tsdb, rate: float = 20) -> dict:
+    script = tmp_path / "numbered.py"
+    script.write_text(NUMBERED)
+    return base_config(
+        tmp_path,
+        test_id,
+        broker.port,
+        tsdb.url,
+        [sys.executable, str(script), str(tmp_path / "state"), "100000", str(rate)],
+    )
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system has not one byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (1 << 20, 65536, 4096, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
+
+
+def delivered(sub: Subscriber) -> list[int]:
+    return numbers(p for t, p in sub.snapshot() if t.endswith("/a/n"))
+
+
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated"])
+def test_corrupt_buffer_is_moved_aside_and_live_data_flows(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory, damage
+) -> None:
+    cfg = numbered_config(tmp_path, test_id, broker, tsdb)
+    buffer_dir = tmp_path / "buffer"
+    # A first run creates real stores ...
+    gw = gateway_factory(cfg)
+    assert wait_until(lambda: (buffer_dir / "mqtt" / "cache.db").exists(), 30)
+    assert gw.terminate() == 0
+    # ... which then get damaged.
+    db = buffer_dir / "mqtt" / "cache.db"
+    for leftover in buffer_dir.glob("mqtt/cache.db-*"):
+        leftover.unlink()
+    if damage == "random_bytes":
+        db.write_bytes(os.urandom(64 * 1024))
+    else:
+        with open(db, "r+b") as f:
+            f.truncate(1000)
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    gw = gateway_factory(cfg)
+    try:
+        before = len(delivered(sub))
+        assert sub.wait_for(lambda m: len(delivered(sub)) > before + 20, 30), gw.log_text()
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    log = gw.log_text()
+    assert "is corrupt" in log
+    assert list(buffer_dir.glob("mqtt.corrupt-*"))
+    assert buffer_stats(buffer_dir)["mqtt"]["records"] >= 0  # the new store opens
+
+
+def test_read_only_buffer_dir_keeps_delivering_from_memory(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    assert os.geteuid() == 0, "mounts a read-only tmpfs; needs root"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        cfg = numbered_config(tmp_path, test_id, broker, tsdb)
+        cfg["gateway"]["buffer_dir"] = str(ro / "buffer")
+        sub = Subscriber(broker.port, f"{test_id}/#")
+        gw = gateway_factory(cfg)
+        try:
+            assert sub.wait_for(lambda m: len(delivered(sub)) > 40, 30), gw.log_text()
+            assert wait_until(lambda: len(tsdb.points(testid=test_id)) > 40, 30)
+            assert gw.alive()
+        finally:
+            assert gw.terminate() == 0
+            sub.close()
+        assert "IN MEMORY ONLY" in gw.log_text()
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_disk_full_then_space_returns(
+    tmp_path: Path, small_tmpfs: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    cfg = numbered_config(tmp_path, test_id, broker, tsdb, rate=50)
+    buffer_dir = small_tmpfs / "buffer"
+    cfg["gateway"]["buffer_dir"] = str(buffer_dir)
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    gw = gateway_factory(cfg)
+    filler = small_tmpfs / "filler"
+    try:
+        assert sub.wait_for(lambda m: len(delivered(sub)) > 20, 30), gw.log_text()
+        # Fill the disk to the last byte.
+        fill(filler)
+        assert wait_until(lambda: "held in memory" in gw.log_text(), 30), gw.log_text()[-3000:]
+        # Live delivery goes on while the disk is full.
+        during = len(delivered(sub))
+        assert sub.wait_for(lambda m: len(delivered(sub)) > during + 50, 30)
+        assert gw.alive()
+        # Space returns: writes resume by themselves.
+        filler.unlink()
+        time.sleep(2)
+        mark = len(gw.log_text())
+        assert wait_until(lambda: len(delivered(sub)) > during + 150, 30)
+        assert "held in memory" not in gw.log_text()[mark:] or wait_until(
+            lambda: "writable again" in gw.log_text() or "on disk now" in gw.log_text(), 10
+        )
+        state = int((tmp_path / "state").read_text())
+        assert sub.wait_for(lambda m: set(range(1, state + 1)) <= set(delivered(sub)), 30)
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    assert "Traceback" not in gw.log_text()

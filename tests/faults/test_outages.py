@@ -1,0 +1,117 @@
+"""Outages while packets flow: broker flaps, a database down for 30 s, a black hole.
+
+Nothing committed is lost, duplicates stay within the in-flight window, new
+records never overtake old ones, and the backlog drains after each heal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from gateway.mqtt_sink import WINDOW
+from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
+from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
+from tests.faults.proxy import Proxy
+from tests.services import Tsdb
+
+RATE = 20.0  # packets per second
+
+
+def test_flapping_broker_database_outage_and_black_hole(
+    tmp_path: Path, broker, test_id, gateway_factory, tmp_path_factory, record_property
+) -> None:
+    db = Tsdb(tmp_path_factory.mktemp("outage-db")).start()
+    mqtt_proxy = Proxy(broker.port).start()
+    db_proxy = Proxy(db.port).start()
+    script = tmp_path / "numbered.py"
+    script.write_text(NUMBERED)
+    total = 1600  # 80 s of packets at 20/s
+    cfg = base_config(
+        tmp_path,
+        test_id,
+        mqtt_proxy.port,
+        f"http://127.0.0.1:{db_proxy.port}",
+        [sys.executable, str(script), str(tmp_path / "state"), str(total), str(RATE)],
+    )
+    cfg["influxdb"]["timeout"] = 2.0
+    cfg["mqtt"]["keepalive"] = 5
+    cfg["mqtt"]["connect_timeout"] = 1.5
+    backoff_max = cfg["mqtt"]["backoff_max"]
+    sub = Subscriber(broker.port, f"{test_id}/#")  # direct: never affected by the faults
+    gw = gateway_factory(cfg)
+    drains: dict[str, float] = {}
+
+    def delivered() -> list[int]:
+        return numbers(p for t, p in sub.snapshot() if t.endswith("/a/n"))
+
+    def points() -> list[int]:
+        return numbers(str(v) for *_, v, _ in db.points(testid=test_id))
+
+    try:
+        assert sub.wait_for(lambda m: len(m) > 20, 30), gw.log_text()
+
+        # 1. The broker "dies" ten times within a minute: every connection reset,
+        #    new ones refused, for two seconds at a time.
+        for _ in range(10):
+            mqtt_proxy.set_mode("refuse")
+            time.sleep(2.0)
+            mqtt_proxy.set_mode("heal")
+            time.sleep(2.0)
+        healed = time.monotonic()
+        sent_so_far = int((tmp_path / "state").read_text())
+        assert sub.wait_for(lambda m: set(range(1, sent_so_far + 1)) <= set(delivered()), 60)
+        drains["mqtt_after_flaps_s"] = time.monotonic() - healed
+
+        # 2. The database is down for 30 s.
+        db_proxy.set_mode("refuse")
+        time.sleep(30)
+        db_proxy.set_mode("heal")
+        healed = time.monotonic()
+        sent_so_far = int((tmp_path / "state").read_text())
+        assert wait_until(lambda: set(range(1, sent_so_far + 1)) <= set(points()), 60)
+        drains["influx_after_30s_down_s"] = time.monotonic() - healed
+
+        # 3. Both links become black holes for 20 s (a hung broker and database).
+        mqtt_proxy.set_mode("blackhole")
+        db_proxy.set_mode("blackhole")
+        time.sleep(20)
+        mqtt_proxy.set_mode("heal")
+        db_proxy.set_mode("heal")
+        healed = time.monotonic()
+        sent_so_far = int((tmp_path / "state").read_text())
+        assert sub.wait_for(lambda m: set(range(1, sent_so_far + 1)) <= set(delivered()), 60)
+        drains["mqtt_after_blackhole_s"] = time.monotonic() - healed
+        assert wait_until(lambda: set(range(1, sent_so_far + 1)) <= set(points()), 60)
+        drains["influx_after_blackhole_s"] = time.monotonic() - healed
+
+        # Everything sent arrives; then the buffers are empty.
+        assert wait_until(lambda: (tmp_path / "state").read_text() == str(total), 120)
+        assert sub.wait_for(lambda m: set(range(1, total + 1)) <= set(delivered()), 60)
+        assert wait_until(lambda: set(range(1, total + 1)) <= set(points()), 60)
+        assert gw.alive()
+    finally:
+        code = gw.terminate()
+        sub.close()
+        mqtt_proxy.close()
+        db_proxy.close()
+    assert code == 0, gw.log_text()
+    mqtt_seq = delivered()
+    db_seq = points()
+    assert set(mqtt_seq) == set(range(1, total + 1))
+    assert set(db_seq) == set(range(1, total + 1))
+    assert duplicates(mqtt_seq) <= 12 * WINDOW  # at most one window per fault
+    assert fifo_violations(mqtt_seq) == 0
+    assert retained(broker.port, f"{test_id}/a/n") == {f"{test_id}/a/n": str(total)}
+    stats = buffer_stats(tmp_path / "buffer")
+    assert (stats["mqtt"]["records"], stats["influx"]["records"]) == (0, 0)
+    db.stop()
+    figures = {
+        **{k: round(v, 2) for k, v in drains.items()},
+        "backoff_max_s": backoff_max,
+        "mqtt_duplicates": duplicates(mqtt_seq),
+        "influx_duplicates": duplicates(db_seq),
+    }
+    record_property("figures", figures)
+    print("outage figures:", figures)

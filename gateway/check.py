@@ -9,8 +9,9 @@ import trio
 import trio_asyncio
 
 from gateway.config import Config
+from gateway.errors import leaf
 from gateway.influx_sink import InfluxWriter
-from gateway.mqtt_sink import _tls_context
+from gateway.mqtt_sink import _tls_context, describe_error
 
 CHECK_TIMEOUT = 10.0
 
@@ -30,13 +31,16 @@ async def _check_mqtt(cfg: Config) -> str | None:
         ):
             pass
 
+    failure: BaseException | None = None
     try:
         async with trio_asyncio.open_loop():
             with trio.fail_after(CHECK_TIMEOUT + 1):
                 await trio_asyncio.aio_as_trio(connect)()
-    except (aiomqtt.MqttError, OSError, trio.TooSlowError) as exc:
-        return str(exc) or type(exc).__name__
-    return None
+    except* (aiomqtt.MqttError, OSError, trio.TooSlowError) as group:
+        failure = leaf(group)
+    if failure is None:
+        return None
+    return describe_error(failure)
 
 
 def _check_influx(cfg: Config) -> str | None:

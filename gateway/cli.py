@@ -137,6 +137,64 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """``gateway status``: a running gateway's /api/status as tables."""
+    import urllib.error
+    import urllib.request
+
+    from rich.console import Console
+    from rich.table import Table
+
+    url = args.url.rstrip("/") + "/api/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            doc = json.load(r)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    console = Console()
+    state = (
+        "[green]healthy[/]" if doc["healthy"] else "[red]UNHEALTHY[/]: " + "; ".join(doc["reasons"])
+    )
+    src = doc["source"]
+    console.print(
+        f"gateway [bold]{doc['gateway']['id']}[/] {state}  "
+        f"source {src['kind']} {src['state']}, {src['packets']} packets, "
+        f"last {src['last_packet_age_s']} s ago, restarts {src['restarts'] or 0}"
+    )
+    sinks = Table(
+        "sink",
+        "target",
+        "up",
+        "backlog",
+        "oldest (s)",
+        "delivered",
+        "dropped",
+        "dead letters",
+        "last error",
+    )
+    for name, s in doc["sinks"].items():
+        up = s.get("connected", s.get("healthy"))
+        sinks.add_row(
+            name,
+            s["target"],
+            {True: "yes", False: "no", None: "?"}[up],
+            str(s["backlog"]),
+            str(s["oldest_age_s"] or "-"),
+            str(s["delivered"]),
+            str(s["dropped"]),
+            str(s["dead_letters"]),
+            s["last_error"] or "",
+        )
+    console.print(sinks)
+    values = Table("group", "metric", "latest", "unit", "age (s)")
+    for group, metrics in sorted(doc["values"].items()):
+        for metric, info in sorted(metrics.items()):
+            values.add_row(group, metric, str(info["value"]), info["unit"], str(info["age_s"]))
+    console.print(values)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gateway`` command."""
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
@@ -159,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="validate config and reach broker + database")
     chk.add_argument("--config")
     chk.set_defaults(func=cmd_check)
+
+    st = sub.add_parser("status", help="show a running gateway's state")
+    st.add_argument("--url", default="http://127.0.0.1:9108", help="the [status] listen address")
+    st.set_defaults(func=cmd_status)
 
     buf = sub.add_parser("buffer", help="inspect the disk buffers")
     buf.add_argument("action", choices=["stats", "export"])

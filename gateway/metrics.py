@@ -54,6 +54,11 @@ class Metrics:
         self.mqtt_connects = Counter(
             "gateway_mqtt_connects", "Successful broker connections", registry=r
         )
+        self.mqtt_connect_failures = Counter(
+            "gateway_mqtt_connect_failures",
+            "Failed connection attempts or dropped connections",
+            registry=r,
+        )
         self.influx_buffered = Gauge(
             "gateway_influx_buffered_points", "Points waiting in the InfluxDB buffer", registry=r
         )

@@ -113,8 +113,10 @@ class MqttSink:
                 failure = leaf(group)
             if failure is not None:
                 self._set_connected(False)
-                self.last_error = _describe(failure)
+                self.last_error = describe_error(failure)
                 delay = self.backoff.next_delay()
+                self.metrics.mqtt_connect_failures.inc()
+                log.debug("mqtt: attempt failed: %s; next in %.2f s", self.last_error, delay)
                 self._errlog.log(
                     logging.WARNING,
                     "connect",
@@ -244,7 +246,8 @@ class MqttSink:
         )
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A one-line account of a connection failure, with a hint where one helps."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (4, 5, 134, 135):
         text += " (check mqtt.username and the password file/env)"

@@ -171,6 +171,7 @@ class Subscriber:
 
     def __init__(self, port: int, topic: str, *, retained_only: bool = False) -> None:
         argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-v", "-q", "1"]
+        argv += getattr(self, "extra", [])
         if retained_only:
             argv.append("--retained-only")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -186,7 +187,10 @@ class Subscriber:
         # Publish probes until one comes back: then the subscription is live.
         for _ in range(100):
             subprocess.run(
-                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", self._probe, "-m", "x"],
+                [
+                    *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(port)),
+                    *("-t", self._probe, "-m", "x", *getattr(self, "extra", [])),
+                ],
                 check=False,
                 timeout=10,
             )

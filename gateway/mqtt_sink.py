@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import ssl
+import time
 from collections.abc import Iterable, Sequence
 
 import aiomqtt
@@ -224,8 +225,6 @@ class MqttSink:
             self.last_delivery = trio.current_time()
 
     def _note_oldest(self, batch: Sequence[Record]) -> None:
-        import time
-
         oldest_ns = split_record(batch[0].value)[0]
         self.metrics.buffer_oldest_age.labels("mqtt").set(
             max(0.0, (time.time_ns() - oldest_ns) / 1e9)

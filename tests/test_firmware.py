@@ -12,6 +12,12 @@ FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 BUILD = FIRMWARE / "build"
 NUCLEO_ELF = BUILD / "nucleo-f446re" / "node2.elf"
 QEMU_ELF = BUILD / "qemu-netduinoplus2" / "node2.elf"
+# The emulated board, continuously, one line per second: the documented
+# `source.command` for running the gateway on the QEMU firmware.
+QEMU_COMMAND = [
+    *("qemu-system-arm", "-M", "netduinoplus2", "-display", "none", "-monitor", "none"),
+    *("-serial", "stdio", "-icount", "shift=auto", "-kernel", str(QEMU_ELF)),
+]
 LINES = 20
 QEMU_LINES_ELF = BUILD / f"qemu-netduinoplus2-lines{LINES}" / "node2.elf"
 TEXT_LIMIT = 64 * 1024
@@ -196,21 +202,7 @@ def test_qemu_emits_lines_and_exits():
 def test_qemu_continuous_run_paces_lines_in_real_time():
     """The command documented for the gateway's source.command."""
     build("build/qemu-netduinoplus2/node2.elf")
-    argv = [
-        "qemu-system-arm",
-        "-M",
-        "netduinoplus2",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-icount",
-        "shift=auto",
-        "-kernel",
-        str(QEMU_ELF),
-    ]
+    argv = QEMU_COMMAND
     proc = subprocess.Popen(
         ["timeout", "-k", "5", "30", *argv],
         stdin=subprocess.DEVNULL,

@@ -8,23 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from tests.conftest import REPO, Subscriber, base_config, wait_until
+from tests.test_firmware import QEMU_COMMAND, QEMU_ELF
 
-QEMU_ELF = REPO / "firmware" / "build" / "qemu-netduinoplus2" / "node2.elf"
-QEMU_COMMAND = [
-    "qemu-system-arm",
-    "-M",
-    "netduinoplus2",
-    "-display",
-    "none",
-    "-monitor",
-    "none",
-    "-serial",
-    "stdio",
-    "-icount",
-    "shift=auto",
-    "-kernel",
-    str(QEMU_ELF),
-]
 NINE = {
     "node1/temperature",
     "node1/humidity",

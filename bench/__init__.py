@@ -1,0 +1,1 @@
+"""Benchmarks of the real `gateway run` process against real servers (`make bench`)."""

@@ -1,0 +1,445 @@
+"""`make bench`: drain after an outage, sustained ingest, field-rate footprint, start-up.
+
+Each benchmark starts its own Mosquitto and VictoriaMetrics, runs the real
+`gateway run` process and measures it from outside (/proc, an independent
+subscriber). Results go to bench/results.md and stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from tests.conftest import base_config, wait_until, write_config
+from tests.services import Broker, Tsdb, free_port, wait_listening
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results.md"
+
+# A generator child: `rate` packets/s of the firmware's 9 metrics plus the send
+# time (group `bench`, metric `sent_ms`) for latency; `count` 0 = forever.
+GENERATOR = r"""
+import json, sys, time
+from gateway.simulate import NodeSimulator
+rate, count = float(sys.argv[1]), int(sys.argv[2])
+sim = NodeSimulator(seed=1, crc_error_rate=0.0)
+out = sys.stdout
+n = 0
+next_at = time.monotonic()
+while count == 0 or n < count:
+    obj = sim.packet()
+    obj["bench"] = {"sent_ms": time.time() * 1000.0}
+    out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    out.flush()
+    n += 1
+    if rate > 0:
+        next_at += 1.0 / rate
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+time.sleep(3600)
+"""
+
+
+class Counter:
+    """An independent paho subscriber counting messages and send→receive latency."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        self.count = 0
+        self.latencies_ms: list[float] = []
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        self.client.loop_start()
+        time.sleep(0.3)
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        if msg.topic.endswith("/gateway/status"):
+            return
+        with self._lock:
+            self.count += 1
+            self.first_at = self.first_at or time.monotonic()
+            self.last_at = time.monotonic()
+            if msg.topic.endswith("/bench/sent_ms"):
+                self.latencies_ms.append(now * 1000.0 - float(msg.payload))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def proc_stats(pid: int) -> dict[str, float]:
+    """CPU seconds, RSS bytes and bytes written of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return {
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+        "rss": rss,
+        "write_bytes": int(io["write_bytes"]),
+    }
+
+
+class Run:
+    """Servers + one gateway process in a fresh directory."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.broker = Broker(self.dir)
+        self.tsdb = Tsdb(self.dir)
+        self.status_port = free_port()
+        self.prefix = f"b{name}"
+        self.gw: subprocess.Popen[bytes] | None = None
+        (self.dir / "gen.py").write_text(GENERATOR)
+
+    def config(self, command: list[str], **overrides: dict[str, Any]) -> Path:
+        cfg = base_config(self.dir, self.prefix, self.broker.port, self.tsdb.url, command)
+        cfg["mqtt"]["topic_prefix"] = self.prefix
+        cfg["status"] = {"listen": f"127.0.0.1:{self.status_port}"}
+        for section, values in overrides.items():
+            cfg.setdefault(section, {}).update(values)
+        return write_config(self.dir / "config.toml", cfg)
+
+    def generator(self, rate: float, count: int = 0) -> list[str]:
+        return [sys.executable, str(self.dir / "gen.py"), str(rate), str(count)]
+
+    def start_gateway(self, config: Path) -> subprocess.Popen[bytes]:
+        log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
+        self.gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+        )
+        return self.gw
+
+    def close(self) -> None:
+        if self.gw is not None and self.gw.poll() is None:
+            self.gw.terminate()
+            try:
+                self.gw.wait(15)
+            except subprocess.TimeoutExpired:
+                self.gw.kill()
+        self.broker.stop()
+        self.tsdb.stop()
+
+
+# -- 1. drain after an outage ------------------------------------------------------
+
+
+def reference_mosquitto_pub(port: int, n: int, workdir: Path) -> float:
+    """Seconds for `mosquitto_pub -q 1 -l` to deliver n messages to a subscriber."""
+    lines = workdir / "ref.txt"
+    lines.write_text("".join(f"{i}\n" for i in range(n)))
+    counter = Counter(port, "ref")
+    start = time.monotonic()
+    with open(lines, "rb") as f:
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(port), "-q", "1", "-t", "ref/x", "-l"], stdin=f, check=True
+        )
+    wait_until(lambda: counter.count >= n, 120, 0.01)
+    elapsed = time.monotonic() - start
+    counter.close()
+    return elapsed
+
+
+def bench_drain(packets: int = 2000) -> dict[str, Any]:
+    run = Run("drain")
+    try:
+        capture = run.dir / "capture.jsonl"
+        subprocess.run(
+            [sys.executable, str(run.dir / "gen.py"), "0", str(packets)],
+            stdout=open(capture, "wb"),  # noqa: SIM115
+            timeout=60,
+            check=False,
+        )
+        lines = capture.read_text().splitlines()[:packets]
+        # The drain benchmark uses the firmware's 9 metrics only.
+        capture.write_text(
+            "".join(
+                json.dumps({k: v for k, v in json.loads(line).items() if k != "bench"}) + "\n"
+                for line in lines
+            )
+        )
+        messages = packets * 9
+        cfg = run.config(
+            ["unused"],
+            source={"kind": "file", "path": str(capture)},
+            mqtt={"buffer_max_messages": messages * 2, "backoff_max": 1.0},
+            influxdb={"backoff_max": 1.0},
+        )
+        run.start_gateway(cfg)
+        wait_listening(run.status_port)
+        assert wait_until(
+            lambda: metric(run.status_port, "gateway_mqtt_buffered_messages") >= messages, 120
+        )
+        assert wait_until(
+            lambda: metric(run.status_port, "gateway_influx_buffered_points") >= messages, 120
+        )
+        run.broker.start()
+        counter = Counter(run.broker.port, run.prefix)
+        start = time.monotonic()
+        run.tsdb.start()
+        tsdb_up = time.monotonic()
+        wait_until(lambda: counter.count >= messages, 300)
+        mqtt_s = (counter.last_at or time.monotonic()) - start
+        wait_until(
+            lambda: metric(run.status_port, "gateway_influx_written_total") >= messages, 300, 0.02
+        )
+        influx_s = time.monotonic() - tsdb_up
+        counter.close()
+        ref_s = reference_mosquitto_pub(run.broker.port, messages, run.dir)
+        return {
+            "messages": messages,
+            "gateway_s": mqtt_s,
+            "reference_s": ref_s,
+            "ratio": ref_s / mqtt_s,
+            "influx_s": influx_s,
+        }
+    finally:
+        run.close()
+
+
+# -- 2. sustained ingest ------------------------------------------------------------
+
+
+def bench_sustained(rate: float, seconds: float = 20.0) -> dict[str, Any]:
+    run = Run(f"rate{int(rate)}")
+    try:
+        run.broker.start()
+        run.tsdb.start()
+        counter = Counter(run.broker.port, run.prefix)
+        run.start_gateway(
+            run.config(
+                run.generator(rate),
+                mqtt={"buffer_max_messages": 1_000_000},
+                influxdb={"buffer_max_points": 1_000_000},
+            )
+        )
+        wait_listening(run.status_port)
+        time.sleep(2)
+        samples = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            samples.append(
+                metric(run.status_port, "gateway_mqtt_buffered_messages")
+                + metric(run.status_port, "gateway_influx_buffered_points")
+            )
+            time.sleep(1)
+        packets = metric(run.status_port, "gateway_packets_total")
+        counter.close()
+        # Keeping up: the backlog at the end is no bigger than ~1 s of input.
+        limit = rate * 10 * 2
+        return {
+            "rate": rate,
+            "backlog_end": samples[-1],
+            "backlog_max": max(samples),
+            "kept_up": samples[-1] <= limit,
+            "packets": packets,
+        }
+    finally:
+        run.close()
+
+
+# -- 3. field-rate footprint --------------------------------------------------------
+
+
+def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
+    run = Run(f"field{durability}")
+    try:
+        run.broker.start()
+        run.tsdb.start()
+        counter = Counter(run.broker.port, run.prefix)
+        gw = run.start_gateway(run.config(run.generator(2.0), gateway={"durability": durability}))
+        wait_listening(run.status_port)
+        time.sleep(10)  # warm-up
+        before = proc_stats(gw.pid)
+        packets_before = metric(run.status_port, "gateway_packets_total")
+        lat_before = len(counter.latencies_ms)
+        time.sleep(seconds)
+        after = proc_stats(gw.pid)
+        packets = metric(run.status_port, "gateway_packets_total") - packets_before
+        lat = sorted(counter.latencies_ms[lat_before:])
+        counter.close()
+        return {
+            "durability": durability,
+            "rss_mb": after["rss"] / 1e6,
+            "cpu_pct": 100 * (after["cpu_s"] - before["cpu_s"]) / seconds,
+            "bytes_per_packet": (after["write_bytes"] - before["write_bytes"]) / max(packets, 1),
+            "p50_ms": statistics.median(lat),
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "packets": packets,
+        }
+    finally:
+        run.close()
+
+
+# -- 4. start-up --------------------------------------------------------------------
+
+
+def bench_startup() -> float:
+    run = Run("startup")
+    try:
+        run.broker.start()
+        run.tsdb.start()
+        counter = Counter(run.broker.port, run.prefix)
+        cfg = run.config(run.generator(1.0, 1))
+        start = time.monotonic()
+        run.start_gateway(cfg)
+        wait_until(lambda: counter.count > 0, 30, 0.005)
+        elapsed = (counter.first_at or time.monotonic()) - start
+        counter.close()
+        return elapsed
+    finally:
+        run.close()
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def main() -> int:
+    started = time.time()
+    rows: list[tuple[str, str, str, bool]] = []
+    drains = [bench_drain() for _ in range(3)]
+    ratios = [d["ratio"] for d in drains]
+    rows.append(
+        (
+            "drain: gateway rate / mosquitto_pub -q 1 -l (18,000 QoS1 msgs)",
+            "≥ 0.20×",
+            spread(ratios) + "×",
+            statistics.median(ratios) >= 0.20,
+        )
+    )
+    influx = [d["influx_s"] for d in drains]
+    rows.append(
+        (
+            "drain: InfluxDB backlog of 18,000 points",
+            "≤ 5 s",
+            spread(influx) + " s",
+            statistics.median(influx) <= 5.0,
+        )
+    )
+    gw_s = [d["gateway_s"] for d in drains]
+    ref_s = [d["reference_s"] for d in drains]
+    rows.append(
+        ("drain: MQTT time gateway / reference", "", f"{spread(gw_s)} s / {spread(ref_s)} s", True)
+    )
+
+    best = 0.0
+    for rate in (250.0, 500.0, 1000.0):
+        r = bench_sustained(rate)
+        rows.append(
+            (
+                f"sustained {rate:.0f} packets/s for 20 s (backlog end/max)",
+                "bounded",
+                f"{r['backlog_end']:.0f}/{r['backlog_max']:.0f}",
+                r["kept_up"],
+            )
+        )
+        if r["kept_up"]:
+            best = rate
+    rows.append(
+        (
+            "sustained ingest, both sinks live, durability full",
+            "≥ 500 packets/s",
+            f"{best:.0f} packets/s",
+            best >= 500,
+        )
+    )
+
+    for durability in ("full", "normal"):
+        f = bench_footprint(durability)
+        rows.append(
+            (
+                f"field rate 2/s, {durability}: RSS",
+                "≤ 60 MB",
+                f"{f['rss_mb']:.1f} MB",
+                f["rss_mb"] <= 60,
+            )
+        )
+        rows.append(
+            (
+                f"field rate 2/s, {durability}: CPU",
+                "≤ 1 %",
+                f"{f['cpu_pct']:.2f} %",
+                f["cpu_pct"] <= 1.0,
+            )
+        )
+        rows.append(
+            (
+                f"field rate 2/s, {durability}: disk written per packet",
+                "≤ 16 KiB",
+                f"{f['bytes_per_packet'] / 1024:.1f} KiB",
+                durability != "full" or f["bytes_per_packet"] <= 16 * 1024,
+            )
+        )
+        rows.append(
+            (
+                f"field rate 2/s, {durability}: line → subscriber p50 / p99",
+                "≤ 5 / 10 ms",
+                f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} ms",
+                f["p50_ms"] <= 5 and f["p99_ms"] <= 10,
+            )
+        )
+
+    startups = [bench_startup() for _ in range(5)]
+    rows.append(
+        (
+            "start-up: `gateway run` to first message at a subscriber",
+            "≤ 1.5 s",
+            spread(startups) + " s",
+            statistics.median(startups) <= 1.5,
+        )
+    )
+
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    header = (
+        f"# Benchmark results\n\n{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; `make bench` took "
+        f"{(time.time() - started) / 60:.1f} min. Median (min–max) where repeated.\n\n"
+    )
+    table = "| benchmark | target | measured | pass |\n|---|---|---|---|\n" + "".join(
+        f"| {name} | {target} | {value} | {'pass' if ok else 'FAIL'} |\n"
+        for name, target, value, ok in rows
+    )
+    RESULTS.write_text(header + table)
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,7 +45,7 @@ bench: install deps
 	$(BIN)/python -m bench
 
 fuzz: install
-	FUZZ_EXAMPLES=2000000 $(BIN)/pytest -q tests/test_fuzz.py
+	FUZZ_EXAMPLES=100000 $(BIN)/pytest -q tests/test_fuzz.py
 
 soak: install deps
 	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,3 +61,37 @@ def test_missing_program_keeps_the_daemon_alive(
     assert gw.alive(), gw.log_text()
     assert gw.log_text().count("cannot start /nonexistent/probe-rs") >= 3
     assert gw.terminate() == 0
+
+
+CHUNKY = """
+import json, os, sys
+state = sys.argv[1]
+n = int(open(state).read()) if os.path.exists(state) else 0
+for _ in range(3):
+    n += 1
+    print(json.dumps({"v": 1, "seq": n, "a": {"n": n}}), flush=True)
+open(state, "w").write(str(n))
+sys.exit(3)
+"""
+
+
+def test_child_exiting_every_three_packets_delivers_each_once(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    script = tmp_path / "chunky.py"
+    script.write_text(CHUNKY)
+    cfg = base_config(
+        tmp_path, test_id, broker.port, tsdb.url, [sys.executable, str(script), str(tmp_path / "n")]
+    )
+    cfg["source"].update(restart_initial=0.05, restart_max=0.2)
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    gw = gateway_factory(cfg)
+    try:
+        assert sub.wait_for(lambda m: sum(t.endswith("/a/n") for t, _ in m) >= 30, 60)
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    seq = [int(p) for t, p in sub.snapshot() if t.endswith("/a/n")]
+    assert seq == list(range(1, len(seq) + 1))  # every packet once, in order
+    restarts = gw.log_text().count("(exit_code_3); restarting")
+    assert restarts >= len(seq) // 3 - 1

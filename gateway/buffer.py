@@ -180,43 +180,93 @@ class DiskBuffer:
     def _append_sync(self, records: Sequence[str]) -> tuple[int, int]:
         cache = self._cache
         assert cache is not None
+        con = cache._con  # private: diskcache has no batch insert
         with cache.transact():
+            # The rows Cache.push would write (same key sequence, inline text),
+            # inserted with one statement: push() costs two statements a record.
+            row = con.execute(
+                "SELECT key FROM Cache WHERE ? < key AND key < ? AND raw = 1"
+                " ORDER BY key DESC LIMIT 1",
+                (0, _PUSH_MAX_KEY),
+            ).fetchone()
+            next_key = row[0] + 1 if row else _PUSH_FIRST_KEY
+            now = time.time()
+            inline: list[tuple[int, float, float, str]] = []
             for value in records:
-                cache.push(value)
+                if len(value) >= _INLINE_LIMIT:
+                    # Rare: let diskcache store it in a file, after what came before.
+                    self._insert_rows(con, inline)
+                    inline = []
+                    next_key = int(cache.push(value)) + 1
+                else:
+                    inline.append((next_key, now, now, value))
+                    next_key += 1
+            self._insert_rows(con, inline)
             count = len(cache)
-            dropped = 0
+            dropped = max(0, count - self.max_records)
             # Drop the oldest beyond the bound, in the same transaction.
-            while count > self.max_records:
+            for _ in range(dropped):
                 cache.pull()
-                count -= 1
-                dropped += 1
+            count -= dropped
         return count, dropped
+
+    @staticmethod
+    def _insert_rows(con: sqlite3.Connection, rows: list[tuple[int, float, float, str]]) -> None:
+        if rows:
+            con.executemany(
+                "INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
+                " access_count, tag, size, mode, filename, value)"
+                f" VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, {_MODE_RAW_TEXT}, NULL, ?)",
+                rows,
+            )
 
     def _peek_sync(self, limit: int, skip: frozenset[int] = frozenset()) -> list[Record]:
         cache = self._cache
         out: list[Record] = []
         if cache is None:
             return out
+        # One indexed query per batch instead of diskcache's get() per key: the
+        # rows are diskcache's own (raw=1 integer keys from push, text inline).
+        sql = cache._sql  # private: diskcache has no public batch read
+        after = -1
         with cache.transact():
-            for key in cache.iterkeys():
-                if key in skip:
-                    continue
-                value = cache.get(key)
-                if value is not None:
-                    out.append(Record(key, value))
-                if len(out) >= limit:
+            while len(out) < limit:
+                rows = sql(
+                    "SELECT key, mode, value FROM Cache WHERE key > ? AND raw = 1"
+                    " ORDER BY key LIMIT ?",
+                    (after, limit - len(out) + len(skip)),
+                ).fetchall()
+                if not rows:
                     break
+                for key, mode, value in rows:
+                    after = key
+                    if key in skip:
+                        continue
+                    if mode != _MODE_RAW_TEXT or not isinstance(value, str):
+                        value = cache.get(key)  # stored in a file or pickled: rare
+                        if value is None:
+                            continue
+                    out.append(Record(key, value))
+                    if len(out) >= limit:
+                        break
         return out
 
     def _ack_sync(self, records: Sequence[Record]) -> int:
         cache = self._cache
         assert cache is not None
         with cache.transact():
+            # One statement per batch (diskcache's triggers keep its count).
+            # diskcache restarts push keys once the store is empty, so a key
+            # from a stale batch may now name a newer record: delete only the
+            # record that was acknowledged (same key and text).
+            cache._con.executemany(
+                f"DELETE FROM Cache WHERE key = ? AND raw = 1 AND mode = {_MODE_RAW_TEXT}"
+                " AND filename IS NULL AND value = ?",
+                [(r.key, r.value) for r in records],
+            )
             for record in records:
-                # diskcache restarts push keys once the store is empty, so a key
-                # from a stale batch may now name a newer record: delete only
-                # the record that was acknowledged.
-                if cache.get(record.key) == record.value:
+                # Values diskcache keeps in files (>= 32 KiB) go its own way.
+                if len(record.value) >= _INLINE_LIMIT and cache.get(record.key) == record.value:
                     cache.delete(record.key)
             return len(cache)
 
@@ -369,6 +419,10 @@ class DiskBuffer:
             self._cache.close()
 
 
+_MODE_RAW_TEXT = diskcache.core.MODE_RAW  # text stored inline in the row
+_INLINE_LIMIT = 32 * 1024  # diskcache's disk_min_file_size default
+_PUSH_FIRST_KEY = 500_000_000_000_000  # Cache.push's key sequence (no prefix)
+_PUSH_MAX_KEY = 999_999_999_999_999
 _REOPEN_INTERVAL = 5.0  # seconds between attempts to open an unwritable store
 _errlog = RateLimitedLog(log, interval=10.0)
 

@@ -1,20 +1,29 @@
-"""The ``gateway`` command line: run, simulate, check, buffer."""
+"""The ``gateway`` command line: run, simulate, check, buffer, status."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
+import signal
 
-import trio
+# A SIGTERM that arrives while the daemon still imports or opens its buffers
+# (systemd stopping a unit that just started) must end it cleanly (exit 0), not
+# by the default action: note it here, first thing; `gateway run` acts on it as
+# soon as its own signal handling is up. Other commands restore the default.
+EARLY_SIGNALS: list[int] = []
+signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_SIGNALS.append(signum))
 
-from gateway import __version__
-from gateway.config import Config, load_config
-from gateway.errors import ConfigError
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import trio  # noqa: E402
+
+from gateway import __version__  # noqa: E402
+from gateway.config import Config, load_config  # noqa: E402
+from gateway.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("gateway")
 
@@ -58,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.supervisor import Gateway
 
     cfg = _load(args)
-    trio.run(Gateway(cfg).run)
+    gateway = Gateway(cfg)
+    gateway.early_signals = EARLY_SIGNALS
+    trio.run(gateway.run)
     return EXIT_OK
 
 
@@ -235,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if EARLY_SIGNALS:
+            return 128 + signal.SIGTERM
     setup_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))

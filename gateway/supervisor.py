@@ -68,6 +68,8 @@ class Gateway:
         self._ops_scope = trio.CancelScope()
         self.latest = LatestValues()
         self._last_ns = 0
+        # Signals that arrived before ours were installed (noted by the CLI).
+        self.early_signals: list[int] = []
         self._stages_scope: trio.CancelScope | None = None
 
     def request_stop(self) -> None:
@@ -203,6 +205,9 @@ class Gateway:
             self._signals_scope,
             trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
         ):
+            if self.early_signals:
+                log.info("SIGTERM received while starting")
+                self.request_stop()
             async for signum in signals:
                 if self._stop.is_set() and self._stages_scope is not None:
                     log.warning("second %s: stopping now", signal.Signals(signum).name)

@@ -51,6 +51,8 @@ class GatewaySection:
     # "full": SQLite synchronous=FULL, a commit survives power loss.
     # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
     durability: Literal["full", "normal"] = "full"
+    # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
+    stats_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ def _validate(cfg: Config) -> None:
     g, s, m, i = cfg.gateway, cfg.source, cfg.mqtt, cfg.influxdb
     if not g.buffer_dir:
         raise ConfigError("gateway.buffer_dir", "must not be empty")
+    if g.stats_interval < 0:
+        raise ConfigError("gateway.stats_interval", "must be >= 0 (0 turns it off)")
     if s.kind == "command" and not s.command:
         raise ConfigError("source.command", "must name a program when kind = 'command'")
     if s.kind == "file" and not s.path:

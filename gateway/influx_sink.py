@@ -67,6 +67,13 @@ def packet_points(packet: Packet, static_tags: str = "") -> list[str]:
     return out
 
 
+def gateway_points(values: Mapping[str, float], ns: int, static_tags: str = "") -> list[str]:
+    """The gateway's own health as points: ``mqtt_backlog,node=gateway value=12 <ns>``."""
+    return [
+        f"{name},node=gateway{static_tags} value={float(v)!r} {ns}" for name, v in values.items()
+    ]
+
+
 def point_time_ns(line: str) -> int:
     """The timestamp of a point this module produced."""
     return int(line.rsplit(" ", 1)[1])

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import trio_asyncio
 from gateway.buffer import DiskBuffer, buffer_path
 from gateway.config import Config
 from gateway.errors import leaf
-from gateway.influx_sink import InfluxSink, packet_points, tag_suffix
+from gateway.influx_sink import InfluxSink, gateway_points, packet_points, tag_suffix
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.mqtt_sink import MqttSink, packet_records
 from gateway.source import Source
@@ -177,6 +178,27 @@ class Gateway:
             self._signals_scope.cancel()
             self._ops_scope.cancel()
 
+    async def _report_stats(self) -> None:
+        """Write the gateway's backlog and drops to InfluxDB for the dashboard.
+
+        They go through the InfluxDB buffer like readings, so an outage's
+        backlog curve arrives with the replay, at the times it was measured.
+        """
+        assert self.influx_buffer is not None
+        assert self.mqtt_buffer is not None
+        m = self.metrics
+        while True:
+            await trio.sleep(self.cfg.gateway.stats_interval)
+            values = {
+                "mqtt_backlog": float(self.mqtt_buffer.count.value),
+                "influx_backlog": float(self.influx_buffer.count.value),
+                "mqtt_dropped": m.value("gateway_mqtt_dropped_total"),
+                "influx_dropped": m.value("gateway_influx_dropped_total"),
+                "packets": m.value("gateway_packets_total"),
+            }
+            points = gateway_points(values, time.time_ns(), self._tags)
+            await self._commit("influx", self.influx_buffer, points)
+
     async def _run_ops(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -198,6 +220,8 @@ class Gateway:
                             leaf(group),
                         )
                 await ops.start(watchdog, self)
+                if self.cfg.gateway.stats_interval > 0:
+                    ops.start_soon(self._report_stats)
                 task_status.started()
 
     async def _watch_signals(self) -> None:

@@ -203,3 +203,26 @@ def test_servers_down_at_start_then_buffered_and_delivered(
     finally:
         broker.stop()
         db.stop()
+
+
+def test_gateway_writes_its_own_backlog_points(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    capture = tmp_path / "one.jsonl"
+    capture.write_text('{"v":1,"seq":1,"node2":{"pressure":1000.5}}\n')
+    cfg = base_config(tmp_path, test_id, broker.port, tsdb.url, ["unused"])
+    cfg["source"] = {"kind": "file", "path": str(capture)}
+    cfg["gateway"]["stats_interval"] = 0.3
+    gw = gateway_factory(cfg)
+    try:
+        assert wait_until(
+            lambda: (
+                {"mqtt_backlog", "influx_backlog", "packets"}
+                <= {name for name, node, *_ in tsdb.points(testid=test_id) if node == "gateway"}
+            ),
+            30,
+        ), gw.log_text()
+    finally:
+        assert gw.terminate() == 0
+    packets = [v for name, node, _, v, _ in tsdb.points(testid=test_id) if name == "packets"]
+    assert max(packets) == 1.0

@@ -32,7 +32,7 @@ from gateway.telemetry import Packet, format_value
 
 log = logging.getLogger(__name__)
 
-WINDOW = 500  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
+WINDOW = 200  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
 STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
 ONLINE, OFFLINE = "online", "offline"
 # Everything a broker, a network or TLS can throw at us: never fatal, always retried.

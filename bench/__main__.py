@@ -330,7 +330,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> int:
     started = time.time()
-    rows: list[tuple[str, str, str, bool]] = []
+    rows: list[tuple[str, str, str, bool | None]] = []
     drains = [bench_drain() for _ in range(3)]
     ratios = [d["ratio"] for d in drains]
     rows.append(
@@ -353,7 +353,12 @@ def main() -> int:
     gw_s = [d["gateway_s"] for d in drains]
     ref_s = [d["reference_s"] for d in drains]
     rows.append(
-        ("drain: MQTT time gateway / reference", "", f"{spread(gw_s)} s / {spread(ref_s)} s", True)
+        (
+            "drain: MQTT time gateway / reference",
+            "(reported)",
+            f"{spread(gw_s)} s / {spread(ref_s)} s",
+            None,
+        )
     )
 
     best = 0.0
@@ -399,9 +404,9 @@ def main() -> int:
         rows.append(
             (
                 f"field rate 2/s, {durability}: disk written per packet",
-                "≤ 16 KiB",
+                "≤ 16 KiB" if durability == "full" else "(reported)",
                 f"{f['bytes_per_packet'] / 1024:.1f} KiB",
-                durability != "full" or f["bytes_per_packet"] <= 16 * 1024,
+                f["bytes_per_packet"] <= 16 * 1024 if durability == "full" else None,
             )
         )
         rows.append(
@@ -434,7 +439,7 @@ def main() -> int:
         f"{(time.time() - started) / 60:.1f} min. Median (min–max) where repeated.\n\n"
     )
     table = "| benchmark | target | measured | pass |\n|---|---|---|---|\n" + "".join(
-        f"| {name} | {target} | {value} | {'pass' if ok else 'FAIL'} |\n"
+        f"| {name} | {target} | {value} | {'–' if ok is None else 'pass' if ok else 'FAIL'} |\n"
         for name, target, value, ok in rows
     )
     RESULTS.write_text(header + table)

@@ -20,6 +20,19 @@ from tests.services import Broker, Tsdb
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A child that prints three numbered packets (continuing from a state file)
+# and exits with code 3: a probe-rs that keeps losing the target.
+CHUNKY_CHILD = """
+import json, os, sys
+state = sys.argv[1]
+n = int(open(state).read()) if os.path.exists(state) else 0
+for _ in range(3):
+    n += 1
+    print(json.dumps({"v": 1, "seq": n, "a": {"n": n}}), flush=True)
+open(state, "w").write(str(n))
+sys.exit(3)
+"""
+
 
 @pytest.fixture(scope="session")
 def tsdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsdb]:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import Subscriber, base_config, wait_until
+from tests.conftest import CHUNKY_CHILD, Subscriber, base_config, wait_until
 
 BAD_BMP280 = {
     "v": 1,
@@ -63,23 +63,11 @@ def test_missing_program_keeps_the_daemon_alive(
     assert gw.terminate() == 0
 
 
-CHUNKY = """
-import json, os, sys
-state = sys.argv[1]
-n = int(open(state).read()) if os.path.exists(state) else 0
-for _ in range(3):
-    n += 1
-    print(json.dumps({"v": 1, "seq": n, "a": {"n": n}}), flush=True)
-open(state, "w").write(str(n))
-sys.exit(3)
-"""
-
-
 def test_child_exiting_every_three_packets_delivers_each_once(
     tmp_path: Path, broker, tsdb, test_id, gateway_factory
 ) -> None:
     script = tmp_path / "chunky.py"
-    script.write_text(CHUNKY)
+    script.write_text(CHUNKY_CHILD)
     cfg = base_config(
         tmp_path, test_id, broker.port, tsdb.url, [sys.executable, str(script), str(tmp_path / "n")]
     )

@@ -15,6 +15,7 @@ import trio.testing
 from gateway.config import SourceSection
 from gateway.metrics import Metrics
 from gateway.source import Source
+from tests.conftest import CHUNKY_CHILD
 
 
 class Collector:
@@ -80,21 +81,9 @@ async def test_missing_program_is_retried_with_exact_backoff(
     assert src.metrics.value("gateway_source_restarts_total", reason="failed_to_start") == 8
 
 
-CHUNKY = """
-import json, os, sys
-state = sys.argv[1]
-n = int(open(state).read()) if os.path.exists(state) else 0
-for i in range(3):
-    n += 1
-    print(json.dumps({"v": 1, "seq": n, "stats": {"packets_received": n}}), flush=True)
-open(state, "w").write(str(n))
-sys.exit(3)
-"""
-
-
 async def test_child_exiting_every_few_packets_is_restarted_and_nothing_lost(tmp_path: Path):
     script = tmp_path / "chunky.py"
-    script.write_text(CHUNKY)
+    script.write_text(CHUNKY_CHILD)
     collector = Collector()
     src = source(collector, command=(sys.executable, str(script), str(tmp_path / "n")))
     with trio.fail_after(60):

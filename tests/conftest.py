@@ -86,7 +86,8 @@ def base_config(
 ) -> dict[str, dict[str, Any]]:
     """A config for one test: its own prefix, tag, buffer dir and client id."""
     return {
-        "gateway": {"id": test_id, "buffer_dir": str(tmp_path / "buffer")},
+        # stats_interval 0: no gateway self-stats points among the test's data.
+        "gateway": {"id": test_id, "buffer_dir": str(tmp_path / "buffer"), "stats_interval": 0.0},
         "source": {
             "kind": "command",
             "command": command,

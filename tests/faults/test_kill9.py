@@ -96,7 +96,12 @@ def test_kill9_loop_loses_nothing_committed(
         assert wait_until(lambda: committed_mqtt <= delivered(), 120), gw.log_text()[-3000:]
         assert wait_until(
             lambda: (
-                committed_influx <= set(numbers(str(v) for *_, v, _ in tsdb.points(testid=test_id)))
+                committed_influx
+                <= set(
+                    numbers(
+                        str(v) for name, _, _, v, _ in tsdb.points(testid=test_id) if name == "n"
+                    )
+                )
             ),
             120,
         )

@@ -47,7 +47,7 @@ def test_flapping_broker_database_outage_and_black_hole(
         return numbers(p for t, p in sub.snapshot() if t.endswith("/a/n"))
 
     def points() -> list[int]:
-        return numbers(str(v) for *_, v, _ in db.points(testid=test_id))
+        return numbers(str(v) for name, _, _, v, _ in db.points(testid=test_id) if name == "n")
 
     try:
         assert sub.wait_for(lambda m: len(m) > 20, 30), gw.log_text()

@@ -23,7 +23,7 @@ run: install
 	ops/services.sh start $(RUNDIR) 1883 8428
 	@echo
 	@echo "  Watch MQTT:      mosquitto_sub -v -t 'iiot/#'"
-	@echo "  Watch the TSDB:  curl -s 'http://127.0.0.1:8428/api/v1/export?match[]={node=~\".+\"}'"
+	@echo "  Watch the TSDB:  curl -s http://127.0.0.1:8428/api/v1/export --data-urlencode 'match[]={node=~\".+\"}'"
 	@echo "  Buffers:         $(BIN)/gateway buffer stats --buffer-dir $(RUNDIR)/buffer"
 	@echo "  Stop:            Ctrl-C (then: make services-stop)"
 	@echo

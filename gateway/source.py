@@ -114,6 +114,14 @@ class Source:
         self.backoff.up()
         await self.on_lines(lines, time.time_ns())
 
+    async def _retry_later(self, reason: str, what: str, exc: OSError) -> None:
+        """Count a failed start, log it, and wait out the backoff."""
+        self.state = "failed"
+        self._count_restart(reason)
+        delay = self.backoff.next_delay()
+        log.error("source: %s: %s; retrying in %.1f s", what, exc.strerror or exc, delay)
+        await trio.sleep(delay)
+
     def _count_restart(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
         self.metrics.source_restarts.labels(reason).inc()
@@ -150,16 +158,7 @@ class Source:
                     start_new_session=True,  # its own group, so we can stop all of it
                 )
             except OSError as exc:
-                self.state = "failed"
-                self._count_restart("failed_to_start")
-                delay = self.backoff.next_delay()
-                log.error(
-                    "source: cannot start %s: %s; retrying in %.1f s",
-                    argv[0],
-                    exc.strerror or exc,
-                    delay,
-                )
-                await trio.sleep(delay)
+                await self._retry_later("failed_to_start", f"cannot start {argv[0]}", exc)
                 continue
             reason = await self._supervise(proc)
             self._count_restart(reason)
@@ -248,16 +247,7 @@ class Source:
             try:
                 fd = open_serial(port, self.cfg.baud)
             except OSError as exc:
-                self.state = "failed"
-                self._count_restart("device_missing")
-                delay = self.backoff.next_delay()
-                log.error(
-                    "source: cannot open %s: %s; retrying in %.1f s",
-                    port,
-                    exc.strerror or exc,
-                    delay,
-                )
-                await trio.sleep(delay)
+                await self._retry_later("device_missing", f"cannot open {port}", exc)
                 continue
             self.state = "running"
             self.metrics.source_up.set(1)

@@ -402,6 +402,11 @@ class DiskBuffer:
         records = len(self._cache) if self._cache is not None else 0
         return {"records": records, "bytes": size, "max_records": self.max_records}
 
+    def oldest(self) -> Record | None:
+        """The oldest record on disk, or None (blocking; for the CLI)."""
+        first = self._peek_sync(1)
+        return first[0] if first else None
+
     def iter_all(self) -> list[Record]:
         """Every record on disk, oldest first (blocking; for export)."""
         return self._peek_sync(2**62)

@@ -117,14 +117,10 @@ def cmd_buffer(args: argparse.Namespace) -> int:
                     sys.stdout.write(line + "\n")
                 continue
             stats = buf.stats()
-            first = buf._peek_sync(1)
+            first = buf.oldest()
             oldest = None
-            if first:
-                ns = (
-                    split_record(first[0].value)[0]
-                    if sink == "mqtt"
-                    else point_time_ns(first[0].value)
-                )
+            if first is not None:
+                ns = split_record(first.value)[0] if sink == "mqtt" else point_time_ns(first.value)
                 oldest = round((now - ns) / 1e9, 3)
             report[sink] = {
                 "records": stats["records"],

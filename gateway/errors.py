@@ -16,23 +16,6 @@ class ConfigError(GatewayError):
         self.message = message
 
 
-class SourceExited(GatewayError):
-    """The source child process ended (or could not start)."""
-
-    def __init__(self, reason: str, returncode: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.returncode = returncode
-
-
-class SourceStalled(GatewayError):
-    """The source produced no line for `stall_timeout` seconds."""
-
-
-class MqttDeliveryError(GatewayError):
-    """The broker connection failed or dropped; always retryable."""
-
-
 class InfluxWriteError(GatewayError):
     """A write to InfluxDB failed.
 

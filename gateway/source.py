@@ -221,23 +221,20 @@ class Source:
         self.state = "running"
         self.metrics.source_up.set(1)
         rate = self.cfg.rate
+        splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
+        next_at = trio.current_time()
         async with await trio.open_file(self.cfg.path, "rb") as f:
-            if rate <= 0:
-                splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
-                while chunk := await f.read(READ_SIZE):
-                    await self._deliver(splitter.feed(bytes(chunk)), splitter, None)
-                last = splitter.flush()
-                await self._deliver([last] if last else [], splitter, None)
-            else:
-                splitter = LineSplitter(self.cfg.max_line_bytes)
-                next_at = trio.current_time()
-                while chunk := await f.read(READ_SIZE):
-                    for line in splitter.feed(bytes(chunk)):
-                        await trio.sleep_until(next_at)
-                        next_at = max(next_at + 1.0 / rate, trio.current_time())
-                        await self._deliver([line], splitter, None)
-                last = splitter.flush()
-                await self._deliver([last] if last else [], splitter, None)
+            while chunk := await f.read(READ_SIZE):
+                lines = splitter.feed(bytes(chunk))
+                if rate <= 0:
+                    await self._deliver(lines, splitter, None)
+                    continue
+                for line in lines:  # paced replay, one line at a time
+                    await trio.sleep_until(next_at)
+                    next_at = max(next_at + 1.0 / rate, trio.current_time())
+                    await self._deliver([line], splitter, None)
+        last = splitter.flush()
+        await self._deliver([last] if last else [], splitter, None)
         log.info("source: replay of %s finished", self.cfg.path)
 
     async def _run_serial(self) -> None:

@@ -20,6 +20,15 @@ from tests.services import Broker, Tsdb
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The example line of DESIGN.md ("Line protocol (firmware → gateway), v1").
+DESIGN_EXAMPLE = (
+    b'{"v":1,"seq":42,"uptime_ms":420113,'
+    b'"node1":{"temperature":26.7,"humidity":55.4,"gas_resistance":101169},'
+    b'"node2":{"temperature":24.3,"pressure":1013.25},'
+    b'"signal":{"rssi":-33,"snr":13},'
+    b'"stats":{"packets_received":42,"crc_errors":0}}'
+)
+
 # A child that prints three numbered packets (continuing from a state file)
 # and exits with code 3: a probe-rs that keeps losing the target.
 CHUNKY_CHILD = """

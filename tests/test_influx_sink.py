@@ -30,15 +30,10 @@ from gateway.influx_sink import (
 )
 from gateway.metrics import Metrics
 from gateway.telemetry import parse_line
+from tests.conftest import DESIGN_EXAMPLE
 
 RECEIVED_NS = 1795773905582000000
-EXAMPLE = (
-    b'{"v":1,"seq":42,"uptime_ms":420113,'
-    b'"node1":{"temperature":26.7,"humidity":55.4,"gas_resistance":101169},'
-    b'"node2":{"temperature":24.3,"pressure":1013.25},'
-    b'"signal":{"rssi":-33,"snr":13},'
-    b'"stats":{"packets_received":42,"crc_errors":0}}'
-)
+EXAMPLE = DESIGN_EXAMPLE
 
 # -- points -------------------------------------------------------------------------
 

@@ -24,16 +24,10 @@ from gateway.telemetry import (
     format_value,
     parse_line,
 )
+from tests.conftest import DESIGN_EXAMPLE
 
 RECEIVED_NS = 1795773905582000000
-# The example line of DESIGN.md ("Line protocol (firmware → gateway), v1").
-EXAMPLE = (
-    b'{"v":1,"seq":42,"uptime_ms":420113,'
-    b'"node1":{"temperature":26.7,"humidity":55.4,"gas_resistance":101169},'
-    b'"node2":{"temperature":24.3,"pressure":1013.25},'
-    b'"signal":{"rssi":-33,"snr":13},'
-    b'"stats":{"packets_received":42,"crc_errors":0}}'
-)
+EXAMPLE = DESIGN_EXAMPLE
 EXAMPLE_GROUPS = {
     "node1": {"temperature": 26.7, "humidity": 55.4, "gas_resistance": 101169},
     "node2": {"temperature": 24.3, "pressure": 1013.25},

@@ -90,7 +90,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_buffer(args: argparse.Namespace) -> int:
     """``gateway buffer stats|export``: what is waiting on disk."""
-    from gateway.buffer import DiskBuffer, buffer_path
+    from gateway.buffer import STORE_FILE, BufferStore
     from gateway.influx_sink import point_time_ns
     from gateway.mqtt_sink import split_record
 
@@ -100,35 +100,43 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     sinks = [args.sink] if getattr(args, "sink", None) else ["mqtt", "influx"]
     now = time.time_ns()
     report: dict[str, dict[str, float | int | None]] = {}
-    for sink in sinks:
-        path = buffer_path(buffer_dir, sink)
-        if not path.exists():
+    if not (Path(buffer_dir) / STORE_FILE).exists():
+        for sink in sinks:
             report[sink] = {"records": 0, "bytes": 0, "oldest_age_seconds": None}
-            continue
-        buf = DiskBuffer(path, max_records=2**62, name=sink)
+    else:
+        # Reading while a gateway runs is safe: SQLite WAL lets readers in.
+        store = BufferStore(
+            Path(buffer_dir), dict.fromkeys(sinks, 2**62), ack_delay=0, import_old=False
+        )
         try:
-            if args.action == "export":
-                for rec in buf.iter_all():
-                    if sink == "mqtt":
-                        ns, topic, payload = split_record(rec.value)
-                        line = json.dumps({"received_ns": ns, "topic": topic, "payload": payload})
-                    else:
-                        line = rec.value
-                    sys.stdout.write(line + "\n")
-                continue
-            stats = buf.stats()
-            first = buf.oldest()
-            oldest = None
-            if first is not None:
-                ns = split_record(first.value)[0] if sink == "mqtt" else point_time_ns(first.value)
-                oldest = round((now - ns) / 1e9, 3)
-            report[sink] = {
-                "records": stats["records"],
-                "bytes": stats["bytes"],
-                "oldest_age_seconds": oldest,
-            }
+            for sink in sinks:
+                buf = store.buffers[sink]
+                if args.action == "export":
+                    for rec in buf.iter_all():
+                        if sink == "mqtt":
+                            ns, topic, payload = split_record(rec.value)
+                            line = json.dumps(
+                                {"received_ns": ns, "topic": topic, "payload": payload}
+                            )
+                        else:
+                            line = rec.value
+                        sys.stdout.write(line + "\n")
+                    continue
+                stats = buf.stats()
+                first = buf.oldest()
+                oldest = None
+                if first is not None:
+                    text = first.value
+                    ns = split_record(text)[0] if sink == "mqtt" else point_time_ns(text)
+                    oldest = round((now - ns) / 1e9, 3)
+                report[sink] = {
+                    "records": stats["records"],
+                    # One file holds every sink's buffer: this is its size.
+                    "bytes": stats["bytes"],
+                    "oldest_age_seconds": oldest,
+                }
         finally:
-            buf.close()
+            store.close()
     if args.action == "stats":
         dead = Path(buffer_dir) / "dead-letter" / "influx.lp"
         dead_count = 0

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from gateway.buffer import DiskBuffer, buffer_path
+from gateway.buffer import BufferStore, DiskBuffer
 from gateway.config import Config
 from gateway.errors import leaf
 from gateway.influx_sink import InfluxSink, gateway_points, packet_points, tag_suffix
@@ -56,6 +56,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.on_packet = on_packet
         self.sequence = SequenceTracker()
+        self.store: BufferStore | None = None
         self.mqtt_buffer: DiskBuffer | None = None
         self.influx_buffer: DiskBuffer | None = None
         self.mqtt: MqttSink | None = None
@@ -77,45 +78,38 @@ class Gateway:
         """Begin a clean shutdown (what SIGTERM does)."""
         self._stop.set()
 
-    async def _open_buffers(self) -> tuple[DiskBuffer, DiskBuffer]:
+    async def _open_buffers(self) -> BufferStore:
         g = self.cfg.gateway
         root = Path(g.buffer_dir)
-        try:
-            await trio.to_thread.run_sync(
-                lambda: root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            )
-        except OSError as exc:
-            # Not fatal: the buffers report it and hold records in memory.
-            log.error("cannot create buffer directory %s: %s", root, exc)
-        mqtt = await DiskBuffer.open(
-            buffer_path(root, "mqtt"),
-            max_records=self.cfg.mqtt.buffer_max_messages,
+        # Not fatal when it fails: the store reports it and holds records in memory.
+        store = await BufferStore.open(
+            root,
+            {
+                "mqtt": self.cfg.mqtt.buffer_max_messages,
+                "influx": self.cfg.influxdb.buffer_max_points,
+            },
             durability=g.durability,
-            name="mqtt",
         )
-        influx = await DiskBuffer.open(
-            buffer_path(root, "influx"),
-            max_records=self.cfg.influxdb.buffer_max_points,
-            durability=g.durability,
-            name="influx",
-        )
-        for sink, buf in (("mqtt", mqtt), ("influx", influx)):
-            if buf.corrupt_moved:
-                self.metrics.buffer_corrupt.labels(sink).inc(len(buf.corrupt_moved))
+        if store.corrupt_moved:
+            for sink in store.buffers:
+                self.metrics.buffer_corrupt.labels(sink).inc(len(store.corrupt_moved))
+        mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
         self.metrics.mqtt_buffered.set(mqtt.count.value)
         self.metrics.influx_buffered.set(influx.count.value)
         log.info(
             "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s)",
-            root,
+            store.path,
             mqtt.count.value,
             influx.count.value,
             g.durability,
         )
-        return mqtt, influx
+        return store
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
-        self.mqtt_buffer, self.influx_buffer = await self._open_buffers()
+        self.store = await self._open_buffers()
+        self.mqtt_buffer = self.store.buffers["mqtt"]
+        self.influx_buffer = self.store.buffers["influx"]
         try:
             async with trio_asyncio.open_loop() as loop:
                 # trio-asyncio raises what asyncio would only log (e.g. EBADF
@@ -123,8 +117,8 @@ class Gateway:
                 loop.set_exception_handler(_asyncio_exception)
                 await self._run_stages(task_status)
         finally:
-            self.mqtt_buffer.close()
-            self.influx_buffer.close()
+            # Writes the acks that were still waiting for a commit.
+            self.store.close()
         log.info("stopped")
 
     async def _run_stages(self, task_status: trio.TaskStatus[None]) -> None:
@@ -139,9 +133,18 @@ class Gateway:
             Path(cfg.gateway.buffer_dir) / "dead-letter",
         )
         self.source = Source(cfg.source, self.ingest, self.metrics)
+        assert self.store is not None
         async with trio.open_nursery() as nursery:
             self._stages_scope = nursery.cancel_scope
             nursery.start_soon(self._watch_signals)
+            store_scope = trio.CancelScope()
+
+            async def run_store() -> None:
+                assert self.store is not None
+                with store_scope:
+                    await self.store.run()
+
+            nursery.start_soon(run_store)
             await nursery.start(self.mqtt.run)
             await nursery.start(self.influx.run)
             source_done = trio.Event()
@@ -177,6 +180,7 @@ class Gateway:
             # The signal watcher is the only task left that never ends by itself.
             self._signals_scope.cancel()
             self._ops_scope.cancel()
+            store_scope.cancel()  # the store's close() writes what is still pending
 
     async def _report_stats(self) -> None:
         """Write the gateway's backlog and drops to InfluxDB for the dashboard.
@@ -197,7 +201,7 @@ class Gateway:
                 "packets": m.value("gateway_packets_total"),
             }
             points = gateway_points(values, time.time_ns(), self._tags)
-            await self._commit("influx", self.influx_buffer, points)
+            await self._commit({self.influx_buffer: points})
 
     async def _run_ops(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -292,9 +296,8 @@ class Gateway:
             points += packet_points(packet, self._tags)
         if not messages:
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._commit, "mqtt", self.mqtt_buffer, messages)
-            nursery.start_soon(self._commit, "influx", self.influx_buffer, points)
+        # Both sinks' records, and the acks since the last packet: one transaction.
+        await self._commit({self.mqtt_buffer: messages, self.influx_buffer: points})
 
     def _track_sequence(self, packet: Packet) -> None:
         missed, reset = self.sequence.observe(packet)
@@ -305,24 +308,27 @@ class Gateway:
             self.metrics.node_resets.inc()
             log.warning("Node 2 restarted (seq went backwards)")
 
-    async def _commit(self, sink: str, buffer: DiskBuffer, records: list[str]) -> None:
+    async def _commit(self, batches: dict[DiskBuffer, list[str]]) -> None:
+        assert self.store is not None
         m = self.metrics
-        errors_before = buffer.write_errors
-        dropped = await buffer.append(records)
-        if buffer.write_errors > errors_before:
-            m.buffer_errors.labels(sink).inc(buffer.write_errors - errors_before)
-        m.buffer_memory.labels(sink).set(buffer.in_memory)
-        (m.mqtt_buffered if sink == "mqtt" else m.influx_buffered).set(buffer.count.value)
-        if dropped:
-            (m.mqtt_dropped if sink == "mqtt" else m.influx_dropped).inc(dropped)
-            self._rejects.log(
-                logging.WARNING,
-                f"d:{sink}",
-                "%s buffer full (%d): dropped the %d oldest record(s)",
-                sink,
-                buffer.max_records,
-                dropped,
-            )
+        errors_before = {buf: buf.write_errors for buf in self.store.buffers.values()}
+        dropped = await self.store.commit(batches)
+        for buf in self.store.buffers.values():
+            sink = buf.name
+            if buf.write_errors > errors_before[buf]:
+                m.buffer_errors.labels(sink).inc(buf.write_errors - errors_before[buf])
+            m.buffer_memory.labels(sink).set(buf.in_memory)
+            (m.mqtt_buffered if sink == "mqtt" else m.influx_buffered).set(buf.count.value)
+            if dropped.get(sink):
+                (m.mqtt_dropped if sink == "mqtt" else m.influx_dropped).inc(dropped[sink])
+                self._rejects.log(
+                    logging.WARNING,
+                    f"d:{sink}",
+                    "%s buffer full (%d): dropped the %d oldest record(s)",
+                    sink,
+                    buf.max_records,
+                    dropped[sink],
+                )
 
 
 def _asyncio_exception(loop: Any, context: dict[str, Any]) -> None:

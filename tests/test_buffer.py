@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 import trio
 
-from gateway.buffer import DiskBuffer, buffer_path
+from gateway import buffer as buffer_module
+from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer
 
 
 async def open_buffer(path: Path, max_records: int = 100, **kwargs: object) -> DiskBuffer:
@@ -40,17 +43,17 @@ async def test_peek_does_not_remove(tmp_path: Path) -> None:
     buf.close()
 
 
-async def test_ack_removes_only_acked_keys(tmp_path: Path) -> None:
+async def test_ack_is_fifo_and_acks_every_older_record(tmp_path: Path) -> None:
     buf = await open_buffer(tmp_path / "mqtt")
     await buf.append(["a", "b", "c", "d"])
     batch = await buf.peek(4)
-    await buf.ack([batch[0], batch[2]])
-    assert values(await buf.peek(10)) == ["b", "d"]
+    await buf.ack([batch[1]])
+    assert values(await buf.peek(10)) == ["c", "d"]
     assert buf.count.value == 2
     # Acking records that are already gone is harmless.
     await buf.ack(batch[:1])
     await buf.ack([])
-    assert values(await buf.peek(10)) == ["b", "d"]
+    assert values(await buf.peek(10)) == ["c", "d"]
     buf.close()
 
 
@@ -65,14 +68,13 @@ async def test_records_appended_after_a_peek_survive_its_ack(tmp_path: Path) -> 
 
 
 async def test_stale_ack_after_the_buffer_emptied_keeps_new_records(tmp_path: Path) -> None:
-    # diskcache reuses push keys once the store is empty: an ack of an old
-    # batch must not delete the newer record that now has the same key.
     buf = await open_buffer(tmp_path / "mqtt")
     await buf.append(["old"])
     stale = await buf.peek(10)
     await buf.ack(stale)
     await buf.append(["new"])
-    assert [r.key for r in await buf.peek(10)] == [r.key for r in stale]
+    # Sequence numbers are never reused while a store is open.
+    assert [r.key for r in await buf.peek(10)] == [stale[0].key + 1]
     await buf.ack(stale)
     assert values(await buf.peek(10)) == ["new"]
     buf.close()
@@ -154,14 +156,14 @@ async def test_corrupt_store_is_moved_aside(tmp_path: Path, corrupt) -> None:  #
     buf = await open_buffer(path, max_records=1000)
     await buf.append([f"record {i} " + "x" * 100 for i in range(500)])
     buf.close()
-    corrupt(path / "cache.db")
+    corrupt(path / STORE_FILE)
 
     buf = await open_buffer(path, max_records=1000)
     assert len(buf.corrupt_moved) == 1
     aside = buf.corrupt_moved[0]
-    assert aside.parent == tmp_path
-    assert aside.name.startswith("influx.corrupt-")
-    assert (aside / "cache.db").exists()
+    assert aside.parent == path
+    assert aside.name.startswith("buffer.corrupt-")
+    assert aside.exists()
     assert buf.count.value == 0
     assert buf.integrity_check() == "ok"
     await buf.append(["fresh"])
@@ -176,21 +178,22 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
         buf = await open_buffer(path)
         await buf.append(["a"])
         buf.close()
-        corrupt_with_random_bytes(path / "cache.db")
+        corrupt_with_random_bytes(path / STORE_FILE)
         buf = await open_buffer(path)
         moved += buf.corrupt_moved
         buf.close()
     assert len(set(moved)) == 2
     for aside in moved:
-        assert (aside / "cache.db").exists()
-    assert sibling_names(tmp_path, "mqtt.") == sorted(p.name for p in moved)
+        assert aside.exists()
+    assert sibling_names(path, "buffer.corrupt-") == sorted(p.name for p in moved)
 
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
 async def test_durability(tmp_path: Path, durability: str, synchronous: int) -> None:
     path = tmp_path / "influx"
     buf = await open_buffer(path, durability=durability)
-    assert buf._cache._sql("PRAGMA synchronous").fetchone()[0] == synchronous
+    assert buf.store.con is not None
+    assert buf.store.con.execute("PRAGMA synchronous").fetchone()[0] == synchronous
     await buf.append(["a", "b"])
     buf.close()
     buf = await open_buffer(path, durability=durability)
@@ -210,5 +213,113 @@ async def test_stats_and_iter_all(tmp_path: Path) -> None:
     buf.close()
 
 
-def test_buffer_path() -> None:
-    assert buffer_path("buffers", "mqtt") == Path("buffers") / "mqtt"
+def disk_values(directory: Path, table: str) -> list[str]:
+    """What a second connection (another process, after a crash) sees on disk."""
+    con = sqlite3.connect(directory / STORE_FILE)
+    try:
+        return [v for (v,) in con.execute(f"SELECT value FROM {table} ORDER BY seq")]
+    finally:
+        con.close()
+
+
+async def test_one_transaction_for_both_sinks_carries_the_acks(tmp_path: Path) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100}, ack_delay=60)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    await store.commit({mqtt: ["m1", "m2"], influx: ["p1"]})
+    assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
+    assert disk_values(tmp_path, "influx") == ["p1"]
+    await mqtt.ack(await mqtt.peek(10))
+    # The ack took effect at once but waits on disk for the next commit ...
+    assert mqtt.count.value == 0
+    assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
+    changes = store.con.total_changes if store.con else 0
+    await store.commit({mqtt: ["m3"], influx: ["p2"]})
+    # ... which deletes them in the same transaction as the new rows.
+    assert disk_values(tmp_path, "mqtt") == ["m3"]
+    assert disk_values(tmp_path, "influx") == ["p1", "p2"]
+    assert store.con is not None
+    assert store.con.total_changes - changes == 4  # 2 deletes, 2 inserts
+    store.close()
+
+
+async def test_acks_without_a_commit_are_written_after_ack_delay(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await BufferStore.open(tmp_path, {"influx": 100}, ack_delay=1.0)
+    buf = store.buffers["influx"]
+
+    async def settled() -> None:
+        # Let the flusher's worker thread (if any) finish: real time, not mock.
+        for _ in range(100):
+            await trio.testing.wait_all_tasks_blocked()
+            if not store._lock.locked():
+                return
+            await trio.to_thread.run_sync(time.sleep, 0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await buf.append(["a", "b", "c"])
+        await buf.ack(await buf.peek(2))
+        mock_clock.jump(0.9)
+        await settled()
+        assert disk_values(tmp_path, "influx") == ["a", "b", "c"]
+        mock_clock.jump(0.2)
+        await settled()
+        assert disk_values(tmp_path, "influx") == ["c"]
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_crash_before_acks_are_written_redelivers_not_loses(tmp_path: Path) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=60)
+    buf = store.buffers["mqtt"]
+    await buf.append(["a", "b", "c"])
+    await buf.ack(await buf.peek(2))
+    assert store.con is not None
+    store.con.close()  # a kill -9: nothing more is written
+    again = await BufferStore.open(tmp_path, {"mqtt": 100})
+    assert values(await again.buffers["mqtt"].peek(10)) == ["a", "b", "c"]
+    again.close()
+
+
+async def test_close_writes_pending_acks(tmp_path: Path) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=60)
+    buf = store.buffers["mqtt"]
+    await buf.append(["a", "b", "c"])
+    await buf.ack(await buf.peek(2))
+    store.close()
+    assert disk_values(tmp_path, "mqtt") == ["c"]
+
+
+async def test_a_backlog_beyond_the_memory_cache_is_read_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buffer_module, "CACHE_RECORDS", 50)
+    buf = await open_buffer(tmp_path, max_records=10_000)
+    sent = [f"r{i}" for i in range(1000)]
+    for start in range(0, 1000, 70):
+        await buf.append(sent[start : start + 70])
+    got: list[str] = []
+    while buf.count.value:
+        batch = await buf.peek(33)
+        assert [r.key for r in batch] == list(range(batch[0].key, batch[0].key + len(batch)))
+        got += values(batch)
+        await buf.ack(batch)
+    assert got == sent
+    buf.close()
+
+
+async def test_buffers_of_the_diskcache_format_are_imported(tmp_path: Path) -> None:
+    import diskcache
+
+    old = tmp_path / "mqtt"
+    with diskcache.Cache(str(old)) as cache:
+        for i in range(5):
+            cache.push(f"old {i}")
+    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100})
+    buf = store.buffers["mqtt"]
+    assert values(await buf.peek(10)) == [f"old {i}" for i in range(5)]
+    assert not old.exists()
+    await buf.append(["new"])
+    store.close()
+    assert disk_values(tmp_path, "mqtt") == [f"old {i}" for i in range(5)] + ["new"]

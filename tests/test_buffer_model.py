@@ -1,8 +1,9 @@
-"""DiskBuffer against a model: a bounded deque, through appends, peeks, acks and reopens.
+"""DiskBuffer against a model: a bounded deque, through appends, peeks, acks, reopens and crashes.
 
-The blocking halves (``_append_sync``, ``_peek_sync``, ``_ack_sync``) are what the
-async methods run on a worker thread; driving them directly keeps the state
-machine free of an event loop while exercising the same SQLite transactions.
+The model keeps two deques: what a sink may deliver now (``live``) and what a
+process starting after a crash would find (``durable``: the state of the last
+commit, since acknowledgements reach the disk only with a commit). A tiny
+memory cache makes peeks read both SQLite and memory.
 """
 
 from __future__ import annotations
@@ -12,100 +13,107 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
+import trio
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from gateway.buffer import DiskBuffer, Record
+from gateway import buffer as buffer_module
+from gateway.buffer import BufferStore, DiskBuffer, Record
 
 MAX_RECORDS = 8
 
 
 class DiskBufferModel(RuleBasedStateMachine):
-    """Every step, the buffer holds exactly what the deque model holds, in order."""
+    """Every step, the buffer holds exactly what the model holds, in order."""
 
     batches = Bundle("batches")
 
     def __init__(self) -> None:
         super().__init__()
+        self.saved_cache = buffer_module.CACHE_RECORDS
+        buffer_module.CACHE_RECORDS = 3
         self.tmp = Path(tempfile.mkdtemp(prefix="buffer-model-"))
-        self.path = self.tmp / "influx"
-        self.buffer = DiskBuffer(self.path, max_records=MAX_RECORDS, name="influx")
-        self.model: deque[str] = deque()
+        self.buffer = self._open()
+        self.live: deque[str] = deque()
+        self.durable: deque[str] = deque()
         self.counter = 0
-        self.dropped = 0
+        # Sequence numbers restart when a store is opened empty: batches from
+        # an earlier opening are never acked (a real sink never keeps one).
+        self.epoch = 0
+
+    def _open(self) -> DiskBuffer:
+        # A long ack_delay and no flusher: acks reach the disk only with commits.
+        store = BufferStore(self.tmp, {"influx": MAX_RECORDS}, ack_delay=3600)
+        assert store.corrupt_moved == []
+        return store.buffers["influx"]
 
     def teardown(self) -> None:
         self.buffer.close()
+        buffer_module.CACHE_RECORDS = self.saved_cache
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _new_values(self, n: int) -> list[str]:
+    def _append(self, n: int) -> None:
         values = [f"r{self.counter + i}" for i in range(n)]
         self.counter += n
-        return values
+        dropped = trio.run(self.buffer.append, values)
+        self.live.extend(values)
+        expected = max(0, len(self.live) - MAX_RECORDS)
+        for _ in range(expected):
+            self.live.popleft()
+        assert dropped == expected
+        self.durable = deque(self.live)
 
     @rule(n=st.integers(1, 5))
     def push(self, n: int) -> None:
-        values = self._new_values(n)
-        count, dropped = self.buffer._append_sync(values)
-        self.model.extend(values)
-        expected_drop = max(0, len(self.model) - MAX_RECORDS)
-        for _ in range(expected_drop):
-            self.model.popleft()
-        assert dropped == expected_drop
-        assert count == len(self.model)
+        self._append(n)
 
     @rule(n=st.integers(MAX_RECORDS + 1, 3 * MAX_RECORDS))
     def overflow(self, n: int) -> None:
-        before = len(self.model)
-        values = self._new_values(n)
-        count, dropped = self.buffer._append_sync(values)
-        assert dropped == before + n - MAX_RECORDS
-        self.model = deque(values[-MAX_RECORDS:])
-        assert count == MAX_RECORDS
+        self._append(n)
 
     @rule(target=batches, limit=st.integers(1, MAX_RECORDS + 2))
-    def peek(self, limit: int) -> list[Record]:
-        batch = self.buffer._peek_sync(limit)
-        assert [r.value for r in batch] == list(self.model)[:limit]
-        return batch
+    def peek(self, limit: int) -> tuple[int, list[Record]]:
+        batch = trio.run(self.buffer.peek, limit)
+        assert [r.value for r in batch] == list(self.live)[:limit]
+        return self.epoch, batch
 
     @rule(batch=batches, data=st.data())
-    def ack(self, batch: list[Record], data: st.DataObject) -> None:
-        # Ack all of a batch or a subset of it; the batch may be stale (its
-        # records already acked, or dropped by overflow): those are ignored.
-        chosen = data.draw(st.lists(st.sampled_from(batch), unique=True)) if batch else []
-        count = self.buffer._ack_sync(chosen)
-        # Values are unique, so the model can match them by value.
-        gone = {r.value for r in chosen}
-        self.model = deque(v for v in self.model if v not in gone)
-        assert count == len(self.model)
-
-    @precondition(lambda self: len(self.model) > 0)
-    @rule()
-    def ack_oldest(self) -> None:
-        batch = self.buffer._peek_sync(1)
-        assert self.buffer._ack_sync(batch) == len(self.model) - 1
-        self.model.popleft()
+    def ack(self, batch: tuple[int, list[Record]], data: st.DataObject) -> None:
+        # Ack some records of a batch; acking one acks every older record. The
+        # batch may be stale (its records acked already, or dropped).
+        epoch, records = batch
+        if epoch != self.epoch:
+            return
+        chosen = data.draw(st.lists(st.sampled_from(records), unique=True)) if records else []
+        trio.run(self.buffer.ack, chosen)
+        live = list(self.live)
+        acked = [i for i, value in enumerate(live) if value in {r.value for r in chosen}]
+        if acked:
+            self.live = deque(live[max(acked) + 1 :])
 
     @rule()
     def reopen(self) -> None:
-        self.buffer.close()
-        self.buffer = DiskBuffer(self.path, max_records=MAX_RECORDS, name="influx")
-        assert self.buffer.corrupt_moved == []
-        assert self.buffer.count.value == len(self.model)
+        self.buffer.close()  # a clean stop writes the pending acks
+        self.buffer = self._open()
+        self.durable = deque(self.live)
+        self.epoch += 1
+
+    @rule()
+    def crash(self) -> None:
+        con = self.buffer.store.con
+        assert con is not None
+        con.close()  # kill -9: whatever was not committed stays undone
+        self.buffer.store.con = None
+        self.buffer = self._open()
+        self.live = deque(self.durable)
+        self.epoch += 1
 
     @invariant()
     def same_contents(self) -> None:
-        assert len(self.buffer._cache) == len(self.model)
-        assert [r.value for r in self.buffer.iter_all()] == list(self.model)
+        assert self.buffer.count.value == len(self.live)
+        assert [r.value for r in self.buffer.iter_all()] == list(self.live)
 
 
 TestDiskBufferModel = DiskBufferModel.TestCase
-TestDiskBufferModel.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+TestDiskBufferModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

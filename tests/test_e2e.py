@@ -170,7 +170,8 @@ def test_servers_down_at_start_then_buffered_and_delivered(
     try:
         assert wait_until(
             lambda: (
-                (buffer_dir / "mqtt").exists() and buffer_stats(buffer_dir)["mqtt"]["records"] == 90
+                (buffer_dir / "buffer.db").exists()
+                and buffer_stats(buffer_dir)["mqtt"]["records"] == 90
             ),
             30,
         ), gw.log_text()

@@ -1,4 +1,4 @@
-"""The buffer directory at its worst: corrupt stores, a read-only mount, a full disk.
+"""The buffer directory at its worst: a corrupt store, a read-only mount, a full disk.
 
 The gateway starts anyway, keeps delivering live data, says so loudly, and
 resumes writing by itself when the disk has room again.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.buffer import STORE_FILE
 from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
 from tests.faults.common import NUMBERED, numbers
 
@@ -68,11 +69,11 @@ def test_corrupt_buffer_is_moved_aside_and_live_data_flows(
     buffer_dir = tmp_path / "buffer"
     # A first run creates real stores ...
     gw = gateway_factory(cfg)
-    assert wait_until(lambda: (buffer_dir / "mqtt" / "cache.db").exists(), 30)
+    assert wait_until(lambda: (buffer_dir / STORE_FILE).exists(), 30)
     assert gw.terminate() == 0
     # ... which then get damaged.
-    db = buffer_dir / "mqtt" / "cache.db"
-    for leftover in buffer_dir.glob("mqtt/cache.db-*"):
+    db = buffer_dir / STORE_FILE
+    for leftover in buffer_dir.glob(f"{STORE_FILE}-*"):
         leftover.unlink()
     if damage == "random_bytes":
         db.write_bytes(os.urandom(64 * 1024))
@@ -89,7 +90,7 @@ def test_corrupt_buffer_is_moved_aside_and_live_data_flows(
         sub.close()
     log = gw.log_text()
     assert "is corrupt" in log
-    assert list(buffer_dir.glob("mqtt.corrupt-*"))
+    assert list(buffer_dir.glob("buffer.corrupt-*.db"))
     assert buffer_stats(buffer_dir)["mqtt"]["records"] >= 0  # the new store opens
 
 

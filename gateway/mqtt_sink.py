@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import aiomqtt
 import trio
@@ -148,6 +149,9 @@ class MqttSink:
             will=aiomqtt.Will(status_topic(cfg.topic_prefix), OFFLINE, qos=1, retain=True),
             max_inflight_messages=self.window,
             tls_context=self._tls,
+            # paho writes each message with its own send(): without this, Nagle
+            # holds a window's later messages until the first one is ACKed.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         client.pending_calls_threshold = self.window + 10
         return client
@@ -231,18 +235,71 @@ class MqttSink:
         )
 
     async def _publish_window(
-        self, client: aiomqtt.Client, messages: Iterable[tuple[str, str]]
+        self, client: aiomqtt.Client, messages: Sequence[tuple[str, str]]
     ) -> None:
         # Inside asyncio: queue the whole window at once so paho pipelines it,
-        # then wait for every PUBACK (QoS 0 returns when written).
+        # then wait for every PUBACK (QoS 0: until written).
         qos, retain = self.cfg.qos, self.cfg.retain
         timeout = max(30.0, 3.0 * self.cfg.keepalive)
-        await asyncio.gather(
-            *(
-                client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
-                for topic, payload in messages
+        if not _WINDOW_API:
+            await asyncio.gather(
+                *(
+                    client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+                    for topic, payload in messages
+                )
             )
-        )
+            return
+        # aiomqtt's publish() costs an asyncio task, an Event and a timer per
+        # message; at field rate that was most of the gateway's CPU. One future
+        # per window, completed by aiomqtt's own on_publish dispatch, does the
+        # same job. aiomqtt has no public batch API: this uses its paho client
+        # and its pending-publish map (checked at import, _WINDOW_API).
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack = _WindowAck(len(messages), done)
+        pending = client._pending_publishes
+        mids: list[int] = []
+        try:
+            for topic, payload in messages:
+                info = client._client.publish(topic, payload, qos, retain)
+                if info.rc != 0:
+                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                if info.is_published():
+                    ack.set()
+                else:
+                    # PUBACKs are read on this loop, so none can arrive before this.
+                    pending[info.mid] = ack  # type: ignore[assignment]
+                    mids.append(info.mid)
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                raise aiomqtt.MqttError("timed out waiting for PUBACKs") from None
+        finally:
+            for mid in mids:
+                pending.pop(mid, None)
+
+
+class _WindowAck:
+    """Stands in for aiomqtt's per-message Event: counts a window's PUBACKs."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+        self.left = n
+        self.done = done
+        if n == 0:
+            done.set_result(None)
+
+    def set(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+# The aiomqtt internals _publish_window relies on (aiomqtt 2.x); without them
+# it falls back to one aiomqtt publish() per message.
+_WINDOW_API = hasattr(aiomqtt.Client, "_on_publish") and {"_client", "_pending_publishes"} <= set(
+    aiomqtt.Client.__init__.__code__.co_names
+)
 
 
 def describe_error(exc: BaseException) -> str:

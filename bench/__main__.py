@@ -7,6 +7,8 @@ subscriber). Results go to bench/results.md and stdout.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import platform
@@ -22,10 +24,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from gateway.config import DEFAULT_FLUSH_INTERVAL
 from tests.conftest import base_config, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
+FLUSH_INTERVAL_MS = DEFAULT_FLUSH_INTERVAL * 1000  # the benchmark configs keep the default
+SUSTAINED_SECONDS = 60.0  # the issue's "backlog stays bounded for 60 s"
+SUSTAINED_RATES = (500.0, 1000.0, 1500.0, 2000.0)  # tried in order until one fails
 RESULTS = REPO / "bench" / "results.md"
 
 # A generator child: `rate` packets/s of the firmware's 9 metrics plus the send
@@ -83,6 +89,55 @@ class Counter:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class AcceptProxy:
+    """An HTTP relay in front of the TSDB that times each point's acceptance.
+
+    For every 2xx write it records now - ``sent_ms`` of the generator's
+    ``sent_ms`` points in the body: line leaving the source → database accepted
+    it, measured outside the gateway (the relay's own hop included).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.latencies_ms: list[float] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request("POST", self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                now_ms = time.time() * 1000.0
+                if 200 <= resp.status < 300:
+                    for line in body.decode().splitlines():
+                        if line.startswith("sent_ms,"):
+                            sent = float(line.split(" value=")[1].split()[0])
+                            proxy.latencies_ms.append(now_ms - sent)
+                conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def metric(port: int, name: str) -> float:
@@ -232,7 +287,7 @@ def bench_drain(packets: int = 2000) -> dict[str, Any]:
 # -- 2. sustained ingest ------------------------------------------------------------
 
 
-def bench_sustained(rate: float, seconds: float = 20.0) -> dict[str, Any]:
+def bench_sustained(rate: float, seconds: float = SUSTAINED_SECONDS) -> dict[str, Any]:
     run = Run(f"rate{int(rate)}")
     try:
         run.broker.start()
@@ -248,24 +303,29 @@ def bench_sustained(rate: float, seconds: float = 20.0) -> dict[str, Any]:
         wait_listening(run.status_port)
         time.sleep(2)
         samples = []
-        end = time.monotonic() + seconds
+        packets_before = metric(run.status_port, "gateway_packets_total")
+        start = time.monotonic()
+        end = start + seconds
         while time.monotonic() < end:
             samples.append(
                 metric(run.status_port, "gateway_mqtt_buffered_messages")
                 + metric(run.status_port, "gateway_influx_buffered_points")
             )
             time.sleep(1)
-        packets = metric(run.status_port, "gateway_packets_total")
+        achieved = (metric(run.status_port, "gateway_packets_total") - packets_before) / (
+            time.monotonic() - start
+        )
         counter.close()
-        # Keeping up: the backlog at the end is under half a second of input
-        # (10 metrics a packet, two sinks).
+        # Keeping up: the input really came at the rate (the generator shares
+        # the machine), and the backlog at the end is under half a second of
+        # input (10 metrics a packet, two sinks).
         limit = rate * 10 * 2 * 0.5
         return {
             "rate": rate,
+            "achieved": achieved,
             "backlog_end": samples[-1],
             "backlog_max": max(samples),
-            "kept_up": samples[-1] <= limit,
-            "packets": packets,
+            "kept_up": samples[-1] <= limit and achieved >= 0.95 * rate,
         }
     finally:
         run.close()
@@ -276,20 +336,30 @@ def bench_sustained(rate: float, seconds: float = 20.0) -> dict[str, Any]:
 
 def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
     run = Run(f"field{durability}")
+    proxy: AcceptProxy | None = None
     try:
         run.broker.start()
         run.tsdb.start()
+        proxy = AcceptProxy(int(run.tsdb.url.rsplit(":", 1)[1]))
         counter = Counter(run.broker.port, run.prefix)
-        gw = run.start_gateway(run.config(run.generator(2.0), gateway={"durability": durability}))
+        gw = run.start_gateway(
+            run.config(
+                run.generator(2.0),
+                gateway={"durability": durability},
+                influxdb={"url": proxy.url},
+            )
+        )
         wait_listening(run.status_port)
         time.sleep(10)  # warm-up
         before = proc_stats(gw.pid)
         packets_before = metric(run.status_port, "gateway_packets_total")
         lat_before = len(counter.latencies_ms)
+        db_before = len(proxy.latencies_ms)
         time.sleep(seconds)
         after = proc_stats(gw.pid)
         packets = metric(run.status_port, "gateway_packets_total") - packets_before
         lat = sorted(counter.latencies_ms[lat_before:])
+        db = sorted(proxy.latencies_ms[db_before:])
         counter.close()
         return {
             "durability": durability,
@@ -297,11 +367,19 @@ def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
             "cpu_pct": 100 * (after["cpu_s"] - before["cpu_s"]) / seconds,
             "bytes_per_packet": (after["write_bytes"] - before["write_bytes"]) / max(packets, 1),
             "p50_ms": statistics.median(lat),
-            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "p99_ms": percentile(lat, 0.99),
+            "db_p50_ms": statistics.median(db),
+            "db_p99_ms": percentile(db, 0.99),
             "packets": packets,
         }
     finally:
+        if proxy is not None:
+            proxy.close()
         run.close()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 # -- 4. start-up --------------------------------------------------------------------
@@ -362,18 +440,20 @@ def main() -> int:
     )
 
     best = 0.0
-    for rate in (250.0, 500.0, 1000.0):
+    for rate in SUSTAINED_RATES:
         r = bench_sustained(rate)
         rows.append(
             (
-                f"sustained {rate:.0f} packets/s for 20 s (backlog end/max)",
-                "bounded",
-                f"{r['backlog_end']:.0f}/{r['backlog_max']:.0f}",
+                f"sustained {rate:.0f} packets/s for {SUSTAINED_SECONDS:.0f} s: input rate,"
+                " backlog at end / max",
+                "backlog bounded",
+                f"{r['achieved']:.0f}/s, {r['backlog_end']:.0f} / {r['backlog_max']:.0f}",
                 r["kept_up"],
             )
         )
-        if r["kept_up"]:
-            best = rate
+        if not r["kept_up"]:
+            break
+        best = rate
     rows.append(
         (
             "sustained ingest, both sinks live, durability full",
@@ -415,6 +495,14 @@ def main() -> int:
                 "≤ 5 / 10 ms",
                 f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} ms",
                 f["p50_ms"] <= 5 and f["p99_ms"] <= 10,
+            )
+        )
+        rows.append(
+            (
+                f"field rate 2/s, {durability}: line → accepted by the database p50 / p99",
+                f"p99 ≤ flush_interval + 50 ms = {FLUSH_INTERVAL_MS + 50:.0f} ms",
+                f"{f['db_p50_ms']:.1f} / {f['db_p99_ms']:.1f} ms",
+                f["db_p99_ms"] <= FLUSH_INTERVAL_MS + 50,
             )
         )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import json
 import os
 import platform
 import statistics
@@ -34,22 +33,28 @@ SUSTAINED_SECONDS = 60.0  # the issue's "backlog stays bounded for 60 s"
 SUSTAINED_RATES = (500.0, 1000.0, 1500.0, 2000.0)  # tried in order until one fails
 RESULTS = REPO / "bench" / "results.md"
 
-# A generator child: `rate` packets/s of the firmware's 9 metrics plus the send
-# time (group `bench`, metric `sent_ms`) for latency; `count` 0 = forever,
-# else exit after `count` packets.
+# A generator child: `rate` packets/s of the firmware's 9 metrics; `count` 0 =
+# forever, else exit after `count` packets. With a third argument, it appends
+# "<packets_received> <send time, ms>" per packet to that file: the latency
+# probe is the packet's own stats/packets_received (unique per packet, the 8th
+# of its 9 messages), so the gateway carries exactly what the firmware sends.
 GENERATOR = r"""
 import json, sys, time
 from gateway.simulate import NodeSimulator
 rate, count = float(sys.argv[1]), int(sys.argv[2])
+sent = open(sys.argv[3], "a") if len(sys.argv) > 3 else None
 sim = NodeSimulator(seed=1, crc_error_rate=0.0)
 out = sys.stdout
 n = 0
 next_at = time.monotonic()
 while count == 0 or n < count:
     obj = sim.packet()
-    obj["bench"] = {"sent_ms": time.time() * 1000.0}
+    now_ms = time.time() * 1000.0
     out.write(json.dumps(obj, separators=(",", ":")) + "\n")
     out.flush()
+    if sent is not None:
+        sent.write(f"{obj['stats']['packets_received']} {now_ms}\n")
+        sent.flush()
     n += 1
     if rate > 0:
         next_at += 1.0 / rate
@@ -57,14 +62,27 @@ while count == 0 or n < count:
         if delay > 0:
             time.sleep(delay)
 """
+PROBE = "stats/packets_received"  # the topic / measurement that carries the probe
+
+
+def sent_times(path: Path) -> dict[int, float]:
+    """The generator's send times (ms) by packets_received."""
+    if not path.exists():
+        return {}
+    return {int(n): float(ms) for n, ms in (line.split() for line in path.read_text().splitlines())}
+
+
+def latencies(sent: dict[int, float], arrived: dict[int, float]) -> list[float]:
+    """Send → arrival (ms) for every probe that arrived, sorted."""
+    return sorted(arrived[n] - sent[n] for n in arrived if n in sent)
 
 
 class Counter:
-    """An independent paho subscriber counting messages and send→receive latency."""
+    """An independent paho subscriber counting messages and noting when probes arrive."""
 
     def __init__(self, port: int, prefix: str) -> None:
         self.count = 0
-        self.latencies_ms: list[float] = []
+        self.arrived_ms: dict[int, float] = {}
         self.first_at: float | None = None
         self.last_at: float | None = None
         self._lock = threading.Lock()
@@ -83,8 +101,8 @@ class Counter:
             self.count += 1
             self.first_at = self.first_at or time.monotonic()
             self.last_at = time.monotonic()
-            if msg.topic.endswith("/bench/sent_ms"):
-                self.latencies_ms.append(now * 1000.0 - float(msg.payload))
+            if msg.topic.endswith("/" + PROBE):
+                self.arrived_ms.setdefault(int(float(msg.payload)), now * 1000.0)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -100,7 +118,7 @@ class AcceptProxy:
     """
 
     def __init__(self, target_port: int) -> None:
-        self.latencies_ms: list[float] = []
+        self.accepted_ms: dict[int, float] = {}
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -116,9 +134,9 @@ class AcceptProxy:
                 now_ms = time.time() * 1000.0
                 if 200 <= resp.status < 300:
                     for line in body.decode().splitlines():
-                        if line.startswith("sent_ms,"):
-                            sent = float(line.split(" value=")[1].split()[0])
-                            proxy.latencies_ms.append(now_ms - sent)
+                        if line.startswith(PROBE.split("/")[1] + ","):
+                            n = int(float(line.split(" value=")[1].split()[0]))
+                            proxy.accepted_ms.setdefault(n, now_ms)
                 conn.close()
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
@@ -184,8 +202,9 @@ class Run:
             cfg.setdefault(section, {}).update(values)
         return write_config(self.dir / "config.toml", cfg)
 
-    def generator(self, rate: float, count: int = 0) -> list[str]:
-        return [sys.executable, str(self.dir / "gen.py"), str(rate), str(count)]
+    def generator(self, rate: float, count: int = 0, sent: Path | None = None) -> list[str]:
+        argv = [sys.executable, str(self.dir / "gen.py"), str(rate), str(count)]
+        return argv + ([str(sent)] if sent is not None else [])
 
     def start_gateway(self, config: Path) -> subprocess.Popen[bytes]:
         log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
@@ -236,14 +255,6 @@ def bench_drain(packets: int = 2000) -> dict[str, Any]:
             stdout=open(capture, "wb"),  # noqa: SIM115
             timeout=120,
             check=True,
-        )
-        lines = capture.read_text().splitlines()[:packets]
-        # The drain benchmark uses the firmware's 9 metrics only.
-        capture.write_text(
-            "".join(
-                json.dumps({k: v for k, v in json.loads(line).items() if k != "bench"}) + "\n"
-                for line in lines
-            )
         )
         messages = packets * 9
         cfg = run.config(
@@ -337,6 +348,7 @@ def bench_sustained(rate: float, seconds: float = SUSTAINED_SECONDS) -> dict[str
 def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
     run = Run(f"field{durability}")
     proxy: AcceptProxy | None = None
+    sent_file = run.dir / "sent.txt"
     try:
         run.broker.start()
         run.tsdb.start()
@@ -344,7 +356,7 @@ def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
         counter = Counter(run.broker.port, run.prefix)
         gw = run.start_gateway(
             run.config(
-                run.generator(2.0),
+                run.generator(2.0, sent=sent_file),
                 gateway={"durability": durability},
                 influxdb={"url": proxy.url},
             )
@@ -353,13 +365,14 @@ def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
         time.sleep(10)  # warm-up
         before = proc_stats(gw.pid)
         packets_before = metric(run.status_port, "gateway_packets_total")
-        lat_before = len(counter.latencies_ms)
-        db_before = len(proxy.latencies_ms)
+        first = max(sent_times(sent_file), default=0)
         time.sleep(seconds)
         after = proc_stats(gw.pid)
         packets = metric(run.status_port, "gateway_packets_total") - packets_before
-        lat = sorted(counter.latencies_ms[lat_before:])
-        db = sorted(proxy.latencies_ms[db_before:])
+        time.sleep(1)  # let the last probes land
+        sent = {n: ms for n, ms in sent_times(sent_file).items() if n > first}
+        lat = latencies(sent, counter.arrived_ms)
+        db = latencies(sent, proxy.accepted_ms)
         counter.close()
         return {
             "durability": durability,
@@ -370,6 +383,7 @@ def bench_footprint(durability: str, seconds: float = 60.0) -> dict[str, Any]:
             "p99_ms": percentile(lat, 0.99),
             "db_p50_ms": statistics.median(db),
             "db_p99_ms": percentile(db, 0.99),
+            "probes": len(lat),
             "packets": packets,
         }
     finally:

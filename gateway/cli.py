@@ -12,6 +12,7 @@ EARLY_SIGNALS: list[int] = []
 signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_SIGNALS.append(signum))
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -69,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     gateway = Gateway(cfg)
     gateway.early_signals = EARLY_SIGNALS
+    # The tens of thousands of objects the imports made live as long as the
+    # process: keep the garbage collector from scanning them again and again
+    # (about a tenth of the daemon's CPU at field rate, `make bench`).
+    gc.freeze()
     trio.run(gateway.run)
     return EXIT_OK
 

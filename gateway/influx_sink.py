@@ -166,12 +166,15 @@ class InfluxSink:
         self.last_error = ""
         self.last_delivery: float | None = None
         self._stop = trio.Event()
+        # Cancelled by stop(): waiting for a batch costs no extra tasks this way.
+        self._idle = trio.CancelScope()
         self._limiter = trio.CapacityLimiter(1)
         self._errlog = RateLimitedLog(log, interval=30.0)
 
     def stop(self) -> None:
         """Ask the sink to finish the request in flight and return."""
         self._stop.set()
+        self._idle.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Batch and write until :meth:`stop`; a server being down is retried forever."""
@@ -197,16 +200,17 @@ class InfluxSink:
 
     async def _wait_for_batch(self) -> None:
         count = self.buffer.count
-        if count.value == 0:
-            await wait_any(self._stop.wait, functools.partial(count.wait_value, lambda n: n > 0))
-        if count.value >= self.cfg.batch_size:
-            return
-        # A partial batch waits at most flush_interval from now (its first point).
-        with trio.move_on_after(self.cfg.flush_interval):
-            await wait_any(
-                self._stop.wait,
-                functools.partial(count.wait_value, lambda n: n >= self.cfg.batch_size),
-            )
+        batch_size = self.cfg.batch_size
+        with trio.CancelScope() as self._idle:
+            if self._stop.is_set():
+                return
+            if count.value == 0:
+                await count.wait_value(lambda n: n > 0)
+            if count.value >= batch_size:
+                return
+            # A partial batch waits at most flush_interval from now (its first point).
+            self._idle.deadline = trio.current_time() + self.cfg.flush_interval
+            await count.wait_value(lambda n: n >= batch_size)
 
     async def _failed(self, exc: InfluxWriteError) -> None:
         self.healthy = False

@@ -1,9 +1,9 @@
 """The MQTT sink: packets → ``{prefix}/{group}/{metric}`` messages → the broker.
 
 Records wait in a :class:`~gateway.buffer.DiskBuffer` and leave it only after
-the broker's PUBACK. Delivery runs in windows: one trio→asyncio crossing
-publishes a whole window (paho pipelines it) and returns when every message of
-it is acknowledged; a sibling task notices a dropped connection within
+the broker's PUBACK. Delivery runs in windows: the whole window is queued on
+paho at once (it pipelines them) and one event fires when every message of it
+is acknowledged; a sibling task notices a dropped connection within
 milliseconds. Each connection attempt builds a fresh aiomqtt ``Client``
 (a reused one can claim to be connected and replay stale QoS1 messages).
 """
@@ -94,12 +94,15 @@ class MqttSink:
         self.last_error = ""
         self.last_delivery: float | None = None  # trio time of the last PUBACKed window
         self._stop = trio.Event()
+        # Cancelled by stop(): waiting for records costs no extra tasks this way.
+        self._idle = trio.CancelScope()
         self._errlog = RateLimitedLog(log, interval=30.0)
         self._tls = _tls_context(cfg)
 
     def stop(self) -> None:
         """Ask the sink to finish its window, publish "offline" and disconnect."""
         self._stop.set()
+        self._idle.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, deliver, reconnect with backoff, until :meth:`stop`.
@@ -210,11 +213,9 @@ class MqttSink:
     async def _deliver(self, client: aiomqtt.Client) -> None:
         buffer = self.buffer
         while True:
-            if buffer.count.value == 0:
-                await wait_any(
-                    self._stop.wait,
-                    functools.partial(buffer.count.wait_value, lambda n: n > 0),
-                )
+            if buffer.count.value == 0 and not self._stop.is_set():
+                with trio.CancelScope() as self._idle:
+                    await buffer.count.wait_value(_positive)
             if self._stop.is_set():
                 return
             batch = await buffer.peek(self.window)
@@ -222,7 +223,7 @@ class MqttSink:
                 continue
             self._note_oldest(batch)
             messages = [split_record(r.value)[1:] for r in batch]
-            await trio_asyncio.aio_as_trio(self._publish_window)(client, messages)
+            await self._publish_window(client, messages)
             await buffer.ack(batch)
             self.metrics.mqtt_published.inc(len(batch))
             self.metrics.mqtt_buffered.set(buffer.count.value)
@@ -237,24 +238,22 @@ class MqttSink:
     async def _publish_window(
         self, client: aiomqtt.Client, messages: Sequence[tuple[str, str]]
     ) -> None:
-        # Inside asyncio: queue the whole window at once so paho pipelines it,
-        # then wait for every PUBACK (QoS 0: until written).
+        """Publish a window (paho pipelines it); return when every PUBACK is in.
+
+        aiomqtt's publish() costs an asyncio task, an Event and a timer per
+        message, plus a trio→asyncio crossing: at field rate that was most of
+        the gateway's CPU and a millisecond of latency. paho's publish() is
+        synchronous and aiomqtt's callbacks run in this thread, so the window is
+        queued right here and one trio Event, set by aiomqtt's own on_publish
+        dispatch, waits for it. aiomqtt has no public batch API: this uses its
+        paho client and pending-publish map (checked at import: _WINDOW_API).
+        """
         qos, retain = self.cfg.qos, self.cfg.retain
-        timeout = max(30.0, 3.0 * self.cfg.keepalive)
+        limit = max(30.0, 3.0 * self.cfg.keepalive)  # seconds for the whole window
         if not _WINDOW_API:
-            await asyncio.gather(
-                *(
-                    client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
-                    for topic, payload in messages
-                )
-            )
+            await trio_asyncio.aio_as_trio(_publish_each)(client, messages, qos, retain, limit)
             return
-        # aiomqtt's publish() costs an asyncio task, an Event and a timer per
-        # message; at field rate that was most of the gateway's CPU. One future
-        # per window, completed by aiomqtt's own on_publish dispatch, does the
-        # same job. aiomqtt has no public batch API: this uses its paho client
-        # and its pending-publish map (checked at import, _WINDOW_API).
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = trio.Event()
         ack = _WindowAck(len(messages), done)
         pending = client._pending_publishes
         mids: list[int] = []
@@ -266,16 +265,34 @@ class MqttSink:
                 if info.is_published():
                     ack.set()
                 else:
-                    # PUBACKs are read on this loop, so none can arrive before this.
+                    # PUBACKs are read in this thread, so none can arrive before this.
                     pending[info.mid] = ack  # type: ignore[assignment]
                     mids.append(info.mid)
-            try:
-                await asyncio.wait_for(done, timeout)
-            except TimeoutError:
-                raise aiomqtt.MqttError("timed out waiting for PUBACKs") from None
+            with trio.fail_after(limit):
+                await done.wait()
         finally:
             for mid in mids:
                 pending.pop(mid, None)
+
+
+async def _publish_each(
+    client: aiomqtt.Client,
+    messages: Sequence[tuple[str, str]],
+    qos: int,
+    retain: bool,
+    limit: float,
+) -> None:
+    # Inside asyncio, with aiomqtt's public API only: one publish() per message.
+    await asyncio.gather(
+        *(
+            client.publish(topic, payload, qos=qos, retain=retain, timeout=limit)
+            for topic, payload in messages
+        )
+    )
+
+
+def _positive(n: int) -> bool:
+    return n > 0
 
 
 class _WindowAck:
@@ -283,16 +300,16 @@ class _WindowAck:
 
     __slots__ = ("done", "left")
 
-    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, n: int, done: trio.Event) -> None:
         self.left = n
         self.done = done
         if n == 0:
-            done.set_result(None)
+            done.set()
 
     def set(self) -> None:
         self.left -= 1
-        if self.left <= 0 and not self.done.done():
-            self.done.set_result(None)
+        if self.left <= 0:
+            self.done.set()
 
 
 # The aiomqtt internals _publish_window relies on (aiomqtt 2.x); without them

@@ -74,6 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # process: keep the garbage collector from scanning them again and again
     # (about a tenth of the daemon's CPU at field rate, `make bench`).
     gc.freeze()
+    # A worker thread (an InfluxDB request, a SQLite commit) must not hold the
+    # GIL for the default 5 ms while the next packet waits to be published:
+    # that was the p99 of line → broker latency (`make bench`).
+    sys.setswitchinterval(0.0005)
     trio.run(gateway.run)
     return EXIT_OK
 

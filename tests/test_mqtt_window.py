@@ -1,0 +1,61 @@
+"""The MQTT sink's window publish against a real broker, with and without aiomqtt internals.
+
+The fast path queues a window on aiomqtt's paho client and waits on one event;
+the fallback (used if those internals ever disappear) publishes each message
+through aiomqtt's public API. Both must deliver everything, in order, and empty
+the buffer only through PUBACKs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio_asyncio
+
+from gateway import mqtt_sink
+from gateway.buffer import DiskBuffer
+from gateway.config import MqttSection
+from gateway.metrics import Metrics
+from gateway.mqtt_sink import MqttSink
+from tests.conftest import Subscriber
+
+
+@pytest.mark.parametrize("window_api", [True, False], ids=["window", "per-message"])
+async def test_windows_deliver_everything_in_order(
+    tmp_path: Path, broker, test_id: str, monkeypatch: pytest.MonkeyPatch, window_api: bool
+) -> None:
+    assert mqtt_sink._WINDOW_API, "aiomqtt's internals changed: the fast path is off"
+    monkeypatch.setattr(mqtt_sink, "_WINDOW_API", window_api)
+    cfg = MqttSection(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id=f"{test_id}-gw",
+        topic_prefix=test_id,
+        backoff_initial=0.1,
+        backoff_max=0.5,
+    )
+    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    topic = f"{test_id}/t/n"
+    sub = Subscriber(broker.port, f"{test_id}/t/#")
+    metrics = Metrics()
+    sink = MqttSink(cfg, buffer, metrics, window=64)
+    try:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+            for start in range(1, 1001, 100):  # several commits, windows across them
+                await buffer.append([f"{i} {topic} {i}" for i in range(start, start + 100)])
+            with trio.fail_after(60):
+                await buffer.count.wait_value(lambda n: n == 0)
+            sink.stop()
+
+        def payloads() -> list[str]:
+            return [p for t, p in sub.snapshot() if t == topic]
+
+        assert sub.wait_for(lambda _: len(payloads()) >= 1000, 30)
+        assert payloads() == [str(i) for i in range(1, 1001)]
+        assert metrics.value("gateway_mqtt_published_total") == 1000
+    finally:
+        sub.close()
+        buffer.close()

@@ -270,11 +270,17 @@ async def test_acks_without_a_commit_are_written_after_ack_delay(
     store.close()
 
 
-async def test_a_crash_before_acks_are_written_redelivers_not_loses(tmp_path: Path) -> None:
-    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=60)
+async def acked_but_not_written(directory: Path) -> BufferStore:
+    """A store holding a, b, c on disk, with a and b acknowledged in memory only."""
+    store = await BufferStore.open(directory, {"mqtt": 100}, ack_delay=60)
     buf = store.buffers["mqtt"]
     await buf.append(["a", "b", "c"])
     await buf.ack(await buf.peek(2))
+    return store
+
+
+async def test_a_crash_before_acks_are_written_redelivers_not_loses(tmp_path: Path) -> None:
+    store = await acked_but_not_written(tmp_path)
     assert store.con is not None
     store.con.close()  # a kill -9: nothing more is written
     again = await BufferStore.open(tmp_path, {"mqtt": 100})
@@ -283,10 +289,7 @@ async def test_a_crash_before_acks_are_written_redelivers_not_loses(tmp_path: Pa
 
 
 async def test_close_writes_pending_acks(tmp_path: Path) -> None:
-    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=60)
-    buf = store.buffers["mqtt"]
-    await buf.append(["a", "b", "c"])
-    await buf.ack(await buf.peek(2))
+    store = await acked_but_not_written(tmp_path)
     store.close()
     assert disk_values(tmp_path, "mqtt") == ["c"]
 

@@ -124,11 +124,13 @@ async def test_silent_child_is_killed_with_its_group_and_restarted(tmp_path: Pat
             nursery.start_soon(src.run)
             await until(lambda: bool(src.restarts))
             nursery.cancel_scope.cancel()
-    assert src.restarts == {"stalled": 1}
-    assert collector.lines == [b'{"v":1,"node2":{"pressure":1000.0}}']
-    leader, grandchild = map(int, pids.read_text().split())
-    assert not pid_alive(leader)
-    assert not pid_alive(grandchild)
+        assert src.restarts == {"stalled": 1}
+        assert collector.lines == [b'{"v":1,"node2":{"pressure":1000.0}}']
+        leader, grandchild = map(int, pids.read_text().split())
+        assert not pid_alive(leader)
+        # The SIGKILL went to the whole group at once, but a loaded machine may
+        # take a moment to finish off the grandchild: it must die, not linger.
+        await until(lambda: not pid_alive(grandchild))
 
 
 async def test_serial_port_vanishing_and_returning(tmp_path: Path):

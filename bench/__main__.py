@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from gateway.config import DEFAULT_FLUSH_INTERVAL
 from tests.conftest import base_config, wait_until, write_config
 from tests.faults.proxy import Proxy
-from tests.services import Broker, Tsdb, free_port, wait_listening
+from tests.services import Broker, Tsdb, free_port, stop_process, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 FLUSH_INTERVAL_MS = DEFAULT_FLUSH_INTERVAL * 1000  # the benchmark configs keep the default
@@ -221,12 +221,7 @@ class Run:
         return self.gw
 
     def close(self) -> None:
-        if self.gw is not None and self.gw.poll() is None:
-            self.gw.terminate()
-            try:
-                self.gw.wait(15)
-            except subprocess.TimeoutExpired:
-                self.gw.kill()
+        stop_process(self.gw)
         self.broker.stop()
         self.tsdb.stop()
 

@@ -42,6 +42,20 @@ def _mosquitto() -> str:
     return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
+    """Send ``sig`` to a running process; SIGKILL it if it is not gone in ``timeout`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class Broker:
     """A private Mosquitto that a test can stop and start again on the same port."""
@@ -69,13 +83,7 @@ class Broker:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the broker (SIGKILL for a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout=10)
         self.proc = None
 
 
@@ -120,13 +128,7 @@ class Tsdb:
 
     def stop(self) -> None:
         """Stop the server."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def export(self, **labels: str) -> list[dict[str, object]]:

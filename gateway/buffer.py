@@ -195,6 +195,9 @@ class DiskBuffer:
             self.head += dropped
             self.dropped_total += dropped
         self._trim()
+        # The head may have moved past every written record: the count a sink
+        # waits on must never promise records that peek() cannot return.
+        self._publish_count()
         return dropped
 
     def _trim(self) -> None:
@@ -229,7 +232,12 @@ class DiskBuffer:
         return (await self.store.commit({self: records}))[self.name]
 
     async def peek(self, limit: int) -> list[Record]:
-        """Return up to ``limit`` of the oldest deliverable records, without removing them."""
+        """Return up to ``limit`` of the oldest deliverable records, without removing them.
+
+        Always a Trio checkpoint, even when it answers from memory: a sink that
+        loops on peek() can never starve the event loop.
+        """
+        await trio.lowlevel.checkpoint()
         start = self.head
         end = min(self._visible_tail(), start + limit)
         out: list[Record] = []

@@ -11,15 +11,20 @@ requests. Errors are classified once, in :func:`classify`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
 import urllib3
+import urllib3.connection
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
@@ -45,6 +50,9 @@ UNITS: dict[str, str] = {
 }
 MAX_REQUEST_POINTS = 5000  # per request while a backlog drains
 DEAD_LETTER_FILE = "influx.lp"
+# Seconds a request may take beyond influxdb.timeout (connect, then write the body).
+REQUEST_SLACK = 1.0
+CLOSE_TIMEOUT = 1.0  # seconds to release the client's connections at shutdown
 
 
 def _escape_tag(text: str) -> str:
@@ -111,7 +119,14 @@ def _seconds(value: object) -> float | None:
 
 
 class InfluxWriter:
-    """Blocking writes through influxdb-client's synchronous API (run in a thread)."""
+    """Blocking writes through influxdb-client's synchronous API (run in a thread).
+
+    ``influxdb.timeout`` bounds each socket operation inside urllib3, not the
+    request: a server that answers one byte per second keeps a request alive
+    for ever. The sink therefore puts a total deadline on every request and,
+    when it passes, calls :meth:`abort`, which shuts down the sockets this
+    writer opened so that the worker thread returns at once.
+    """
 
     def __init__(self, cfg: InfluxSection) -> None:
         self.cfg = cfg
@@ -119,6 +134,51 @@ class InfluxWriter:
             url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout * 1000)
         )
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
+        self._connections: weakref.WeakSet[urllib3.connection.HTTPConnection] = weakref.WeakSet()
+        self._track_connections()
+
+    def _track_connections(self) -> None:
+        # urllib3 lets a pool manager choose its pool classes, and a pool its
+        # connection class: ours remember every connection they open.
+        pool_manager = getattr(
+            getattr(getattr(self.client, "api_client", None), "rest_client", None),
+            "pool_manager",
+            None,
+        )
+        if not isinstance(pool_manager, urllib3.PoolManager):
+            log.warning("influxdb: cannot track connections; a stalled request cannot be aborted")
+            return
+        registry = self._connections
+
+        class HTTPConnection(urllib3.connection.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                registry.add(self)
+
+        class HTTPSConnection(urllib3.connection.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                registry.add(self)
+
+        class HTTPPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = HTTPConnection
+
+        class HTTPSPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = HTTPSConnection
+
+        pool_manager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    def abort(self) -> None:
+        """Shut down every socket of this writer: a blocked request fails at once.
+
+        Safe to call from any thread; an idle pooled connection is simply
+        reopened by the next request.
+        """
+        for conn in list(self._connections):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def write(self, lines: Sequence[str]) -> None:
         """Write points; raise :class:`InfluxWriteError` on any failure."""
@@ -195,8 +255,9 @@ class InfluxSink:
                 except InfluxWriteError as exc:
                     self.last_error = str(exc)
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.writer.close)
+            # Bounded even when a request is still stuck in the pool's lock.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await trio.to_thread.run_sync(self.writer.close, abandon_on_cancel=True)
 
     async def _wait_for_batch(self) -> None:
         count = self.buffer.count
@@ -252,9 +313,7 @@ class InfluxSink:
     async def _write(self, batch: Sequence[Record]) -> None:
         """Write ``batch``; split on 413/400/422 to isolate bad points."""
         try:
-            await trio.to_thread.run_sync(
-                self.writer.write, [r.value for r in batch], limiter=self._limiter
-            )
+            await self._request([r.value for r in batch])
         except InfluxWriteError as exc:
             if not exc.split:
                 raise
@@ -267,6 +326,49 @@ class InfluxSink:
             return
         await self.buffer.ack(batch)
         self.metrics.influx_written.inc(len(batch))
+
+    async def _request(self, lines: list[str]) -> None:
+        """One write on the worker thread, bounded in total by ``influxdb.timeout``.
+
+        The deadline runs on a real-time timer inside the worker (not on the
+        Trio clock, which tests replace): when it fires it aborts the writer's
+        sockets and the request fails as a network error. Cancellation
+        (shutdown) abandons the thread and aborts its sockets too, so neither
+        waits for a server that never finishes its answer.
+        """
+        done = False
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            self.writer.abort()
+
+        def write() -> None:
+            nonlocal done
+            timer = threading.Timer(self.cfg.timeout + REQUEST_SLACK, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                self.writer.write(lines)
+            except InfluxWriteError as exc:
+                if timed_out:
+                    raise InfluxWriteError(
+                        f"network: no complete answer within influxdb.timeout="
+                        f"{self.cfg.timeout:g} s",
+                        status=None,
+                        retryable=True,
+                    ) from exc
+                raise
+            finally:
+                timer.cancel()
+                done = True
+
+        try:
+            await trio.to_thread.run_sync(write, limiter=self._limiter, abandon_on_cancel=True)
+        finally:
+            if not done:
+                self.writer.abort()
 
     async def _dead_letter(self, batch: Sequence[Record], exc: InfluxWriteError) -> None:
         lines = "".join(r.value + "\n" for r in batch)

@@ -96,6 +96,9 @@ class MqttSink:
         self._stop = trio.Event()
         # Cancelled by stop(): waiting for records costs no extra tasks this way.
         self._idle = trio.CancelScope()
+        # The shielded disconnect; abort() cancels it.
+        self._cleanup = trio.CancelScope()
+        self._aborted = False
         self._errlog = RateLimitedLog(log, interval=30.0)
         self._tls = _tls_context(cfg)
 
@@ -103,6 +106,12 @@ class MqttSink:
         """Ask the sink to finish its window, publish "offline" and disconnect."""
         self._stop.set()
         self._idle.cancel()
+
+    def abort(self) -> None:
+        """Stop without a goodbye: the disconnect is no longer waited for."""
+        self._aborted = True
+        self.stop()
+        self._cleanup.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, deliver, reconnect with backoff, until :meth:`stop`.
@@ -193,8 +202,9 @@ class MqttSink:
                 nursery.cancel_scope.cancel()
         finally:
             self._set_connected(False)
+            self._cleanup = trio.CancelScope(shield=not self._aborted)
             with (
-                trio.CancelScope(shield=True),
+                self._cleanup,
                 trio.move_on_after(STATUS_TIMEOUT),
                 contextlib.suppress(aiomqtt.MqttError, OSError),
             ):

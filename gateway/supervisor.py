@@ -65,7 +65,6 @@ class Gateway:
         self._stop = trio.Event()
         self._rejects = RateLimitedLog(log, interval=10.0)
         self._tags = tag_suffix(cfg.influxdb.tags)
-        self._signals_scope = trio.CancelScope()
         # The status server and the systemd watchdog never end by themselves.
         self._ops_scope = trio.CancelScope()
         self.latest = LatestValues()
@@ -107,18 +106,24 @@ class Gateway:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
-        self.store = await self._open_buffers()
-        self.mqtt_buffer = self.store.buffers["mqtt"]
-        self.influx_buffer = self.store.buffers["influx"]
-        try:
-            async with trio_asyncio.open_loop() as loop:
-                # trio-asyncio raises what asyncio would only log (e.g. EBADF
-                # from a dying broker socket); log it instead of dying.
-                loop.set_exception_handler(_asyncio_exception)
-                await self._run_stages(task_status)
-        finally:
-            # Writes the acks that were still waiting for a commit.
-            self.store.close()
+        # The signal watcher outlives everything else, so that a signal during
+        # start-up or during the final buffer write is handled, never the
+        # default action (a KeyboardInterrupt traceback, or death by SIGHUP).
+        async with trio.open_nursery() as outer:
+            await outer.start(self._watch_signals)
+            self.store = await self._open_buffers()
+            self.mqtt_buffer = self.store.buffers["mqtt"]
+            self.influx_buffer = self.store.buffers["influx"]
+            try:
+                async with trio_asyncio.open_loop() as loop:
+                    # trio-asyncio raises what asyncio would only log (e.g. EBADF
+                    # from a dying broker socket); log it instead of dying.
+                    loop.set_exception_handler(_asyncio_exception)
+                    await self._run_stages(task_status)
+            finally:
+                # Writes the acks that were still waiting for a commit.
+                self.store.close()
+                outer.cancel_scope.cancel()
         log.info("stopped")
 
     async def _run_stages(self, task_status: trio.TaskStatus[None]) -> None:
@@ -136,7 +141,6 @@ class Gateway:
         assert self.store is not None
         async with trio.open_nursery() as nursery:
             self._stages_scope = nursery.cancel_scope
-            nursery.start_soon(self._watch_signals)
             store_scope = trio.CancelScope()
 
             async def run_store() -> None:
@@ -177,8 +181,6 @@ class Gateway:
             await source_done.wait()
             self.mqtt.stop()
             self.influx.stop()
-            # The signal watcher is the only task left that never ends by itself.
-            self._signals_scope.cancel()
             self._ops_scope.cancel()
             store_scope.cancel()  # the store's close() writes what is still pending
 
@@ -228,21 +230,41 @@ class Gateway:
                     ops.start_soon(self._report_stats)
                 task_status.started()
 
-    async def _watch_signals(self) -> None:
-        with (
-            self._signals_scope,
-            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
-        ):
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """SIGTERM/SIGINT: clean stop; a second one: stop at once; SIGHUP: logged.
+
+        Listens until the daemon has closed its buffers, so no signal ever
+        takes the default action while the gateway runs.
+        """
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             if self.early_signals:
                 log.info("SIGTERM received while starting")
                 self.request_stop()
             async for signum in signals:
-                if self._stop.is_set() and self._stages_scope is not None:
-                    log.warning("second %s: stopping now", signal.Signals(signum).name)
-                    self._stages_scope.cancel()
-                    return
-                log.info("%s received", signal.Signals(signum).name)
-                self.request_stop()
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    # No reload: a half-applied config on an unattended box is
+                    # worse than asking for a restart.
+                    log.warning(
+                        "SIGHUP received: the configuration is not reloaded; "
+                        "restart the gateway to apply changes"
+                    )
+                elif not self._stop.is_set():
+                    log.info("%s received", name)
+                    self.request_stop()
+                else:
+                    log.warning("second %s: stopping now", name)
+                    self._hard_stop()
+
+    def _hard_stop(self) -> None:
+        """End every stage now, without waiting for in-flight deliveries."""
+        if self.mqtt is not None:
+            self.mqtt.abort()
+        if self._stages_scope is not None:
+            self._stages_scope.cancel()
 
     async def ingest(self, lines: list[bytes], received_ns: int) -> None:
         """Parse lines, then commit their records to both buffers before returning."""

@@ -327,6 +327,9 @@ class RecordingWriter:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.aborted = True
+
 
 def points(n: int, start: int = 0) -> list[str]:
     return [f"snr,node=signal value={i}.0 {RECEIVED_NS + i}" for i in range(start, start + n)]

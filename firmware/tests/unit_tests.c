@@ -164,7 +164,7 @@ static void test_sim_node1(void)
 {
     sim_node1_t s;
     radio_packet_t pkt;
-    sim_node1_init(&s, 1234, 1000, 1000);
+    sim_node1_init(&s, 1234, 1000, 1000, 0);
     CHECK(!sim_node1_poll(&s, 999, &pkt));
     int ok = 0, bad = 0;
     for (uint32_t i = 1; i <= 700; i++) {
@@ -184,6 +184,21 @@ static void test_sim_node1(void)
     }
     CHECK_EQ_INT(bad, 700 / SIM_NODE1_CORRUPT_EVERY);
     CHECK_EQ_INT(ok, 700 - bad);
+}
+
+static void test_sim_node1_goes_quiet(void)
+{
+    sim_node1_t s;
+    radio_packet_t pkt;
+    sim_node1_init(&s, 1234, 1000, 1000, 3);
+    for (uint32_t i = 1; i <= 3; i++) {
+        CHECK(sim_node1_poll(&s, i * 1000u, &pkt));
+    }
+    /* then nothing, however long one waits */
+    for (uint32_t now = 3001; now <= 100000; now += 7) {
+        CHECK(!sim_node1_poll(&s, now, &pkt));
+    }
+    CHECK_EQ_INT(s.sent, 3);
 }
 
 /* ---- BMP280 ---- */
@@ -406,6 +421,7 @@ int main(void)
     test_frame_roundtrip();
     test_frame_corruption();
     test_sim_node1();
+    test_sim_node1_goes_quiet();
     test_bmp280_datasheet_example();
     test_bmp280_parse();
     test_bmp280_driver();

@@ -1,12 +1,15 @@
 """Node 2 firmware: host unit tests, both ELFs, and the emulated board's output
-checked against the line protocol (v1)."""
+checked against the line protocol (v1), heartbeats included."""
 
+import itertools
 import json
 import re
 import select
 import subprocess
 import time
 from pathlib import Path
+
+from gateway.telemetry import SequenceTracker, parse_line
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 BUILD = FIRMWARE / "build"
@@ -20,6 +23,17 @@ QEMU_COMMAND = [
 ]
 LINES = 20
 QEMU_LINES_ELF = BUILD / f"qemu-netduinoplus2-lines{LINES}" / "node2.elf"
+# The quiet-radio builds: the simulated Node 1 sends QUIET_FRAMES frames and
+# falls silent; a heartbeat after every QUIET_HEARTBEAT_S s of silence.
+QUIET_FRAMES, QUIET_HEARTBEAT_S, QUIET_LINES = 8, 2, 12
+QUIET = f"quiet{QUIET_FRAMES}-hb{QUIET_HEARTBEAT_S}-lines{QUIET_LINES}"
+QUIET_VARS = (
+    f"QUIET_FRAMES={QUIET_FRAMES}",
+    f"QUIET_HEARTBEAT_S={QUIET_HEARTBEAT_S}",
+    f"QUIET_LINES={QUIET_LINES}",
+)
+QEMU_QUIET_ELF = BUILD / f"qemu-netduinoplus2-{QUIET}" / "node2.elf"
+HOST_QUIET_APP = BUILD / "host" / f"node2_host_{QUIET}"
 TEXT_LIMIT = 64 * 1024
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 GROUP_METRICS = {
@@ -78,11 +92,48 @@ def check_node2_line(obj: dict) -> None:
         assert 50_000 <= n1["gas_resistance"] <= 150_000
         assert isinstance(n1["gas_resistance"], int)
     if "node2" in obj:
-        n2 = obj["node2"]
-        assert 15 <= n2["temperature"] <= 35
-        assert 950 <= n2["pressure"] <= 1050
+        check_node2_group(obj["node2"])
     assert -150 <= obj["signal"]["rssi"] <= 0
     assert -30 <= obj["signal"]["snr"] <= 30
+
+
+def check_node2_group(n2: dict) -> None:
+    assert 15 <= n2["temperature"] <= 35
+    assert 950 <= n2["pressure"] <= 1050
+
+
+def check_heartbeat_line(obj: dict) -> None:
+    """A heartbeat: Node 2's own reading and stats, no node1, no signal."""
+    check_generic(obj)
+    assert set(obj) == {"v", "seq", "uptime_ms", "node2", "stats"}, obj
+    check_node2_group(obj["node2"])
+
+
+def check_quiet_run(lines: list[str]) -> list[dict]:
+    """QUIET_FRAMES packet lines, then heartbeats: seq counts every line,
+    the stats stay those of the last packet, each heartbeat at least
+    QUIET_HEARTBEAT_S after the line before it (guest time)."""
+    objs = [json.loads(line) for line in lines]
+    assert len(objs) == QUIET_LINES
+    assert [o["seq"] for o in objs] == list(range(1, QUIET_LINES + 1))
+    packets, beats = objs[:QUIET_FRAMES], objs[QUIET_FRAMES:]
+    for obj in packets:
+        check_node2_line(obj)
+    check_sequence(packets, QUIET_FRAMES)
+    for obj in beats:
+        check_heartbeat_line(obj)
+        assert obj["stats"] == packets[-1]["stats"]
+    uptimes = [o["uptime_ms"] for o in objs[QUIET_FRAMES - 1 :]]
+    gaps = [b - a for a, b in itertools.pairwise(uptimes)]
+    assert all(gap >= QUIET_HEARTBEAT_S * 1000 for gap in gaps), uptimes
+    # The gateway takes every line as a packet and sees no gap and no reset.
+    tracker = SequenceTracker()
+    for line in lines:
+        parsed = parse_line(line.encode())
+        assert parsed is not None, line
+        assert parsed.packet is not None, (line, parsed)
+        assert tracker.observe(parsed.packet) == (0, False), line
+    return objs
 
 
 def check_sequence(objs: list[dict], count: int) -> None:
@@ -197,6 +248,41 @@ def test_qemu_emits_lines_and_exits():
         timeout=60,
     ).stdout.splitlines()
     assert lines == host[:LINES]
+
+
+def run_host_quiet() -> list[str]:
+    build(str(HOST_QUIET_APP.relative_to(FIRMWARE)), *QUIET_VARS)
+    out = subprocess.run(
+        [str(HOST_QUIET_APP)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return out.splitlines()
+
+
+def test_host_build_writes_heartbeats_when_the_radio_goes_quiet():
+    objs = check_quiet_run(run_host_quiet())
+    # The host clock is virtual: the heartbeats come exactly one period
+    # after the last frame and after each other.
+    period = QUIET_HEARTBEAT_S * 1000
+    last_frame = objs[QUIET_FRAMES - 1]["uptime_ms"]
+    assert [o["uptime_ms"] for o in objs[QUIET_FRAMES:]] == [
+        last_frame + period * (i + 1) for i in range(QUIET_LINES - QUIET_FRAMES)
+    ]
+
+
+def test_qemu_writes_heartbeats_when_the_radio_goes_quiet():
+    build(str(QEMU_QUIET_ELF.relative_to(FIRMWARE)), *QUIET_VARS)
+    cmd = ["timeout", "-k", "5", "60", "make", "-s", "--no-print-directory", "-C"]
+    result = subprocess.run(
+        [*cmd, str(FIRMWARE), "qemu-quiet-test", *QUIET_VARS],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    check_quiet_run(lines)
+    # the same application code on the host gives the same lines
+    assert lines == run_host_quiet()
 
 
 def test_qemu_continuous_run_paces_lines_in_real_time():

@@ -36,6 +36,14 @@ EXAMPLE_GROUPS = {
 }
 
 
+# Node 2's heartbeat (firmware/README.md): its own reading and stats after a
+# silence, no node1 and no signal; seq goes on, packets_received does not.
+HEARTBEAT = (
+    b'{"v":1,"seq":43,"uptime_ms":450113,"node2":{"temperature":24.30,"pressure":1013.25},'
+    b'"stats":{"packets_received":42,"crc_errors":0}}'
+)
+
+
 def parse(line: bytes) -> Packet:
     """Parse a line that must yield a packet."""
     parsed = parse_line(line, RECEIVED_NS)
@@ -76,6 +84,22 @@ def test_example_line() -> None:
         ("node1", "humidity", 55.4),
         ("node1", "gas_resistance", 101169),
     ]
+
+
+def test_heartbeat_line_is_a_packet_like_any_other() -> None:
+    parsed = parse_line(HEARTBEAT, RECEIVED_NS)
+    assert parsed is not None
+    assert parsed.rejected == []
+    packet = parsed.packet
+    assert packet is not None
+    assert dict(packet.meta) == {"v": 1, "seq": 43, "uptime_ms": 450113}
+    assert packet.groups == {
+        "node2": {"temperature": 24.3, "pressure": 1013.25},
+        "stats": {"packets_received": 42, "crc_errors": 0},
+    }
+    kept, rejected = check_plausibility(packet, DEFAULT_PLAUSIBILITY)
+    assert kept is packet
+    assert rejected == []
 
 
 def test_received_ns_is_stamped_now_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,3 +443,27 @@ def test_sequence_tracker_received_backwards_is_a_reset() -> None:
     tracker = SequenceTracker()
     tracker.observe(stats_packet(10, 10))
     assert tracker.observe(stats_packet(11, 2)) == (0, True)
+
+
+def test_sequence_tracker_heartbeat_between_frames_is_no_gap_and_no_reset() -> None:
+    tracker = SequenceTracker()
+    assert tracker.observe(parse(EXAMPLE)) == (0, False)  # seq 42, packets_received 42
+    assert tracker.observe(parse(HEARTBEAT)) == (0, False)  # seq 43, packets_received 42
+    assert tracker.observe(stats_packet(44, 42)) == (0, False)  # another heartbeat
+    assert tracker.observe(stats_packet(45, 43)) == (0, False)  # the next frame
+
+
+def test_sequence_tracker_gap_after_a_heartbeat_is_still_counted() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(stats_packet(42, 42))
+    assert tracker.observe(stats_packet(43, 42)) == (0, False)  # heartbeat
+    # The line of the next frame (seq 44, packets_received 43) was lost.
+    assert tracker.observe(stats_packet(45, 44)) == (1, False)
+
+
+def test_sequence_tracker_heartbeat_first_after_a_reset_is_a_reset() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(stats_packet(100, 90))
+    # Node 2 restarted and heard nothing yet: a heartbeat with seq 1.
+    assert tracker.observe(stats_packet(1, 0)) == (0, True)
+    assert tracker.observe(stats_packet(2, 1)) == (0, False)

@@ -1,4 +1,4 @@
-/* One JSON telemetry line per received packet (line protocol v1). */
+/* One JSON telemetry line per received packet or heartbeat (line protocol v1). */
 #ifndef NODE2_TELEMETRY_H
 #define NODE2_TELEMETRY_H
 
@@ -22,7 +22,7 @@ typedef struct {
     int32_t node2_temperature_centi;
     uint32_t node2_pressure_pa;   /* printed as hPa with 2 decimals */
 
-    bool has_signal;
+    bool has_signal;     /* false for a heartbeat (no packet) */
     int32_t rssi;        /* dBm */
     int32_t snr;         /* dB */
 

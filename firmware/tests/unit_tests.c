@@ -1,11 +1,13 @@
 /* Host unit tests: frame codec, CRC, BMP280 compensation and driver (against
- * the register model), telemetry formatting. Exit status 0 when all pass. */
+ * the register model), telemetry formatting, the heartbeat timer. Exit status
+ * 0 when all pass. */
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "bmp280.h"
 #include "frame.h"
+#include "heartbeat.h"
 #include "sim_bmp280.h"
 #include "sim_node1.h"
 #include "telemetry.h"
@@ -164,7 +166,7 @@ static void test_sim_node1(void)
 {
     sim_node1_t s;
     radio_packet_t pkt;
-    sim_node1_init(&s, 1234, 1000, 1000);
+    sim_node1_init(&s, 1234, 1000, 1000, 0);
     CHECK(!sim_node1_poll(&s, 999, &pkt));
     int ok = 0, bad = 0;
     for (uint32_t i = 1; i <= 700; i++) {
@@ -184,6 +186,21 @@ static void test_sim_node1(void)
     }
     CHECK_EQ_INT(bad, 700 / SIM_NODE1_CORRUPT_EVERY);
     CHECK_EQ_INT(ok, 700 - bad);
+}
+
+static void test_sim_node1_goes_quiet(void)
+{
+    sim_node1_t s;
+    radio_packet_t pkt;
+    sim_node1_init(&s, 1234, 1000, 1000, 3);
+    for (uint32_t i = 1; i <= 3; i++) {
+        CHECK(sim_node1_poll(&s, i * 1000u, &pkt));
+    }
+    /* then nothing, however long one waits */
+    for (uint32_t now = 3001; now <= 100000; now += 7) {
+        CHECK(!sim_node1_poll(&s, now, &pkt));
+    }
+    CHECK_EQ_INT(s.sent, 3);
 }
 
 /* ---- BMP280 ---- */
@@ -400,17 +417,153 @@ static void test_telemetry_format(void)
     CHECK_EQ_INT(telemetry_format(&t, NULL, 10), 0);
 }
 
+/* ---- heartbeat ---- */
+
+static void test_heartbeat_timer(void)
+{
+    heartbeat_t h;
+    CHECK_EQ_INT(HEARTBEAT_S, 30); /* the default */
+
+    /* silence from reset: the first heartbeat one period after start */
+    heartbeat_init(&h, 30000, 0);
+    CHECK(!heartbeat_due(&h, 0));
+    CHECK(!heartbeat_due(&h, 29999));
+    CHECK(heartbeat_due(&h, 30000));
+    CHECK(heartbeat_due(&h, 45000)); /* due until a line goes out */
+    heartbeat_line_written(&h, 30000);
+    CHECK(!heartbeat_due(&h, 30000));
+    CHECK(!heartbeat_due(&h, 59999));
+    CHECK(heartbeat_due(&h, 60000));
+    /* a packet's line restarts the silence */
+    heartbeat_line_written(&h, 50000);
+    CHECK(!heartbeat_due(&h, 60000));
+    CHECK(!heartbeat_due(&h, 79999));
+    CHECK(heartbeat_due(&h, 80000));
+
+    /* the millisecond clock wraps (after 49.7 days) */
+    heartbeat_init(&h, 30000, UINT32_MAX - 999u);
+    CHECK(!heartbeat_due(&h, UINT32_MAX));
+    CHECK(!heartbeat_due(&h, 0));
+    CHECK(!heartbeat_due(&h, 28999));
+    CHECK(heartbeat_due(&h, 29000));
+
+    /* period 0: no heartbeats at all */
+    heartbeat_init(&h, 0, 0);
+    CHECK(!heartbeat_due(&h, 0));
+    CHECK(!heartbeat_due(&h, 30000));
+    CHECK(!heartbeat_due(&h, UINT32_MAX));
+}
+
+/* The application's loop, one step per millisecond from 0 to end_ms: a line
+ * for each frame (at the times in frames[], ascending), otherwise a heartbeat
+ * line when one is due. Returns the number of heartbeats, their times in
+ * beats[] (at most max of them). */
+static size_t run_loop(uint32_t period_ms, const uint32_t *frames, size_t n_frames,
+                       uint32_t end_ms, uint32_t *beats, size_t max)
+{
+    heartbeat_t h;
+    heartbeat_init(&h, period_ms, 0);
+    size_t f = 0, n = 0;
+    for (uint32_t now = 0; now <= end_ms; now++) {
+        if (f < n_frames && frames[f] == now) {
+            f++;
+            heartbeat_line_written(&h, now);
+        } else if (heartbeat_due(&h, now)) {
+            if (n < max) {
+                beats[n] = now;
+            }
+            n++;
+            heartbeat_line_written(&h, now);
+        }
+    }
+    return n;
+}
+
+static void test_heartbeat_loop(void)
+{
+    uint32_t frames[200];
+    uint32_t beats[16];
+
+    /* no frame at all: one heartbeat per period */
+    CHECK_EQ_INT(run_loop(30000, NULL, 0, 95000, beats, 16), 3);
+    CHECK_EQ_INT(beats[0], 30000);
+    CHECK_EQ_INT(beats[1], 60000);
+    CHECK_EQ_INT(beats[2], 90000);
+
+    /* a frame every second: never a heartbeat */
+    for (size_t i = 0; i < 200; i++) {
+        frames[i] = (uint32_t)(i + 1) * 1000u;
+    }
+    CHECK_EQ_INT(run_loop(30000, frames, 200, 200000, beats, 16), 0);
+
+    /* frames just often enough: still none */
+    for (size_t i = 0; i < 10; i++) {
+        frames[i] = (uint32_t)(i + 1) * 29999u;
+    }
+    CHECK_EQ_INT(run_loop(30000, frames, 10, 299990, beats, 16), 0);
+
+    /* eight frames, then the radio goes quiet: heartbeats a period after
+     * the last frame and every period after that */
+    for (size_t i = 0; i < 8; i++) {
+        frames[i] = (uint32_t)(i + 1) * 1000u;
+    }
+    CHECK_EQ_INT(run_loop(30000, frames, 8, 100000, beats, 16), 3);
+    CHECK_EQ_INT(beats[0], 38000);
+    CHECK_EQ_INT(beats[1], 68000);
+    CHECK_EQ_INT(beats[2], 98000);
+
+    /* a frame in the middle of a silence restarts the timer */
+    frames[0] = 1000;
+    frames[1] = 70000;
+    CHECK_EQ_INT(run_loop(30000, frames, 2, 129999, beats, 16), 3);
+    CHECK_EQ_INT(beats[0], 31000);
+    CHECK_EQ_INT(beats[1], 61000);
+    CHECK_EQ_INT(beats[2], 100000);
+
+    /* a short period, as in the quiet test build */
+    CHECK_EQ_INT(run_loop(2000, frames, 1, 9000, beats, 16), 4);
+    CHECK_EQ_INT(beats[0], 3000);
+    CHECK_EQ_INT(beats[3], 9000);
+}
+
+static void test_heartbeat_line(void)
+{
+    char b[TELEMETRY_LINE_MAX];
+    /* a heartbeat: Node 2's reading and stats, no node1, no signal */
+    telemetry_t t = example();
+    t.seq = 43;
+    t.uptime_ms = 450113;
+    t.has_node1 = false;
+    t.has_signal = false;
+    size_t n = telemetry_format(&t, b, sizeof b);
+    const char *beat =
+        "{\"v\":1,\"seq\":43,\"uptime_ms\":450113,"
+        "\"node2\":{\"temperature\":24.30,\"pressure\":1013.25},"
+        "\"stats\":{\"packets_received\":42,\"crc_errors\":0}}\n";
+    CHECK_EQ_STR(b, beat);
+    CHECK_EQ_INT(n, strlen(beat));
+    /* and without a BMP280 measurement, still a line with the stats */
+    t.has_node2 = false;
+    telemetry_format(&t, b, sizeof b);
+    CHECK_EQ_STR(b, "{\"v\":1,\"seq\":43,\"uptime_ms\":450113,"
+                    "\"stats\":{\"packets_received\":42,\"crc_errors\":0}}\n");
+}
+
 int main(void)
 {
     test_crc();
     test_frame_roundtrip();
     test_frame_corruption();
     test_sim_node1();
+    test_sim_node1_goes_quiet();
     test_bmp280_datasheet_example();
     test_bmp280_parse();
     test_bmp280_driver();
     test_fmt_centi();
     test_telemetry_format();
+    test_heartbeat_timer();
+    test_heartbeat_loop();
+    test_heartbeat_line();
     if (g_failures != 0) {
         fprintf(stderr, "FAILED: %d of %d checks\n", g_failures, g_checks);
         return 1;

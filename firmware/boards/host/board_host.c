@@ -11,6 +11,10 @@
 #ifndef SIM_INTERVAL_MS
 #define SIM_INTERVAL_MS 1000u
 #endif
+/* Frames the simulated Node 1 sends before the radio goes quiet (0: forever). */
+#ifndef SIM_NODE1_FRAMES
+#define SIM_NODE1_FRAMES 0u
+#endif
 
 static sim_node1_t s_node1;
 static sim_bmp280_t s_bmp;
@@ -19,7 +23,8 @@ static uint32_t s_now_ms;
 
 void board_init(void)
 {
-    sim_node1_init(&s_node1, 0x1D0DE1u, SIM_INTERVAL_MS, SIM_INTERVAL_MS);
+    sim_node1_init(&s_node1, 0x1D0DE1u, SIM_INTERVAL_MS, SIM_INTERVAL_MS,
+                   SIM_NODE1_FRAMES);
     sim_bmp280_init(&s_bmp, 0xB3280u);
     s_now_ms = 0;
 }

@@ -17,6 +17,10 @@
 #ifndef SIM_INTERVAL_MS
 #define SIM_INTERVAL_MS 1000u
 #endif
+/* Frames the simulated Node 1 sends before the radio goes quiet (0: forever). */
+#ifndef SIM_NODE1_FRAMES
+#define SIM_NODE1_FRAMES 0u
+#endif
 
 static sim_node1_t s_node1;
 static sim_bmp280_t s_bmp;
@@ -28,7 +32,8 @@ void board_init(void)
      * UE|TE before it transmits. */
     uart_init(USART1_BASE, APB2_HZ, 115200u);
     rtt_init();
-    sim_node1_init(&s_node1, 0x1D0DE1u, SIM_INTERVAL_MS, SIM_INTERVAL_MS);
+    sim_node1_init(&s_node1, 0x1D0DE1u, SIM_INTERVAL_MS, SIM_INTERVAL_MS,
+                   SIM_NODE1_FRAMES);
     sim_bmp280_init(&s_bmp, 0xB3280u);
     systick_start(CPU_HZ);
 }

@@ -27,11 +27,13 @@ static int32_t walk(uint32_t *rng, int32_t v, int32_t step, int32_t lo, int32_t 
     return v;
 }
 
-void sim_node1_init(sim_node1_t *s, uint32_t seed, uint32_t interval_ms, uint32_t first_ms)
+void sim_node1_init(sim_node1_t *s, uint32_t seed, uint32_t interval_ms, uint32_t first_ms,
+                    uint32_t frames)
 {
     s->rng = seed != 0u ? seed : 0x2545F491u;
     s->interval_ms = interval_ms;
     s->next_ms = first_ms;
+    s->frames = frames;
     s->sent = 0;
     s->seq = 0;
     s->temperature_centi = 2400;
@@ -43,6 +45,9 @@ void sim_node1_init(sim_node1_t *s, uint32_t seed, uint32_t interval_ms, uint32_
 
 bool sim_node1_poll(sim_node1_t *s, uint32_t now_ms, radio_packet_t *pkt)
 {
+    if (s->frames != 0u && s->sent >= s->frames) {
+        return false; /* gone quiet */
+    }
     if ((int32_t)(now_ms - s->next_ms) < 0) {
         return false;
     }

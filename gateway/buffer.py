@@ -305,9 +305,9 @@ class DiskBuffer:
         """SQLite ``PRAGMA integrity_check`` of the store ("ok" when healthy)."""
         return self.store.integrity_check()
 
-    def close(self) -> None:
-        """Close the store (a buffer opened with :meth:`open` owns one)."""
-        self.store.close()
+    def close(self) -> int:
+        """Close the store (a buffer opened with :meth:`open` owns one); see BufferStore.close."""
+        return self.store.close()
 
 
 class BufferStore:
@@ -622,21 +622,37 @@ class BufferStore:
         row = self.con.execute("PRAGMA integrity_check").fetchone()
         return str(row[0]) if row else "no result"
 
-    def close(self) -> None:
-        """Write pending acks and records, then close; committed records stay on disk."""
+    def close(self) -> int:
+        """Write pending acks and records, then close; committed records stay on disk.
+
+        Returns:
+            How many records never reached the disk (lost with this process);
+            they are logged as an error.
+        """
         if self.con is None:
-            return
-        plan = self._plan()
-        if plan:
-            try:
-                self._write_sync(plan)
-            except (sqlite3.Error, OSError) as exc:
-                log.error("buffer store %s: final write failed (%s)", self.path, exc)
+            # Never opened (the disk refused): try once more, so that what is
+            # held in memory is not lost if the disk is back.
+            opened = self._open_or_replace()
+            if opened is not None:
+                self._install(opened)
+        if self.con is not None:
+            plan = self._plan()
+            if plan:
+                try:
+                    self._write_sync(plan)
+                except (sqlite3.Error, OSError) as exc:
+                    log.error("buffer store %s: final write failed (%s)", self.path, exc)
         lost = sum(buf.in_memory for buf in self.buffers.values())
         if lost:
-            log.error("buffer store %s: %d record(s) never reached the disk", self.path, lost)
-        self.con.close()
-        self.con = None
+            log.error(
+                "buffer store %s: %d record(s) never reached the disk and are lost",
+                self.path,
+                lost,
+            )
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        return lost
 
 
 def _import_diskcache(directory: Path) -> list[str]:

@@ -10,8 +10,8 @@ import trio_asyncio
 
 from gateway.config import Config
 from gateway.errors import leaf
-from gateway.influx_sink import InfluxWriter
-from gateway.mqtt_sink import _tls_context, describe_error
+from gateway.sinks.influx import InfluxWriter
+from gateway.sinks.mqtt import describe_error, tls_context
 
 CHECK_TIMEOUT = 10.0
 
@@ -27,7 +27,7 @@ async def _check_mqtt(cfg: Config) -> str | None:
             password=m.password or None,
             identifier=f"{m.client_id}-check",
             timeout=CHECK_TIMEOUT,
-            tls_context=_tls_context(m),
+            tls_context=tls_context(m),
         ):
             pass
 

@@ -28,7 +28,7 @@ from gateway.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("gateway")
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_DATA_LOST = 0, 1, 2, 3
 
 
 class _JsonFormatter(logging.Formatter):
@@ -65,7 +65,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``gateway run``: the daemon."""
-    from gateway.supervisor import Gateway
+    from gateway.daemon import Gateway
 
     cfg = _load(args)
     gateway = Gateway(cfg)
@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # that was the p99 of line → broker latency (`make bench`).
     sys.setswitchinterval(0.0005)
     trio.run(gateway.run)
-    return EXIT_OK
+    # Records that never reached the disk were lost: say so to systemd too.
+    return EXIT_DATA_LOST if gateway.lost_records else EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -100,8 +101,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_buffer(args: argparse.Namespace) -> int:
     """``gateway buffer stats|export``: what is waiting on disk."""
     from gateway.buffer import STORE_FILE, BufferStore
-    from gateway.influx_sink import point_time_ns
-    from gateway.mqtt_sink import split_record
+    from gateway.records import point_time_ns, split_record
 
     buffer_dir = args.buffer_dir
     if buffer_dir is None:

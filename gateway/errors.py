@@ -51,3 +51,15 @@ def leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every (non-empty) secret replaced by ``***``.
+
+    Applied where an error text enters the gateway's state (a sink's
+    ``last_error``), so that nothing serialised later can carry a secret.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -100,7 +100,7 @@ class Source:
         self, lines: list[bytes], splitter: LineSplitter, scope: trio.CancelScope | None
     ) -> None:
         if splitter.too_long:
-            self.metrics.lines_rejected.labels("too_long").inc(splitter.too_long)
+            self.metrics.lines_rejected.inc("too_long", amount=splitter.too_long)
             log.warning(
                 "dropped %d line(s) longer than source.max_line_bytes=%d",
                 splitter.too_long,
@@ -124,29 +124,37 @@ class Source:
 
     def _count_restart(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
-        self.metrics.source_restarts.labels(reason).inc()
+        self.metrics.source_restarts.inc(reason)
 
     # -- run --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the configured source until cancelled (or, for stdin/file, EOF)."""
+        """Run the configured source until cancelled (or, for stdin/file, EOF).
+
+        Reports ready once its supervision loop runs: for a command or a serial
+        port after the first attempt to start it (a missing program or device
+        is retried, not fatal); for a file once it is open.
+
+        Raises:
+            OSError: the file of a ``file`` source cannot be opened.
+        """
         kind = self.cfg.kind
-        task_status.started()
         try:
             if kind == "command":
-                await self._run_command()
+                await self._run_command(task_status)
             elif kind == "stdin":
-                await self._run_stdin()
+                await self._run_stdin(task_status)
             elif kind == "file":
-                await self._run_file()
+                await self._run_file(task_status)
             else:
-                await self._run_serial()
+                await self._run_serial(task_status)
         finally:
-            self.metrics.source_up.set(0)
+            self.metrics.source_up = False
             self.state = "stopped"
 
-    async def _run_command(self) -> None:
+    async def _run_command(self, task_status: trio.TaskStatus[None]) -> None:
         argv = list(self.cfg.command)
+        ready = _Once(task_status)
         while True:
             self.state = "starting"
             try:
@@ -158,8 +166,10 @@ class Source:
                     start_new_session=True,  # its own group, so we can stop all of it
                 )
             except OSError as exc:
+                ready()
                 await self._retry_later("failed_to_start", f"cannot start {argv[0]}", exc)
                 continue
+            ready()
             reason = await self._supervise(proc)
             self._count_restart(reason)
             delay = self.backoff.next_delay()
@@ -170,7 +180,7 @@ class Source:
         """Read one child's output until it exits or stalls; return the reason."""
         self.pid = proc.pid
         self.state = "running"
-        self.metrics.source_up.set(1)
+        self.metrics.source_up = True
         log.info("source: started %s (pid %d)", self.cfg.command[0], proc.pid)
         stalled = False
         try:
@@ -187,7 +197,7 @@ class Source:
                 nursery.cancel_scope.cancel()
         finally:
             await stop_process(proc)
-            self.metrics.source_up.set(0)
+            self.metrics.source_up = False
             self.pid = None
             self.state = "restarting"
         if stalled:
@@ -209,21 +219,23 @@ class Source:
                 if text:
                     self._stderr_log.log(logging.INFO, "stderr", "source stderr: %s", text)
 
-    async def _run_stdin(self) -> None:
+    async def _run_stdin(self, task_status: trio.TaskStatus[None]) -> None:
         self.state = "running"
-        self.metrics.source_up.set(1)
+        self.metrics.source_up = True
         stream = trio.lowlevel.FdStream(os.dup(0))
+        task_status.started()
         async with stream:
             await self._pump(stream, None)
         log.info("source: end of stdin; buffers keep draining until stopped")
 
-    async def _run_file(self) -> None:
-        self.state = "running"
-        self.metrics.source_up.set(1)
+    async def _run_file(self, task_status: trio.TaskStatus[None]) -> None:
         rate = self.cfg.rate
         splitter = self._splitter = LineSplitter(self.cfg.max_line_bytes)
-        next_at = trio.current_time()
         async with await trio.open_file(self.cfg.path, "rb") as f:
+            self.state = "running"
+            self.metrics.source_up = True
+            task_status.started()
+            next_at = trio.current_time()
             while chunk := await f.read(READ_SIZE):
                 lines = splitter.feed(bytes(chunk))
                 if rate <= 0:
@@ -237,17 +249,20 @@ class Source:
         await self._deliver([last] if last else [], splitter, None)
         log.info("source: replay of %s finished", self.cfg.path)
 
-    async def _run_serial(self) -> None:
+    async def _run_serial(self, task_status: trio.TaskStatus[None]) -> None:
         port = self.cfg.port
+        ready = _Once(task_status)
         while True:
             self.state = "starting"
             try:
                 fd = open_serial(port, self.cfg.baud)
             except OSError as exc:
+                ready()
                 await self._retry_later("device_missing", f"cannot open {port}", exc)
                 continue
+            ready()
             self.state = "running"
-            self.metrics.source_up.set(1)
+            self.metrics.source_up = True
             log.info("source: reading %s at %d baud", port, self.cfg.baud)
             reason = "device_closed"
             stream = trio.lowlevel.FdStream(fd)
@@ -263,7 +278,7 @@ class Source:
                 reason = "device_lost"
                 log.warning("source: %s: %s", port, exc.__cause__ or exc)
             finally:
-                self.metrics.source_up.set(0)
+                self.metrics.source_up = False
                 self.state = "restarting"
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
@@ -271,6 +286,19 @@ class Source:
             delay = self.backoff.next_delay()
             log.warning("source: %s (%s); reopening in %.1f s", port, reason, delay)
             await trio.sleep(delay)
+
+
+class _Once:
+    """Calls ``task_status.started()`` the first time it is called."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self.task_status = task_status
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.task_status.started()
 
 
 def open_serial(port: str, baud: int) -> int:

@@ -3,7 +3,7 @@
 The unit (``ops/iiot-gateway.service``) is ``Type=notify`` with ``WatchdogSec``:
 systemd waits for ``READY=1`` and restarts the daemon when ``WATCHDOG=1`` stops
 coming. The watchdog is fed only while the pipeline makes progress
-(:func:`gateway.status.making_progress`), so a hung event loop *and* a daemon
+(:func:`gateway.status.health.making_progress`), so a hung event loop *and* a daemon
 that runs but moves nothing are both restarted. Without ``$NOTIFY_SOCKET``
 (not run by systemd) everything here does nothing.
 
@@ -18,15 +18,11 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import trio
 
-from gateway.metrics import RateLimitedLog
-from gateway.status import ProgressTracker, health, making_progress
-
-if TYPE_CHECKING:
-    from gateway.supervisor import Gateway
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.status.health import health, making_progress, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +75,8 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 
 
 async def watchdog(
-    gateway: Gateway,
+    metrics: Metrics,
+    unhealthy_after: float,
     *,
     environ: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -99,25 +96,21 @@ async def watchdog(
     task_status.started()
     if interval is None:
         return
-    tracker = ProgressTracker(gateway)
     starving = RateLimitedLog(log, interval=60.0)
-    unhealthy_after = gateway.cfg.status.unhealthy_after
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(tracker.run)
-            while True:
-                snap = tracker.snapshot()
-                now = time.monotonic()
-                if making_progress(snap, now, unhealthy_after):
-                    notify("WATCHDOG=1", environ=environ)
-                else:
-                    _, reasons = health(snap, now, unhealthy_after)
-                    starving.log(
-                        logging.ERROR,
-                        "starve",
-                        "no progress, not feeding the systemd watchdog: %s",
-                        "; ".join(reasons),
-                    )
-                await trio.sleep(interval)
+        while True:
+            snap = snapshot(metrics)
+            now = time.monotonic()
+            if making_progress(snap, now, unhealthy_after):
+                notify("WATCHDOG=1", environ=environ)
+            else:
+                _, reasons = health(snap, now, unhealthy_after)
+                starving.log(
+                    logging.ERROR,
+                    "starve",
+                    "no progress, not feeding the systemd watchdog: %s",
+                    "; ".join(reasons),
+                )
+            await trio.sleep(interval)
     finally:
         notify("STOPPING=1", environ=environ)

@@ -19,6 +19,15 @@ Number = int | float
 Scalar = int | float | str | bool | None
 
 PROTOCOL_VERSION = 1
+# Units of the metrics Node 1 and Node 2 send (the InfluxDB `unit` tag, the page).
+UNITS: dict[str, str] = {
+    "temperature": "celsius",
+    "humidity": "percent",
+    "gas_resistance": "ohms",
+    "pressure": "hpa",
+    "rssi": "dbm",
+    "snr": "db",
+}
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # CSI and other escape sequences that probe-rs/defmt colouring emits.
 _ANSI_RE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")

@@ -34,7 +34,7 @@ CORPUS: list[tuple[bytes, str | None]] = [
 BAD_METRICS: list[tuple[bytes, str, str]] = [
     (b'{"v":1,"node2":{"temperature":20.0,"pressure":NaN}}', "pressure", "not_finite"),
     (b'{"v":1,"node2":{"temperature":20.1,"pressure":"high"}}', "pressure", "not_a_number"),
-    (b'{"v":1,"node2":{"temperature":20.2,"a b":1}}', "a b", "bad_name"),
+    (b'{"v":1,"node2":{"temperature":20.2,"a b":1}}', "_invalid", "bad_name"),
     (b'{"v":1,"node2":{"temperature":20.3,"pressure":5242.88}}', "pressure", "implausible"),
 ]
 

@@ -10,9 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from gateway.influx_sink import UNITS
 from gateway.simulate import NodeSimulator
-from gateway.telemetry import format_value
+from gateway.telemetry import UNITS, format_value
 from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 
 ESC = "\x1b"

@@ -78,7 +78,7 @@ async def test_missing_program_is_retried_with_exact_backoff(
     # Attempts at 0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5: doubling up to the cap.
     assert attempts == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5]
     assert src.restarts == {"failed_to_start": 8}
-    assert src.metrics.value("gateway_source_restarts_total", reason="failed_to_start") == 8
+    assert src.metrics.source_restarts.get("failed_to_start") == 8
 
 
 async def test_child_exiting_every_few_packets_is_restarted_and_nothing_lost(tmp_path: Path):

@@ -15,15 +15,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import parse_config
-from gateway.status import (
-    LatestValues,
-    SinkProgress,
-    Snapshot,
-    health,
-    making_progress,
-    serve_status,
-)
-from gateway.supervisor import Gateway
+from gateway.daemon import Gateway
+from gateway.status.health import SinkProgress, Snapshot, health, making_progress
+from gateway.status.latest import LatestValues
 from gateway.telemetry import Packet
 from tests.services import Broker, Tsdb
 
@@ -215,22 +209,14 @@ async def running_gateway(
         environ={"GATEWAY_INFLUXDB_TOKEN": TOKEN, "GATEWAY_MQTT_PASSWORD": MQTT_PASSWORD},
     )
     assert cfg.influxdb.token == TOKEN
-    latest = LatestValues()
-    gateway = Gateway(cfg, on_packet=latest.on_packet)
-    status_scope = trio.CancelScope()
-
-    async def run_status(task_status: trio.TaskStatus[int]) -> None:
-        with status_scope:
-            await serve_status(gateway, cfg.status.listen, task_status=task_status)
-
+    gateway = Gateway(cfg)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
-        port = await nursery.start(run_status)
+        assert gateway.status_port is not None
         try:
-            yield gateway, port
+            yield gateway, gateway.status_port
         finally:
             gateway.request_stop()
-            status_scope.cancel()
 
 
 async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb) -> None:
@@ -331,5 +317,5 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
             await eventually(healthy, 30, "/healthz 200 after the broker returned")
             status, doc = await get_json(port, "/api/status")
             assert doc["sinks"]["mqtt"]["connected"] is True
-            assert gw.mqtt is not None
-            assert gw.mqtt.connected
+            assert gw.stages is not None
+            assert gw.stages.mqtt.connected

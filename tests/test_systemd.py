@@ -10,11 +10,10 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import trio
 
+from gateway.metrics import Metrics
 from gateway.systemd import notify, watchdog, watchdog_interval
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,28 +53,16 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "junk"}) is None
 
 
-def fake_gateway(unhealthy_after: float) -> Any:
-    """Just what the watchdog reads: no sinks yet, a packet clock to move by hand."""
-    return SimpleNamespace(
-        cfg=SimpleNamespace(status=SimpleNamespace(unhealthy_after=unhealthy_after)),
-        metrics=SimpleNamespace(last_packet_at=None),
-        mqtt=None,
-        influx=None,
-        mqtt_buffer=None,
-        influx_buffer=None,
-    )
-
-
 async def test_watchdog_without_notify_socket_returns() -> None:
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            await nursery.start(watchdog, fake_gateway(1.0))
+            await nursery.start(watchdog, Metrics(), 1.0)
 
 
 async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
     path = str(tmp_path / "notify.sock")
     received: list[tuple[float, str]] = []
-    gw = fake_gateway(unhealthy_after=0.5)
+    metrics = Metrics()  # no sinks busy yet; the packet clock is moved by hand
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}  # ping every 0.05 s
     with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         await server.bind(path)
@@ -94,7 +81,7 @@ async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
 
                 async def run_watchdog(task_status: trio.TaskStatus[None]) -> None:
                     with scope:
-                        await watchdog(gw, environ=env, task_status=task_status)
+                        await watchdog(metrics, 0.5, environ=env, task_status=task_status)
 
                 await nursery.start(run_watchdog)
                 # Start-up grace: fed before any packet.
@@ -107,7 +94,7 @@ async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
                 await trio.sleep(0.5)
                 assert pings_since(quiet_from) == 0
                 # Packets again: fed again.
-                gw.metrics.last_packet_at = time.monotonic()
+                metrics.last_packet_at = time.monotonic()
                 resumed = time.monotonic()
                 await trio.sleep(0.3)
                 assert pings_since(resumed) >= 2

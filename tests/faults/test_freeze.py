@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.mqtt_sink import packet_records
+from gateway.records import packet_records
 from gateway.telemetry import parse_line
 from tests.conftest import REPO, Subscriber, base_config, wait_until
 from tests.services import free_port

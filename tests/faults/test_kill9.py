@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from gateway.buffer import STORE_FILE, BufferStore
-from gateway.mqtt_sink import WINDOW, split_record
+from gateway.records import split_record
+from gateway.sinks.mqtt import WINDOW
 from tests.conftest import Subscriber, base_config, wait_until
 from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy

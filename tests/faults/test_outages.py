@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.mqtt_sink import WINDOW
+from gateway.sinks.mqtt import WINDOW
 from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.proxy import Proxy

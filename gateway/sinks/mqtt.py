@@ -1,4 +1,4 @@
-"""The MQTT sink: packets → ``{prefix}/{group}/{metric}`` messages → the broker.
+"""The MQTT sink: the MQTT buffer's ``{prefix}/{group}/{metric}`` messages → the broker.
 
 Records wait in a :class:`~gateway.buffer.DiskBuffer` and leave it only after
 the broker's PUBACK. Delivery runs in windows: the whole window is queued on
@@ -22,48 +22,30 @@ from collections.abc import Sequence
 import aiomqtt
 import trio
 import trio_asyncio
+from aiomqtt.exceptions import MqttConnectError
 from trio_util import wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
 from gateway.config import MqttSection
-from gateway.errors import leaf
+from gateway.deadletter import DeadLetterFile
+from gateway.errors import leaf, scrub
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.telemetry import Packet, format_value
+from gateway.records import split_record, status_topic
 
 log = logging.getLogger(__name__)
 
 WINDOW = 200  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
 STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
 ONLINE, OFFLINE = "online", "offline"
-# Everything a broker, a network or TLS can throw at us: never fatal, always retried.
-RETRYABLE = (aiomqtt.MqttError, OSError, ssl.SSLError, ValueError, trio.TooSlowError)
+# What a broker, a network or TLS can cause: never fatal, always retried. Anything
+# else is a bug of ours and ends the daemon (systemd restarts it, the log says why).
+RETRYABLE = (aiomqtt.MqttError, OSError, ssl.SSLError, trio.TooSlowError)
+DEAD_LETTER_FILE = "mqtt.jsonl"
 
 
-def status_topic(prefix: str) -> str:
-    """The retained presence topic."""
-    return f"{prefix}/gateway/status"
-
-
-def packet_records(packet: Packet, prefix: str) -> list[str]:
-    """Map a packet to buffer records: ``"<received_ns> <topic> <payload>"``.
-
-    Topic and payload never contain spaces (names are ``[A-Za-z0-9_-]``).
-    """
-    ns = packet.received_ns
-    return [
-        f"{ns} {prefix}/{group}/{metric} {format_value(value)}"
-        for group, metric, value in packet.metrics()
-    ]
-
-
-def split_record(value: str) -> tuple[int, str, str]:
-    """Inverse of :func:`packet_records` for one record: (ns, topic, payload)."""
-    ns, topic, payload = value.split(" ", 2)
-    return int(ns), topic, payload
-
-
-def _tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
+def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
+    """The TLS context for ``[mqtt]`` (None without ``ca_file``: plain TCP)."""
     if not cfg.ca_file:
         return None
     ctx = ssl.create_default_context(cafile=cfg.ca_file)
@@ -78,16 +60,25 @@ class MqttSink:
     Args:
         cfg: the ``[mqtt]`` section.
         buffer: the sink's disk buffer.
-        metrics: counters and gauges.
+        metrics: counters and gauges (this sink's are ``metrics.mqtt``).
+        dead_letters: where messages that can never be published go.
         window: messages per delivery window (also paho's in-flight limit).
     """
 
     def __init__(
-        self, cfg: MqttSection, buffer: DiskBuffer, metrics: Metrics, *, window: int = WINDOW
+        self,
+        cfg: MqttSection,
+        buffer: DiskBuffer,
+        metrics: Metrics,
+        dead_letters: DeadLetterFile,
+        *,
+        window: int = WINDOW,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
         self.metrics = metrics
+        self.figures = metrics.mqtt
+        self.dead_letters = dead_letters
         self.window = window
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.connected = False
@@ -100,7 +91,13 @@ class MqttSink:
         self._cleanup = trio.CancelScope()
         self._aborted = False
         self._errlog = RateLimitedLog(log, interval=30.0)
-        self._tls = _tls_context(cfg)
+        self._tls = tls_context(cfg)
+        self._secrets = (cfg.password,)
+
+    @property
+    def healthy(self) -> bool:
+        """Connected to the broker (the status page's verdict on this sink)."""
+        return self.connected
 
     def stop(self) -> None:
         """Ask the sink to finish its window, publish "offline" and disconnect."""
@@ -116,8 +113,10 @@ class MqttSink:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, deliver, reconnect with backoff, until :meth:`stop`.
 
-        Needs a running trio-asyncio loop (``trio_asyncio.open_loop()``).
+        Needs a running trio-asyncio loop (``trio_asyncio.open_loop()``); reports
+        ready once the loop is there, before the first connection attempt.
         """
+        trio_asyncio.current_loop.get()  # LookupError without one: a bug, not a retry
         task_status.started()
         while not self._stop.is_set():
             failure: BaseException | None = None
@@ -127,9 +126,9 @@ class MqttSink:
                 failure = leaf(group)
             if failure is not None:
                 self._set_connected(False)
-                self.last_error = describe_error(failure)
+                self.last_error = scrub(describe_error(failure), self._secrets)
                 delay = self.backoff.next_delay()
-                self.metrics.mqtt_connect_failures.inc()
+                self.figures.connect_failures += 1
                 log.debug("mqtt: attempt failed: %s; next in %.2f s", self.last_error, delay)
                 self._errlog.log(
                     logging.WARNING,
@@ -145,7 +144,7 @@ class MqttSink:
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value
-        self.metrics.mqtt_connected.set(1 if value else 0)
+        self.figures.connected = value
 
     async def _new_client(self) -> aiomqtt.Client:
         # Runs inside asyncio: aiomqtt.Client binds to the running loop.
@@ -179,7 +178,7 @@ class MqttSink:
             )
             self._set_connected(True)
             self.backoff.up()
-            self.metrics.mqtt_connects.inc()
+            self.figures.connects += 1
             self.last_error = ""
             log.info(
                 "mqtt: connected to %s:%d; %d message(s) to replay",
@@ -231,24 +230,52 @@ class MqttSink:
             batch = await buffer.peek(self.window)
             if not batch:
                 continue
-            self._note_oldest(batch)
-            messages = [split_record(r.value)[1:] for r in batch]
-            await self._publish_window(client, messages)
+            messages, bad = self._decode(batch)
+            refused = await self._publish_window(client, messages)
+            if bad or refused:
+                await self._dead_letter(bad + refused)
             await buffer.ack(batch)
-            self.metrics.mqtt_published.inc(len(batch))
-            self.metrics.mqtt_buffered.set(buffer.count.value)
+            self.figures.note_delivery(len(batch) - len(bad) - len(refused), buffer.count.value)
             self.last_delivery = trio.current_time()
 
-    def _note_oldest(self, batch: Sequence[Record]) -> None:
-        oldest_ns = split_record(batch[0].value)[0]
-        self.metrics.buffer_oldest_age.labels("mqtt").set(
-            max(0.0, (time.time_ns() - oldest_ns) / 1e9)
+    def _decode(self, batch: Sequence[Record]) -> tuple[list[tuple[str, str]], list[str]]:
+        """(topic, payload) of each record, and the records that are not messages."""
+        messages: list[tuple[str, str]] = []
+        bad: list[str] = []
+        oldest_ns: int | None = None
+        for record in batch:
+            try:
+                ns, topic, payload = split_record(record.value)
+            except ValueError:
+                bad.append(record.value)
+                continue
+            if oldest_ns is None:
+                oldest_ns = ns
+            messages.append((topic, payload))
+        if oldest_ns is not None:
+            self.figures.oldest_age = max(0.0, (time.time_ns() - oldest_ns) / 1e9)
+        return messages, bad
+
+    async def _dead_letter(self, records: list[str]) -> None:
+        """Move messages no broker can take out of the queue; delivery goes on."""
+        await self.dead_letters.append(records)
+        self.figures.note_rejected(len(records))
+        self._errlog.log(
+            logging.ERROR,
+            "dead",
+            "mqtt: %d message(s) can never be published (e.g. %r); moved to %s",
+            len(records),
+            records[0][:200],
+            self.dead_letters.path,
         )
 
     async def _publish_window(
         self, client: aiomqtt.Client, messages: Sequence[tuple[str, str]]
-    ) -> None:
+    ) -> list[str]:
         """Publish a window (paho pipelines it); return when every PUBACK is in.
+
+        Returns the messages paho refused to send at all (an invalid topic or
+        payload: ``ValueError``), as records for the dead-letter file.
 
         aiomqtt's publish() costs an asyncio task, an Event and a timer per
         message, plus a trio→asyncio crossing: at field rate that was most of
@@ -262,14 +289,20 @@ class MqttSink:
         limit = max(30.0, 3.0 * self.cfg.keepalive)  # seconds for the whole window
         if not _WINDOW_API:
             await trio_asyncio.aio_as_trio(_publish_each)(client, messages, qos, retain, limit)
-            return
+            return []
         done = trio.Event()
         ack = _WindowAck(len(messages), done)
         pending = client._pending_publishes
         mids: list[int] = []
+        refused: list[str] = []
         try:
             for topic, payload in messages:
-                info = client._client.publish(topic, payload, qos, retain)
+                try:
+                    info = client._client.publish(topic, payload, qos, retain)
+                except ValueError as exc:  # paho's verdict on the message itself
+                    refused.append(f"{topic} {payload} ({exc})")
+                    ack.set()
+                    continue
                 if info.rc != 0:
                     raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
                 if info.is_published():
@@ -283,6 +316,7 @@ class MqttSink:
         finally:
             for mid in mids:
                 pending.pop(mid, None)
+        return refused
 
 
 async def _publish_each(
@@ -332,6 +366,13 @@ _WINDOW_API = hasattr(aiomqtt.Client, "_on_publish") and {"_client", "_pending_p
 def describe_error(exc: BaseException) -> str:
     """A one-line account of a connection failure, with a hint where one helps."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (4, 5, 134, 135):
-        text += " (check mqtt.username and the password file/env)"
+    # Only a CONNACK refusal is about credentials: paho's rc 4 on a publish
+    # means "not connected", not "bad username or password".
+    if isinstance(exc, MqttConnectError) and _code(exc.rc) in (4, 5, 134, 135):
+        text += " (check mqtt.username and mqtt.password_file / $GATEWAY_MQTT_PASSWORD)"
     return text
+
+
+def _code(rc: object) -> int | None:
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None

@@ -14,11 +14,12 @@ import pytest
 import trio
 import trio_asyncio
 
-from gateway import mqtt_sink
 from gateway.buffer import DiskBuffer
 from gateway.config import MqttSection
+from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
-from gateway.mqtt_sink import MqttSink
+from gateway.sinks import mqtt as mqtt_sink
+from gateway.sinks.mqtt import MqttSink
 from tests.conftest import Subscriber
 
 
@@ -40,7 +41,7 @@ async def test_windows_deliver_everything_in_order(
     topic = f"{test_id}/t/n"
     sub = Subscriber(broker.port, f"{test_id}/t/#")
     metrics = Metrics()
-    sink = MqttSink(cfg, buffer, metrics, window=64)
+    sink = MqttSink(cfg, buffer, metrics, DeadLetterFile(tmp_path / "dead"), window=64)
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             await nursery.start(sink.run)
@@ -55,7 +56,7 @@ async def test_windows_deliver_everything_in_order(
 
         assert sub.wait_for(lambda _: len(payloads()) >= 1000, 30)
         assert payloads() == [str(i) for i in range(1, 1001)]
-        assert metrics.value("gateway_mqtt_published_total") == 1000
+        assert metrics.mqtt.delivered == 1000
     finally:
         sub.close()
         buffer.close()

@@ -1,5 +1,7 @@
-"""gateway.influx_sink: points, error classification against a real HTTP server of
-our own, dead letters, splitting, retries, and batch timing under a virtual clock."""
+"""gateway.sinks.influx and the point format of gateway.records.
+
+Points, error classification against a real HTTP server of our own, dead
+letters, splitting, retries, and batch timing under a virtual clock."""
 
 from __future__ import annotations
 
@@ -18,17 +20,11 @@ import trio.testing
 
 from gateway.buffer import DiskBuffer
 from gateway.config import InfluxSection
+from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError
-from gateway.influx_sink import (
-    DEAD_LETTER_FILE,
-    InfluxSink,
-    InfluxWriter,
-    classify,
-    packet_points,
-    point_time_ns,
-    tag_suffix,
-)
 from gateway.metrics import Metrics
+from gateway.records import packet_points, point_time_ns, tag_suffix
+from gateway.sinks.influx import DEAD_LETTER_FILE, InfluxSink, InfluxWriter, classify
 from gateway.telemetry import parse_line
 from tests.conftest import DESIGN_EXAMPLE
 
@@ -220,13 +216,66 @@ def test_refused_port_is_a_retryable_network_error() -> None:
     assert "network" in str(err)
 
 
-def test_classify_passes_our_errors_through_and_wraps_others() -> None:
+def test_classify_passes_our_errors_through_and_never_retries_a_bug() -> None:
     ours = InfluxWriteError("x", status=400, retryable=False)
     assert classify(ours) is ours
-    other = classify(RuntimeError("boom"))
-    assert other.retryable is True
-    assert other.status is None
     assert classify(ConnectionResetError("reset")).retryable is True
+    # A bug of ours is not a server's doing: it is raised, not retried for ever.
+    bug = RuntimeError("boom")
+    with pytest.raises(RuntimeError) as raised:
+        classify(bug)
+    assert raised.value is bug
+
+
+async def test_a_bug_in_the_writer_ends_the_sink(tmp_path: Path) -> None:
+    class BrokenWriter:
+        def write(self, lines: Sequence[str]) -> None:
+            raise TypeError("a bug")
+
+        def close(self) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    await buffer.append(example_points())
+    sink = InfluxSink(
+        section("http://127.0.0.1:9", batch_size=1),
+        buffer,
+        Metrics(),
+        DeadLetterFile(tmp_path / "dead" / DEAD_LETTER_FILE),
+        writer=BrokenWriter(),  # type: ignore[arg-type]
+    )
+    with pytest.raises(ExceptionGroup) as raised, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+    buffer.close()
+    assert raised.group_contains(TypeError, match="a bug")
+
+
+async def test_dead_letters_on_a_disk_that_refuses_are_held_not_fatal(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    """A point rejected for good while the dead-letter directory cannot be made."""
+    influx.respond = lambda lines: (400, {})
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    await buffer.append(example_points()[:3])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the dead-letter directory should be")
+    dead = DeadLetterFile(blocker / "dead-letter" / DEAD_LETTER_FILE)
+    sink = InfluxSink(section(influx.url, batch_size=3), buffer, metrics, dead)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+            await buffer.count.wait_value(0)
+            sink.stop()
+    buffer.close()
+    assert metrics.influx.dead_letters == 3
+    assert len(dead.held) == 3  # in memory, for the next write that works
+    assert dead.write_errors >= 1
+    assert metrics.influx.errors.get("400") >= 1  # 400s are counted as write errors
 
 
 # -- InfluxSink against the fake server -----------------------------------------------
@@ -235,7 +284,7 @@ def test_classify_passes_our_errors_through_and_wraps_others() -> None:
 async def run_sink_until_drained(
     cfg: InfluxSection, buffer: DiskBuffer, metrics: Metrics, dead_dir: Path
 ) -> InfluxSink:
-    sink = InfluxSink(cfg, buffer, metrics, dead_dir)
+    sink = InfluxSink(cfg, buffer, metrics, DeadLetterFile(dead_dir / DEAD_LETTER_FILE))
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
@@ -262,8 +311,8 @@ async def test_bad_point_goes_to_dead_letter_the_rest_is_written(
     assert len(accepted) == 9  # each good point written exactly once
     dead = (tmp_path / "dead-letter" / DEAD_LETTER_FILE).read_text().splitlines()
     assert dead == [marker]
-    assert metrics.value("gateway_influx_dead_letter_total") == 1
-    assert metrics.value("gateway_influx_written_total") == 9
+    assert metrics.influx.dead_letters == 1
+    assert metrics.influx.delivered == 9
 
 
 async def test_too_large_requests_are_split_until_accepted(
@@ -280,7 +329,7 @@ async def test_too_large_requests_are_split_until_accepted(
     assert influx.accepted() == points  # all of them, in order, once
     assert all(len(r.lines) <= 4 for r in influx.log if r.status == 204)
     assert not (tmp_path / "dead" / DEAD_LETTER_FILE).exists()
-    assert metrics.value("gateway_influx_dead_letter_total") == 0
+    assert metrics.influx.dead_letters == 0
 
 
 async def test_unavailable_then_available_loses_nothing(influx: FakeInflux, tmp_path: Path) -> None:
@@ -296,7 +345,7 @@ async def test_unavailable_then_available_loses_nothing(influx: FakeInflux, tmp_
     assert [r.status for r in influx.log] == [503, 503, 204]
     assert influx.log[-1].lines == points
     assert influx.accepted() == points
-    assert metrics.value("gateway_influx_write_errors_total", status="503") == 2
+    assert metrics.influx.errors.get("503") == 2
     assert sink.healthy is True
     assert sink.last_error == ""
 
@@ -343,7 +392,7 @@ async def start_sink(
         section("http://127.0.0.1:9", **cfg),
         buffer,
         Metrics(),
-        tmp_path / "dead",
+        DeadLetterFile(tmp_path / "dead" / DEAD_LETTER_FILE),
         writer=writer,  # type: ignore[arg-type]
     )
     await nursery.start(sink.run)

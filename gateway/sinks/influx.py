@@ -1,11 +1,9 @@
-"""The InfluxDB sink: packets → points → batched writes to ``/api/v2/write``.
+"""The InfluxDB sink: buffered points → batched writes to ``/api/v2/write``.
 
-One point per metric: measurement = metric, tags ``node`` (the group) and
-``unit`` (when known) plus static tags, one float field ``value``, timestamp =
-the packet's receive time in ns. Points wait in a
-:class:`~gateway.buffer.DiskBuffer` as line protocol and leave it only after a
-2xx. A batch goes out when ``batch_size`` points are waiting or
-``flush_interval`` after the first of them arrived; a backlog drains in large
+Points (see :mod:`gateway.records`) wait in a :class:`~gateway.buffer.DiskBuffer`
+as line protocol and leave it only after a 2xx. A batch goes out when
+``batch_size`` points are waiting or ``flush_interval`` after the first of them
+arrived; a backlog drains in large
 requests. Errors are classified once, in :func:`classify`.
 """
 
@@ -14,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import trio
 import urllib3
@@ -34,61 +30,25 @@ from trio_util import wait_any
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
 from gateway.config import InfluxSection
-from gateway.errors import InfluxWriteError
+from gateway.deadletter import DeadLetterFile
+from gateway.errors import InfluxWriteError, scrub
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.telemetry import Packet
+from gateway.records import point_time_ns
 
 log = logging.getLogger(__name__)
 
-UNITS: dict[str, str] = {
-    "temperature": "celsius",
-    "humidity": "percent",
-    "gas_resistance": "ohms",
-    "pressure": "hpa",
-    "rssi": "dbm",
-    "snr": "db",
-}
 MAX_REQUEST_POINTS = 5000  # per request while a backlog drains
 DEAD_LETTER_FILE = "influx.lp"
 # Seconds a request may take beyond influxdb.timeout (connect, then write the body).
 REQUEST_SLACK = 1.0
-CLOSE_TIMEOUT = 1.0  # seconds to release the client's connections at shutdown
-
-
-def _escape_tag(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def tag_suffix(tags: Mapping[str, str]) -> str:
-    """Static tags as a line-protocol suffix (sorted, escaped): ``,site=north``."""
-    return "".join(f",{_escape_tag(k)}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v)
-
-
-def packet_points(packet: Packet, static_tags: str = "") -> list[str]:
-    """Map a packet to line-protocol points (names are pre-validated, no escaping)."""
-    ns = packet.received_ns
-    out = []
-    for group, metric, value in packet.metrics():
-        unit = UNITS.get(metric)
-        tags = f",node={group},unit={unit}" if unit else f",node={group}"
-        out.append(f"{metric}{tags}{static_tags} value={float(value)!r} {ns}")
-    return out
-
-
-def gateway_points(values: Mapping[str, float], ns: int, static_tags: str = "") -> list[str]:
-    """The gateway's own health as points: ``mqtt_backlog,node=gateway value=12 <ns>``."""
-    return [
-        f"{name},node=gateway{static_tags} value={float(v)!r} {ns}" for name, v in values.items()
-    ]
-
-
-def point_time_ns(line: str) -> int:
-    """The timestamp of a point this module produced."""
-    return int(line.rsplit(" ", 1)[1])
 
 
 def classify(exc: BaseException) -> InfluxWriteError:
-    """Turn whatever the client raised into an :class:`InfluxWriteError` with a decision."""
+    """Turn what a server or the network caused into an :class:`InfluxWriteError`.
+
+    Raises:
+        BaseException: ``exc`` itself when neither caused it (a bug of ours).
+    """
     if isinstance(exc, InfluxWriteError):
         return exc
     if isinstance(exc, InfluxDBError):
@@ -108,7 +68,8 @@ def classify(exc: BaseException) -> InfluxWriteError:
         return InfluxWriteError(message, status=status, retryable=True, retry_after=retry_after)
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
         return InfluxWriteError(f"network: {exc}"[:300], status=None, retryable=True)
-    return InfluxWriteError(f"{type(exc).__name__}: {exc}"[:300], retryable=True)
+    # Anything else is a bug of ours: retrying it for ever would hide it.
+    raise exc
 
 
 def _seconds(value: object) -> float | None:
@@ -189,7 +150,7 @@ class InfluxWriter:
                 record="\n".join(lines),
                 write_precision=WritePrecision.NS,  # type: ignore[arg-type]
             )
-        except Exception as exc:
+        except (InfluxDBError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise classify(exc) from exc
 
     def close(self) -> None:
@@ -203,8 +164,8 @@ class InfluxSink:
     Args:
         cfg: the ``[influxdb]`` section.
         buffer: the sink's disk buffer.
-        metrics: counters and gauges.
-        dead_letter_dir: where points rejected for good are appended.
+        metrics: counters and gauges (this sink's are ``metrics.influx``).
+        dead_letters: where points rejected for good go.
         writer: the blocking writer (injectable for tests).
     """
 
@@ -213,13 +174,15 @@ class InfluxSink:
         cfg: InfluxSection,
         buffer: DiskBuffer,
         metrics: Metrics,
-        dead_letter_dir: Path,
+        dead_letters: DeadLetterFile,
         writer: InfluxWriter | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
         self.metrics = metrics
-        self.dead_letter_path = Path(dead_letter_dir) / DEAD_LETTER_FILE
+        self.figures = metrics.influx
+        self.dead_letters = dead_letters
+        self.dead_letter_path = dead_letters.path
         self.writer = writer or InfluxWriter(cfg)
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.healthy: bool | None = None  # None until the first request
@@ -255,9 +218,10 @@ class InfluxSink:
                 except InfluxWriteError as exc:
                     self.last_error = str(exc)
         finally:
-            # Bounded even when a request is still stuck in the pool's lock.
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                await trio.to_thread.run_sync(self.writer.close, abandon_on_cancel=True)
+            # Quick even with a request still stuck: the client only drops its
+            # idle connections (an aborted one fails by itself).
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.writer.close)
 
     async def _wait_for_batch(self) -> None:
         count = self.buffer.count
@@ -275,8 +239,8 @@ class InfluxSink:
 
     async def _failed(self, exc: InfluxWriteError) -> None:
         self.healthy = False
-        self.last_error = str(exc)
-        self.metrics.influx_errors.labels(str(exc.status or "network")).inc()
+        self.figures.connected = False
+        self.last_error = scrub(str(exc), (self.cfg.token,))
         delay = self.backoff.next_delay()
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
@@ -297,24 +261,28 @@ class InfluxSink:
         batch = await self.buffer.peek(MAX_REQUEST_POINTS)
         if not batch:
             return
-        oldest = point_time_ns(batch[0].value)
-        self.metrics.buffer_oldest_age.labels("influx").set(
-            max(0.0, (time.time_ns() - oldest) / 1e9)
-        )
+        try:
+            oldest = point_time_ns(batch[0].value)
+        except ValueError:
+            pass  # not a point: _write isolates it into the dead letters
+        else:
+            self.figures.oldest_age = max(0.0, (time.time_ns() - oldest) / 1e9)
         await self._write(batch)
         if not self.healthy:
             log.info("influxdb: writes to %s succeed again", self.cfg.url)
         self.healthy = True
+        self.figures.connected = True
         self.backoff.up()
         self.last_error = ""
         self.last_delivery = trio.current_time()
-        self.metrics.influx_buffered.set(self.buffer.count.value)
 
     async def _write(self, batch: Sequence[Record]) -> None:
         """Write ``batch``; split on 413/400/422 to isolate bad points."""
         try:
             await self._request([r.value for r in batch])
         except InfluxWriteError as exc:
+            # Every failed request is counted, also those that split the batch.
+            self.figures.errors.inc(str(exc.status or "network"))
             if not exc.split:
                 raise
             if len(batch) == 1:
@@ -325,7 +293,7 @@ class InfluxSink:
             await self._write(batch[mid:])
             return
         await self.buffer.ack(batch)
-        self.metrics.influx_written.inc(len(batch))
+        self.figures.note_delivery(len(batch), self.buffer.count.value)
 
     async def _request(self, lines: list[str]) -> None:
         """One write on the worker thread, bounded in total by ``influxdb.timeout``.
@@ -371,21 +339,15 @@ class InfluxSink:
                 self.writer.abort()
 
     async def _dead_letter(self, batch: Sequence[Record], exc: InfluxWriteError) -> None:
-        lines = "".join(r.value + "\n" for r in batch)
-
-        def append() -> None:
-            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.dead_letter_path, "a", encoding="utf-8") as f:
-                f.write(lines)
-                f.flush()
-                os.fsync(f.fileno())
-
-        await trio.to_thread.run_sync(append)
+        # Never raises: a disk that refuses the file holds them in memory.
+        await self.dead_letters.append(r.value for r in batch)
         await self.buffer.ack(batch)
-        self.metrics.influx_dead_letter.inc(len(batch))
-        log.error(
+        self.figures.note_rejected(len(batch))
+        self._errlog.log(
+            logging.ERROR,
+            "dead",
             "influxdb: server rejected %d point(s) for good (%s); moved to %s",
             len(batch),
             exc,
-            self.dead_letter_path,
+            self.dead_letters.path,
         )

@@ -1,0 +1,290 @@
+"""The daemon: build the stages, run them in one Trio nursery tree, stop them in order.
+
+Start-up, in dependency order, each stage with ``nursery.start`` so that a
+start-up failure surfaces before "ready":
+
+1. the signal watcher (so no signal ever takes its default action),
+2. the buffer store (opened, or held in memory when the disk refuses),
+3. the sinks (ready before they have connected: a server being down is normal),
+4. the status endpoint, the systemd notifier/watchdog and the stats reporter,
+5. the source, which feeds :meth:`gateway.pipeline.Pipeline.ingest`.
+
+Shutdown (SIGTERM/SIGINT or :meth:`Gateway.request_stop`) runs in reverse: the
+source stops first, then the operations tasks, then the sinks get up to
+``SHUTDOWN_GRACE`` seconds to land their in-flight deliveries and say
+"offline"; the store writes what is pending and closes. Everything not
+acknowledged is already on disk. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from gateway.buffer import BufferStore
+from gateway.config import Config
+from gateway.deadletter import DeadLetterFile
+from gateway.errors import leaf
+from gateway.metrics import Metrics
+from gateway.pipeline import PacketObserver, Pipeline
+from gateway.sinks import influx, mqtt
+from gateway.source import Source
+from gateway.status.app import StatusContext, serve_status
+from gateway.status.latest import LatestValues
+from gateway.systemd import watchdog
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+DEAD_LETTER_DIR = "dead-letter"
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Every stage of a running gateway, built together once the store is open."""
+
+    store: BufferStore
+    pipeline: Pipeline
+    mqtt: mqtt.MqttSink
+    influx: influx.InfluxSink
+    source: Source
+    dead_letters: tuple[DeadLetterFile, ...]
+
+    @classmethod
+    def build(
+        cls, cfg: Config, store: BufferStore, metrics: Metrics, observers: Sequence[PacketObserver]
+    ) -> Stages:
+        """Wire the stages: the source feeds the pipeline, which feeds both buffers."""
+        dead = Path(cfg.gateway.buffer_dir) / DEAD_LETTER_DIR
+        mqtt_dead = DeadLetterFile(dead / mqtt.DEAD_LETTER_FILE)
+        influx_dead = DeadLetterFile(dead / influx.DEAD_LETTER_FILE)
+        pipeline = Pipeline(cfg, store, metrics, observers)
+        return cls(
+            store=store,
+            pipeline=pipeline,
+            mqtt=mqtt.MqttSink(cfg.mqtt, store.buffers["mqtt"], metrics, mqtt_dead),
+            influx=influx.InfluxSink(cfg.influxdb, store.buffers["influx"], metrics, influx_dead),
+            source=Source(cfg.source, pipeline.ingest, metrics),
+            dead_letters=(mqtt_dead, influx_dead),
+        )
+
+
+class Gateway:
+    """The whole daemon: build it from a :class:`Config`, then ``await run()``.
+
+    Args:
+        cfg: validated configuration.
+        metrics: counters (a fresh set by default).
+        observers: called with every accepted packet, besides the status
+            page's :class:`LatestValues`.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: Metrics | None = None,
+        observers: Sequence[PacketObserver] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.latest = LatestValues()
+        self.observers: list[PacketObserver] = [self.latest.on_packet, *observers]
+        # The running stages (None before start-up and after shutdown).
+        self.stages: Stages | None = None
+        # Records that never reached the disk and were lost at exit.
+        self.lost_records = 0
+        # The status endpoint's port once it listens (useful with port 0).
+        self.status_port: int | None = None
+        # Signals that arrived before ours were installed (noted by the CLI).
+        self.early_signals: list[int] = []
+        self._stop = trio.Event()
+        self._stages_scope = trio.CancelScope()
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
+        # The signal watcher outlives everything else, so that a signal during
+        # start-up or during the final buffer write is handled, never the
+        # default action (a KeyboardInterrupt traceback, or death by SIGHUP).
+        async with trio.open_nursery() as outer:
+            await outer.start(self._watch_signals)
+            store = await self._open_store()
+            try:
+                async with trio_asyncio.open_loop() as loop:
+                    # trio-asyncio raises what asyncio would only log: filter
+                    # the one known harmless case, report the rest.
+                    loop.set_exception_handler(_asyncio_exception)
+                    self.stages = Stages.build(self.cfg, store, self.metrics, self.observers)
+                    await self._run_stages(self.stages, task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._close(store)
+                outer.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _open_store(self) -> BufferStore:
+        g = self.cfg.gateway
+        # Not fatal when it fails: the store reports it and holds records in memory.
+        store = await BufferStore.open(
+            Path(g.buffer_dir),
+            {
+                "mqtt": self.cfg.mqtt.buffer_max_messages,
+                "influx": self.cfg.influxdb.buffer_max_points,
+            },
+            durability=g.durability,
+        )
+        for name in store.buffers:
+            self.metrics.sink(name).corrupt += len(store.corrupt_moved)
+        counts = {name: buf.count.value for name, buf in store.buffers.items()}
+        log.info(
+            "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s)",
+            store.path,
+            counts["mqtt"],
+            counts["influx"],
+            g.durability,
+        )
+        return store
+
+    async def _close(self, store: BufferStore) -> None:
+        """Write what is pending; note (and log) what never reached the disk."""
+        if self.stages is not None:
+            for dead in self.stages.dead_letters:
+                if not await dead.flush():
+                    log.error(
+                        "dead letters: %d record(s) for %s never reached the disk and are lost",
+                        len(dead.held),
+                        dead.path,
+                    )
+                    self.lost_records += len(dead.held)
+        self.lost_records += store.close()
+        self.stages = None
+
+    async def _run_stages(self, s: Stages, task_status: trio.TaskStatus[None]) -> None:
+        cfg = self.cfg
+        with self._stages_scope:
+            async with trio.open_nursery() as sinks:
+                store_scope = trio.CancelScope()
+                sinks.start_soon(_run_in, store_scope, s.store.run)
+                await sinks.start(s.mqtt.run)
+                await sinks.start(s.influx.run)
+                async with trio.open_nursery() as ops:
+                    await ops.start(self._serve_status, s)
+                    await ops.start(watchdog, self.metrics, cfg.status.unhealthy_after)
+                    if cfg.gateway.stats_interval > 0:
+                        ops.start_soon(s.pipeline.report_stats)
+                    async with trio.open_nursery() as source:
+                        await source.start(s.source.run)
+                        log.info(
+                            "running: source=%s, mqtt=%s:%d, influxdb=%s",
+                            cfg.source.kind,
+                            cfg.mqtt.host,
+                            cfg.mqtt.port,
+                            cfg.influxdb.url,
+                        )
+                        task_status.started()
+                        await self._stop.wait()
+                        log.info(
+                            "stopping: source first, then up to %.0f s for in-flight deliveries",
+                            SHUTDOWN_GRACE,
+                        )
+                        sinks.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+                        source.cancel_scope.cancel()
+                    ops.cancel_scope.cancel()
+                s.mqtt.stop()
+                s.influx.stop()
+                store_scope.cancel()  # the store's close() writes what is still pending
+
+    async def _serve_status(
+        self, s: Stages, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The status endpoint until cancelled; a taken port is logged, not fatal."""
+        listen = self.cfg.status.listen
+        if not listen:
+            task_status.started()
+            return
+        ctx = StatusContext(
+            cfg=self.cfg,
+            metrics=self.metrics,
+            latest=self.latest,
+            source=s.source,
+            sinks={"mqtt": s.mqtt, "influx": s.influx},
+            buffers=s.store.buffers,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self.status_port = await nursery.start(serve_status, ctx, listen)
+                task_status.started()
+        except* OSError as group:
+            # A taken port must not stop the data: run without the page.
+            log.error(
+                "status: cannot listen on %s (%s); running without /metrics", listen, leaf(group)
+            )
+            task_status.started()
+
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """SIGTERM/SIGINT: clean stop; a second one: stop at once; SIGHUP: logged.
+
+        Listens until the daemon has closed its buffers, so no signal ever
+        takes the default action while the gateway runs.
+        """
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            if self.early_signals:
+                log.info("SIGTERM received while starting")
+                self.request_stop()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    # No reload: a half-applied config on an unattended box is
+                    # worse than asking for a restart.
+                    log.warning(
+                        "SIGHUP received: the configuration is not reloaded; "
+                        "restart the gateway to apply changes"
+                    )
+                elif not self._stop.is_set():
+                    log.info("%s received", name)
+                    self.request_stop()
+                else:
+                    log.warning("second %s: stopping now", name)
+                    self._hard_stop()
+
+    def _hard_stop(self) -> None:
+        """End every stage now, without waiting for in-flight deliveries."""
+        if self.stages is not None:
+            self.stages.mqtt.abort()
+        self._stages_scope.cancel()
+
+
+async def _run_in(scope: trio.CancelScope, fn: Any) -> None:
+    with scope:
+        await fn()
+
+
+def _asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
+    """asyncio's exception handler inside trio-asyncio.
+
+    The known harmless case: a broker socket that died under aiomqtt's
+    add_writer (``OSError`` EBADF) while the sink is already reconnecting.
+    Everything else is reported at WARNING, never swallowed silently.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, asyncio.CancelledError):
+        return
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+        log.debug("asyncio: %s (%r)", context.get("message"), exc)
+        return
+    log.warning("asyncio: %s (%r)", context.get("message"), exc)

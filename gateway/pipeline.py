@@ -1,0 +1,181 @@
+"""One path for a packet: lines → packets → records for every sink → one commit.
+
+The source hands each batch of lines it read to :meth:`Pipeline.ingest`, which
+parses them (:mod:`gateway.telemetry`), drops implausible values, tracks Node 2's
+sequence numbers, tells the observers (the status page's latest values), encodes
+each packet for both sinks (:mod:`gateway.records`) and commits all of it, with
+the acknowledgements since the last commit, in one transaction
+(:class:`gateway.buffer.BufferStore`). When ``ingest`` returns, the records are
+committed and the sinks are woken: "committed before delivery".
+
+Everything rejected on the way is counted in :class:`gateway.metrics.Metrics`
+and logged, rate-limited by reason (never by a name from the data).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import trio
+
+from gateway.buffer import BufferStore, DiskBuffer
+from gateway.config import Config
+from gateway.metrics import Metrics, RateLimitedLog
+from gateway.records import gateway_points, packet_points, packet_records, tag_suffix
+from gateway.telemetry import NAME_RE, Packet, SequenceTracker, check_plausibility, parse_line
+
+log = logging.getLogger(__name__)
+
+PacketObserver = Callable[[Packet], None]
+MAX_NAMES_LOGGED = 8  # rejected names quoted in one log line
+
+
+class Pipeline:
+    """Parse, check, encode and commit what the source reads.
+
+    Args:
+        cfg: the whole configuration.
+        store: the open buffer store holding the "mqtt" and "influx" buffers.
+        metrics: where everything is counted.
+        observers: called with every accepted packet (e.g. the status page's
+            latest values); they must not block.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: BufferStore,
+        metrics: Metrics,
+        observers: Sequence[PacketObserver] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.observers = list(observers)
+        self.mqtt_buffer = store.buffers["mqtt"]
+        self.influx_buffer = store.buffers["influx"]
+        self.sequence = SequenceTracker()
+        self._prefix = cfg.mqtt.topic_prefix
+        self._tags = tag_suffix(cfg.influxdb.tags)
+        self._rejects = RateLimitedLog(log, interval=10.0)
+        self._last_ns = 0
+        self.publish_backlogs()
+
+    async def ingest(self, lines: list[bytes], received_ns: int) -> None:
+        """Parse ``lines``, then commit their records to both buffers before returning."""
+        messages: list[str] = []
+        points: list[str] = []
+        for line in lines:
+            # Packets read together must not share a timestamp: InfluxDB would
+            # keep only the last point of a series at one instant.
+            received_ns = max(received_ns, self._last_ns + 1)
+            packet = self._accept(line, received_ns)
+            if packet is None:
+                continue
+            self._last_ns = received_ns
+            messages += packet_records(packet, self._prefix)
+            points += packet_points(packet, self._tags)
+        if messages:
+            # Both sinks' records, and the acks since the last packet: one transaction.
+            await self.commit({self.mqtt_buffer: messages, self.influx_buffer: points})
+
+    def _accept(self, line: bytes, received_ns: int) -> Packet | None:
+        """Parse one line; count and log what is rejected; None if nothing is left."""
+        m = self.metrics
+        parsed = parse_line(line, received_ns)
+        if parsed is None:
+            return None
+        rejected = parsed.rejected
+        packet = parsed.packet
+        if packet is not None:
+            packet, implausible = check_plausibility(packet, self.cfg.plausibility)
+            rejected = rejected + implausible
+        by_reason: dict[str, list[str]] = {}
+        for group, metric, reason in rejected:
+            # A name from the data is a label only when it is a valid name (the
+            # counter's own bound keeps even those few): a flood of distinct
+            # bad names must not grow /metrics or memory.
+            m.metrics_rejected.inc(metric if NAME_RE.fullmatch(metric) else "_invalid", reason)
+            by_reason.setdefault(reason, []).append(f"{group}/{metric}")
+        for reason, names in by_reason.items():
+            # One line per reason and packet, rate-limited by reason.
+            self._rejects.log(
+                logging.WARNING,
+                f"m:{reason}",
+                "skipped %s: %s",
+                ", ".join(names[:MAX_NAMES_LOGGED])
+                + (" …" if len(names) > MAX_NAMES_LOGGED else ""),
+                reason,
+            )
+        if parsed.line_reason is not None:
+            m.lines_rejected.inc(parsed.line_reason)
+            self._rejects.log(
+                logging.WARNING,
+                f"l:{parsed.line_reason}",
+                "rejected a line (%s): %r",
+                parsed.line_reason,
+                line[:120],
+            )
+            return None
+        if packet is None:
+            return None
+        self._track_sequence(packet)
+        m.packet_seen()
+        for observe in self.observers:
+            observe(packet)
+        return packet
+
+    def _track_sequence(self, packet: Packet) -> None:
+        missed, reset = self.sequence.observe(packet)
+        if missed:
+            self.metrics.missed_packets += missed
+            log.warning("Node 2 reports %d packet(s) received but never printed", missed)
+        if reset:
+            self.metrics.node_resets += 1
+            log.warning("Node 2 restarted (seq went backwards)")
+
+    async def commit(self, batches: Mapping[DiskBuffer, list[str]]) -> None:
+        """Commit records to their buffers in one transaction; count what that dropped."""
+        errors_before = {buf: buf.write_errors for buf in self.store.buffers.values()}
+        dropped = await self.store.commit(batches)
+        for buf in self.store.buffers.values():
+            figures = self.metrics.sink(buf.name)
+            figures.buffer_errors += buf.write_errors - errors_before[buf]
+            figures.memory_records = buf.in_memory
+            figures.set_backlog(buf.count.value)
+            if dropped.get(buf.name):
+                figures.dropped += dropped[buf.name]
+                self._rejects.log(
+                    logging.WARNING,
+                    f"d:{buf.name}",
+                    "%s buffer full (%d): dropped the %d oldest record(s)",
+                    buf.name,
+                    buf.max_records,
+                    dropped[buf.name],
+                )
+
+    def publish_backlogs(self) -> None:
+        """Copy the buffers' counts into the metrics (at start-up and after commits)."""
+        for buf in self.store.buffers.values():
+            self.metrics.sink(buf.name).set_backlog(buf.count.value)
+
+    async def report_stats(self) -> None:
+        """Write the gateway's own backlog and drops to InfluxDB, every ``stats_interval``.
+
+        They go through the InfluxDB buffer like readings, so an outage's
+        backlog curve arrives with the replay, at the times it was measured.
+        """
+        m = self.metrics
+        while True:
+            await trio.sleep(self.cfg.gateway.stats_interval)
+            values = {
+                "mqtt_backlog": float(self.mqtt_buffer.count.value),
+                "influx_backlog": float(self.influx_buffer.count.value),
+                "mqtt_dropped": float(m.mqtt.dropped),
+                "influx_dropped": float(m.influx.dropped),
+                "packets": float(m.packets),
+            }
+            points = gateway_points(values, time.time_ns(), self._tags)
+            await self.commit({self.influx_buffer: points})

@@ -8,6 +8,8 @@ import functools
 import itertools
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,55 @@ def test_real_adjtimex_on_this_machine() -> None:
     if kernel.errno is None:
         assert kernel.state in range(6)
         assert kernel.maxerror_us >= 0
+
+
+# A child that denies some system calls (EPERM, as systemd's SystemCallErrorNumber=
+# does) through libseccomp, then prints the verdict of the real adjtimex call.
+SECCOMP_CHILD = """
+import ctypes, errno, sys
+try:
+    lib = ctypes.CDLL("libseccomp.so.2")
+except OSError:
+    sys.exit(77)
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+for name in sys.argv[1:]:
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:  # clock_adjtime64 exists on 32-bit ABIs only
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | errno.EPERM, nr, 0) == 0
+if lib.seccomp_load(ctx) != 0:
+    sys.exit(77)
+from gateway.clock import check_sync
+print(check_sync("auto", "/nonexistent").how)
+"""
+
+
+@pytest.mark.parametrize(
+    "denied",
+    [
+        # What ProtectClock=yes and SystemCallFilter=@system-service deny.
+        ["adjtimex", "clock_adjtime", "clock_adjtime64"],
+        # glibc's adjtimex() is clock_adjtime(): the unit must allow that one too.
+        ["clock_adjtime", "clock_adjtime64"],
+    ],
+)
+def test_real_adjtimex_under_a_seccomp_filter(denied: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SECCOMP_CHILD, *denied],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if out.returncode == 77:
+        pytest.skip("no libseccomp, or no seccomp filters here")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "adjtimex not permitted (EPERM); /nonexistent absent: not synchronised\n"
 
 
 # --- the policies ----------------------------------------------------------------

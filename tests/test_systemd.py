@@ -145,6 +145,28 @@ def test_unit_file_says_what_the_daemon_needs() -> None:
     assert service.get("PrivateDevices", "no") == "no"
 
 
+def test_unit_file_lets_the_daemon_read_but_not_set_the_clock() -> None:
+    """adjtimex() must answer (gateway/clock.py), clock setting must stay impossible."""
+    service = unit()["Service"]
+    # ProtectClock=yes denies all of @clock, even a read-only adjtimex(): EPERM.
+    assert service.get("ProtectClock", "no") == "no"
+    # Every SystemCallFilter= line counts (they merge); configparser keeps the last.
+    filters = [
+        line.partition("=")[2].split()
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("SystemCallFilter=")
+    ]
+    allowed = {name for names in filters for name in names}
+    assert "@system-service" in allowed
+    # glibc's adjtimex() is clock_adjtime(CLOCK_REALTIME); clock_adjtime64 on 32-bit ARM.
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= allowed
+    assert not any(name.startswith("~") for names in filters for name in names)
+    assert "@clock" not in allowed
+    # No CAP_SYS_TIME: those calls can only read.
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["AmbientCapabilities"] == ""
+
+
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -1,0 +1,560 @@
+"""Whether the wall clock can be trusted, and stamps that survive it being wrong.
+
+A Pi-class gateway has no battery-backed clock. After a power cut it boots with
+the wall clock wrong (fake-hwclock restores the time of the last shutdown, up to
+an hour old, or the kernel starts at 1970) and steps to the right time only when
+NTP answers. Readings stamped with ``time.time_ns()`` meanwhile carry that wrong
+time into the buffers and, after replay, into InfluxDB.
+
+This module gives the pipeline what it needs to stamp correctly:
+
+* :func:`boot_id` and :func:`boottime_ns`: which boot we are in, and a clock that
+  never jumps (``CLOCK_BOOTTIME`` counts suspend too).
+* :func:`read_kernel_clock`: the kernel's NTP status through a read-only
+  ``adjtimex(2)``, and :func:`check_sync`, which turns it and systemd-timesyncd's
+  flag file into one :class:`SyncVerdict` as ``[gateway] clock_sync`` says.
+* :class:`ClockTracker`: stamps each reading with the best-known wall time *and*
+  its boottime and boot (:class:`Stamp`), learns ``offset = wall - boottime``
+  while the clock is right, and from it gives the right time of a stamp taken
+  while it was not (:meth:`ClockTracker.correct`): ``boottime + offset``, for
+  stamps of the same boot.
+
+Nothing here stores anything: a store saves :attr:`ClockTracker.boot_id` and
+:attr:`ClockTracker.offset_ns` (and the last stamp) and hands them back through
+:meth:`ClockTracker.restore` after a restart within the same boot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import trio
+from trio_util import AsyncBool, periodic
+
+log = logging.getLogger("gateway.clock")
+
+ClockSync = Literal["auto", "file", "none"]
+"""``[gateway] clock_sync``: which evidence says the wall clock is right.
+
+``"auto"``: the kernel's NTP status or the flag file; ``"file"``: only the flag
+file; ``"none"``: always trust the clock (a box with a battery-backed RTC).
+"""
+
+CLOCK_SYNC_POLICIES: tuple[ClockSync, ...] = get_args(ClockSync)
+
+DEFAULT_SYNC_FILE = "/run/systemd/timesync/synchronized"
+"""Created by systemd-timesyncd at its first synchronisation of this boot (/run is tmpfs)."""
+
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+# From <sys/timex.h>: adjtimex() returns the clock state; TIME_ERROR means "not
+# synchronised" (set while STA_UNSYNC is, among other error conditions).
+TIME_OK = 0
+TIME_ERROR = 5
+STA_UNSYNC = 0x0040
+
+_CLOCK_STATES = {0: "TIME_OK", 1: "TIME_INS", 2: "TIME_DEL", 3: "TIME_OOP", 4: "TIME_WAIT"}
+
+
+def boot_id(path: str = BOOT_ID_FILE) -> str:
+    """The kernel's id of this boot: a random UUID, new at every boot.
+
+    Stamps carry it so that a boottime is only ever compared with boottimes of
+    the same boot (boottime starts again from zero at each boot).
+    """
+    with open(path, encoding="ascii") as f:
+        return f.read().strip()
+
+
+def boottime_ns() -> int:
+    """``CLOCK_BOOTTIME`` in ns: never steps, and counts time spent suspended.
+
+    Unlike ``CLOCK_MONOTONIC``, it keeps pace with the wall clock across a
+    suspend, so ``wall - boottime`` stays constant until someone steps the wall
+    clock. NTP slewing changes the rate of both alike.
+    """
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
+
+
+class Timex(ctypes.Structure):
+    """``struct timex`` of <sys/timex.h> as glibc's ``adjtimex`` symbol takes it.
+
+    Every ``long`` of the C struct is ``c_long`` here, so the layout is right on
+    LP64 (x86-64, aarch64: 208 bytes) and on ILP32 (armv7: 128 bytes). On
+    32-bit glibc the plain ``adjtimex`` symbol is the one with a 32-bit
+    ``time_t`` (``__adjtimex64`` is the other), which is what these fields
+    describe. The reserved tail is part of the struct: the kernel writes it.
+    """
+
+    _fields_ = (
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    )
+
+
+Adjtimex = Callable[[Timex], int]
+"""An ``adjtimex(2)``: fills the struct, returns the clock state, raises OSError."""
+
+
+@functools.cache
+def _libc_adjtimex() -> Any:
+    # CDLL(None) is the process's own symbol table, which has libc in it; it
+    # avoids ctypes.util.find_library, which may run ldconfig or a compiler.
+    fn = ctypes.CDLL(None, use_errno=True).adjtimex
+    fn.argtypes = (ctypes.POINTER(Timex),)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def libc_adjtimex(buf: Timex) -> int:
+    """Call libc's ``adjtimex(buf)``; read-only when ``buf.modes`` is 0.
+
+    glibc implements it as ``clock_adjtime(CLOCK_REALTIME, …)``
+    (``clock_adjtime64`` on 32-bit ARM): a seccomp filter must allow those.
+
+    Returns:
+        The clock state (``TIME_OK`` … ``TIME_ERROR``).
+
+    Raises:
+        OSError: with the call's errno (EPERM under a seccomp filter that
+            denies ``@clock``); ENOSYS when libc has no ``adjtimex``.
+    """
+    try:
+        fn = _libc_adjtimex()
+    except (OSError, AttributeError) as exc:
+        raise OSError(errno.ENOSYS, "adjtimex not found in libc") from exc
+    ctypes.set_errno(0)
+    state = int(fn(ctypes.byref(buf)))
+    if state == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return state
+
+
+def _errno_name(err: int) -> str:
+    return errno.errorcode.get(err, f"errno {err}")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelClock:
+    """What a read-only ``adjtimex(2)`` said about the kernel's clock.
+
+    Attributes:
+        state: the call's return value, ``TIME_OK`` (0) … ``TIME_ERROR`` (5);
+            None when the call failed.
+        status: the ``STA_*`` bits.
+        maxerror_us: the kernel's bound on the clock's error, in µs.
+        errno: why the call failed (EPERM: a seccomp filter denied it), else None.
+    """
+
+    state: int | None
+    status: int = 0
+    maxerror_us: int = 0
+    errno: int | None = None
+
+    @property
+    def synchronised(self) -> bool:
+        """True iff the call worked, the state is not TIME_ERROR and STA_UNSYNC is clear.
+
+        A failed call is "unknown", which counts as not synchronised: a wrong
+        "yes" would stamp readings with a wrong clock as if it were right.
+        """
+        return self.errno is None and self.state != TIME_ERROR and not self.status & STA_UNSYNC
+
+    def describe(self) -> str:
+        """One human line, e.g. ``kernel NTP status: synchronised (adjtimex)``."""
+        if self.errno is not None:
+            if self.errno == errno.EPERM:
+                return "adjtimex not permitted (EPERM)"
+            return f"adjtimex failed ({_errno_name(self.errno)}: {os.strerror(self.errno)})"
+        if self.synchronised:
+            return "kernel NTP status: synchronised (adjtimex)"
+        why = []
+        if self.state == TIME_ERROR:
+            why.append("TIME_ERROR")
+        elif self.state is not None:
+            why.append(_CLOCK_STATES.get(self.state, f"state {self.state}"))
+        if self.status & STA_UNSYNC:
+            why.append("STA_UNSYNC")
+        why.append(f"maxerror {self.maxerror_us / 1e6:g} s")
+        return f"kernel NTP status: not synchronised (adjtimex: {', '.join(why)})"
+
+
+def read_kernel_clock(adjtimex: Adjtimex = libc_adjtimex) -> KernelClock:
+    """Ask the kernel, read-only, whether NTP has synchronised the clock.
+
+    Args:
+        adjtimex: the system call (injectable: tests give canned answers).
+
+    Returns:
+        The answer; a failed call (any OSError) is kept with its errno.
+    """
+    buf = Timex()  # modes = 0: read only; setting anything needs CAP_SYS_TIME
+    try:
+        state = adjtimex(buf)
+    except OSError as exc:
+        return KernelClock(state=None, errno=exc.errno if exc.errno is not None else -1)
+    return KernelClock(state=state, status=int(buf.status), maxerror_us=int(buf.maxerror))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncVerdict:
+    """Whether the wall clock is right, and why: for the start-up log and the tracker.
+
+    Attributes:
+        synchronised: the wall clock can be trusted now.
+        how: one human line explaining the decision.
+        kernel: the adjtimex answer, when the policy asked the kernel.
+    """
+
+    synchronised: bool
+    how: str
+    kernel: KernelClock | None = None
+
+    @property
+    def errno(self) -> int | None:
+        """The errno of a failed adjtimex call, for the log; else None."""
+        return None if self.kernel is None else self.kernel.errno
+
+
+def check_sync(
+    policy: ClockSync = "auto",
+    sync_file: str | os.PathLike[str] = DEFAULT_SYNC_FILE,
+    *,
+    adjtimex: Adjtimex = libc_adjtimex,
+) -> SyncVerdict:
+    """Decide whether the wall clock is right now, as ``policy`` says.
+
+    Args:
+        policy: ``"auto"``: the kernel says synchronised, or ``sync_file``
+            exists; ``"file"``: only ``sync_file``; ``"none"``: always (an RTC).
+        sync_file: systemd-timesyncd's flag file. It is never removed while the
+            box runs, so it means "synchronised once this boot": good enough,
+            as the clock keeps time once it has been set.
+        adjtimex: the system call (injectable for tests).
+
+    Raises:
+        ValueError: for an unknown policy.
+    """
+    kernel: KernelClock | None = None
+    if policy == "none":
+        return SyncVerdict(True, 'clock_sync = "none": the wall clock is trusted')
+    if policy == "auto":
+        kernel = read_kernel_clock(adjtimex)
+        if kernel.synchronised:
+            return SyncVerdict(True, kernel.describe(), kernel)
+        prefix = kernel.describe() + "; "
+    elif policy == "file":
+        prefix = 'clock_sync = "file": '
+    else:
+        raise ValueError(f"clock_sync must be one of {CLOCK_SYNC_POLICIES}, not {policy!r}")
+    present = os.path.exists(sync_file)
+    found = "present: synchronised" if present else "absent: not synchronised"
+    return SyncVerdict(present, f"{prefix}{os.fspath(sync_file)} {found}", kernel)
+
+
+POLL_INTERVAL = 5.0
+"""Seconds between sync checks: a file's appearance and adjtimex have no event."""
+
+JITTER_NS = 1_000_000
+"""A drop of ``wall - boottime`` up to this is read jitter, not a clock step.
+
+1 ms is below what NTP over a WAN link promises, so a stamp held that little
+ahead of the wall clock still counts as right.
+"""
+
+# Reading boottime and the wall clock takes two system calls; a preemption in
+# between skews their difference. A spread this small is good enough to stop.
+_READ_SPREAD_NS = 20_000
+_READ_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """When a reading arrived, in a form that can still be put right later.
+
+    Attributes:
+        wall_ns: the best-known wall time at receipt (ns since the epoch, UTC).
+        boottime_ns: ``CLOCK_BOOTTIME`` at receipt; strictly increasing per boot
+            (nudged by a ns or so when readings share an instant).
+        boot: the boot id ``boottime_ns`` counts from. Kept as the id itself so
+            the tracker needs no store; a store keeps each boot id once and
+            writes a small index per record instead.
+        synced: the wall clock was known right at that moment, so ``wall_ns``
+            needs no correction.
+    """
+
+    wall_ns: int
+    boottime_ns: int
+    boot: str
+    synced: bool
+
+
+class ClockTracker:
+    """Stamps readings, learns ``wall - boottime`` while the clock is right, corrects the rest.
+
+    Every stamp's time is ``boottime + offset``. While the clock is known right
+    the offset is the clock's own (``wall - boottime`` now) and is remembered;
+    while it is not, the remembered offset of this boot is used, or the wall
+    clock as it is when none is known yet. The offset of successive stamps
+    never decreases, which gives the guarantees the stores rely on:
+
+    * stamps are strictly increasing, and at least as far apart as their
+      boottimes: a wall-clock step, forward or back, never reorders, squeezes
+      or duplicates them (InfluxDB keeps one point per series and instant);
+    * a step back leaves the stamps going on from the last one, in boottime
+      order, ahead of the clock; they are marked not ``synced`` then, and
+      :meth:`correct` gives their right time.
+
+    Call :meth:`refresh` (or run :meth:`watch`) before the first stamp: until a
+    check has said otherwise the clock counts as not synchronised.
+
+    Args:
+        policy: ``[gateway] clock_sync`` (see :func:`check_sync`).
+        sync_file: ``[gateway] clock_sync_file``.
+        boot: this boot's id (default: :func:`boot_id`).
+        wall: the wall clock in ns (default ``time.time_ns``; injectable).
+        boottime: the boot clock in ns (default :func:`boottime_ns`; injectable).
+        check: the sync check (default ``check_sync(policy, sync_file)``; injectable).
+        jitter_ns: see :data:`JITTER_NS`.
+
+    Attributes:
+        synchronised: whether the wall clock is right, as of the last check
+            (``AsyncBool``: wait on it, or on its transitions).
+        verdict: the last check's :class:`SyncVerdict`; None before the first.
+        since_ns: best-known wall time at which ``synchronised`` last changed
+            (or was first checked); None before the first check.
+        offset_ns: ``wall - boottime`` learned this boot while the clock was
+            right (or restored); None while unknown. Save it with ``boot_id``.
+    """
+
+    def __init__(
+        self,
+        policy: ClockSync = "auto",
+        sync_file: str | os.PathLike[str] = DEFAULT_SYNC_FILE,
+        *,
+        boot: str | None = None,
+        wall: Callable[[], int] = time.time_ns,
+        boottime: Callable[[], int] = boottime_ns,
+        check: Callable[[], SyncVerdict] | None = None,
+        jitter_ns: int = JITTER_NS,
+    ) -> None:
+        if policy not in CLOCK_SYNC_POLICIES:
+            raise ValueError(f"clock_sync must be one of {CLOCK_SYNC_POLICIES}, not {policy!r}")
+        self.policy = policy
+        self.sync_file = sync_file
+        self.boot_id = boot_id() if boot is None else boot
+        self.jitter_ns = jitter_ns
+        self._wall = wall
+        self._boottime = boottime
+        self._check = check or functools.partial(check_sync, policy, sync_file)
+        self.synchronised = AsyncBool(False)
+        self.verdict: SyncVerdict | None = None
+        self.since_ns: int | None = None
+        self.offset_ns: int | None = None
+        self._offsets: dict[str, int] = {}  # other boots' offsets, from restore()
+        self._last: Stamp | None = None
+        self._holding = False  # stamps are held ahead of a clock that stepped back
+        # Offsets of the stamps made unsynchronised since the clock was last
+        # right: how far off they are is worth one line when it is right again.
+        self._unsynced = 0
+        self._unsynced_offsets = (0, 0)
+
+    @property
+    def last(self) -> Stamp | None:
+        """The latest stamp of this boot (for a store to save with the offset)."""
+        return self._last
+
+    def _read(self) -> tuple[int, int]:
+        """``(boottime, wall)`` of one instant, as near as two clock reads allow.
+
+        The reads are not atomic, and since the stamps' offset never goes back,
+        one read skewed by a preemption would shift every later stamp. So the
+        wall read is bracketed by two boottime reads; the tightest try wins.
+        """
+        best_spread, best = -1, (0, 0)
+        for _ in range(_READ_TRIES):
+            before = self._boottime()
+            wall = self._wall()
+            spread = self._boottime() - before
+            if best_spread < 0 or spread < best_spread:
+                best_spread, best = spread, (before + spread // 2, wall)
+            if spread <= _READ_SPREAD_NS:
+                break
+        return best
+
+    def stamp(self) -> Stamp:
+        """Stamp a reading received now.
+
+        Returns:
+            ``boottime + offset``, the offset being the clock's own while it is
+            right (and then remembered), else this boot's remembered one, else
+            the wall clock's now; never less than the previous stamp's offset.
+        """
+        boot, wall = self._read()
+        synced = bool(self.synchronised.value)
+        offset = wall - boot
+        if synced:
+            self.offset_ns = offset
+        elif self.offset_ns is not None:
+            # The clock may have been stepped meanwhile (by hand, or by a
+            # wrong source): the offset learned while it was right is better.
+            offset = self.offset_ns
+        last = self._last
+        if last is not None:
+            boot = max(boot, last.boottime_ns + 1)
+            held = last.wall_ns - last.boottime_ns
+            if offset < held:
+                # The clock went back (or a read was late): going on from the
+                # last stamp along boottime keeps order without squeezing.
+                behind = held - offset
+                if behind > self.jitter_ns:
+                    synced = False
+                    if not self._holding:
+                        log.warning(
+                            "wall clock %.3f s behind the last stamp (stepped back): stamps go"
+                            " on from it in boottime order, marked unsynchronised",
+                            behind / 1e9,
+                        )
+                self._holding = behind > self.jitter_ns
+                offset = held
+            else:
+                self._holding = False
+        if not synced:
+            lo, hi = self._unsynced_offsets
+            self._unsynced_offsets = (
+                (offset, offset) if not self._unsynced else (min(lo, offset), max(hi, offset))
+            )
+            self._unsynced += 1
+        stamp = Stamp(boot + offset, boot, self.boot_id, synced)
+        self._last = stamp
+        return stamp
+
+    def correct(self, stamp: Stamp) -> int | None:
+        """The right wall time of ``stamp``, as far as it can be known now.
+
+        Returns:
+            ``stamp.wall_ns`` for a stamp taken while the clock was right;
+            ``boottime + offset`` for one taken while it was not, once an offset
+            of its boot is known (learned now, or restored); None when it is
+            not (no offset yet, or a foreign boot that never saw a right clock).
+        """
+        if stamp.synced:
+            return stamp.wall_ns
+        offset = self.offset_ns if stamp.boot == self.boot_id else self._offsets.get(stamp.boot)
+        return None if offset is None else stamp.boottime_ns + offset
+
+    def restore(self, boot_id: str, offset_ns: int | None, *, last: Stamp | None = None) -> None:
+        """Take back what a store saved before a restart.
+
+        For this boot, a saved offset counts until the clock is seen right again
+        (one learned since is newer and wins), and ``last`` keeps new stamps
+        after the saved ones. For another boot, the offset only serves
+        :meth:`correct` for that boot's stamps.
+
+        Args:
+            boot_id: the boot the values belong to.
+            offset_ns: its ``wall - boottime``, or None if it never had one.
+            last: the latest stamp saved for that boot.
+
+        Raises:
+            ValueError: if ``last`` belongs to another boot than ``boot_id``.
+        """
+        if last is not None and last.boot != boot_id:
+            raise ValueError(f"last stamp is of boot {last.boot}, not {boot_id}")
+        if boot_id != self.boot_id:
+            if offset_ns is not None:
+                self._offsets[boot_id] = offset_ns
+            return
+        if self.offset_ns is None:
+            self.offset_ns = offset_ns
+        if last is not None and (self._last is None or last.boottime_ns > self._last.boottime_ns):
+            self._last = last
+
+    def refresh(self) -> SyncVerdict:
+        """Check once whether the clock is right; learn its offset if so; log changes.
+
+        Returns:
+            The check's verdict (also in :attr:`verdict`).
+        """
+        verdict = self._check()
+        boot, wall = self._read()
+        first = self.verdict is None
+        changed = first or verdict.synchronised != self.synchronised.value
+        if verdict.synchronised:
+            self.offset_ns = wall - boot
+            if changed:
+                log.info("clock synchronised: %s%s", verdict.how, self._unsynced_summary())
+        elif first:
+            log.info("clock not synchronised: %s; stamps are provisional until it is", verdict.how)
+        elif changed:
+            log.warning(
+                "clock no longer synchronised: %s; stamping boottime + the last known offset",
+                verdict.how,
+            )
+        if changed:
+            self.since_ns = wall if self.offset_ns is None else boot + self.offset_ns
+        self.verdict = verdict
+        self.synchronised.value = verdict.synchronised
+        return verdict
+
+    def _unsynced_summary(self) -> str:
+        """How far off the stamps made while unsynchronised are; forget them."""
+        if not self._unsynced or self.offset_ns is None:
+            return ""
+        lo, hi = (self.offset_ns - o for o in reversed(self._unsynced_offsets))
+        n, self._unsynced = self._unsynced, 0
+        stamps = "1 stamp" if n == 1 else f"{n} stamps"
+        need = f"{lo / 1e9:+.3f} s" if lo == hi else f"{lo / 1e9:+.3f} to {hi / 1e9:+.3f} s"
+        return f"; {stamps} taken before need {need} (correct())"
+
+    async def watch(
+        self,
+        *,
+        interval: float = POLL_INTERVAL,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep :attr:`synchronised` up to date: check now, then every ``interval`` s.
+
+        Neither the flag file's appearance nor the kernel's status has an event
+        to wait for, hence polling (on the Trio clock). ``task_status.started()``
+        comes after the first check, so stamps made after ``nursery.start``
+        already know.
+        """
+        started = False
+        async for _ in periodic(interval):
+            self.refresh()
+            if not started:
+                started = True
+                task_status.started()

@@ -1,0 +1,778 @@
+"""gateway.clock: the kernel's NTP status, the sync policies, and the stamps."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway import clock
+from gateway.clock import (
+    STA_UNSYNC,
+    TIME_ERROR,
+    TIME_OK,
+    ClockTracker,
+    KernelClock,
+    Stamp,
+    SyncVerdict,
+    Timex,
+    check_sync,
+    read_kernel_clock,
+)
+
+# What an NTP-synchronised Linux reports besides the two bits that matter.
+STA_PLL = 0x0001
+STA_NANO = 0x2000
+
+
+def answering(state: int, status: int, maxerror_us: int = 16_000) -> clock.Adjtimex:
+    """A fake adjtimex(2) that fills the struct as the kernel would."""
+
+    def adjtimex(buf: Timex) -> int:
+        assert buf.modes == 0, "the gateway must only ever read"
+        buf.status = status
+        buf.maxerror = maxerror_us
+        return state
+
+    return adjtimex
+
+
+def failing(err: int) -> clock.Adjtimex:
+    """A fake adjtimex(2) that a seccomp filter (or an old kernel) refuses."""
+
+    def adjtimex(buf: Timex) -> int:
+        raise OSError(err, "refused")
+
+    return adjtimex
+
+
+SYNCED = answering(TIME_OK, STA_PLL | STA_NANO)
+UNSYNC = answering(TIME_ERROR, STA_PLL | STA_UNSYNC, maxerror_us=16_000_000)
+# A state other than TIME_ERROR with STA_UNSYNC set still is not synchronised.
+UNSYNC_BIT_ONLY = answering(TIME_OK, STA_UNSYNC)
+# TIME_ERROR for a reason other than STA_UNSYNC (e.g. a PPS fault).
+TIME_ERROR_ONLY = answering(TIME_ERROR, STA_PLL)
+EPERM = failing(errno.EPERM)
+
+
+# --- boot id and boottime ----------------------------------------------------
+
+
+def test_boot_id_is_this_boots_uuid() -> None:
+    first = clock.boot_id()
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", first)
+    assert clock.boot_id() == first
+
+
+def test_boot_id_is_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "boot_id"
+    path.write_text("  abc-123\n")
+    assert clock.boot_id(str(path)) == "abc-123"
+
+
+def test_boottime_never_goes_back() -> None:
+    readings = [clock.boottime_ns() for _ in range(1000)]
+    assert readings[0] > 0
+    assert readings == sorted(readings)
+
+
+# --- adjtimex ------------------------------------------------------------------
+
+
+def test_struct_timex_has_the_kernels_size() -> None:
+    # LP64 (x86-64, aarch64): 208 bytes; ILP32 (armv7): 128 bytes.
+    assert ctypes.sizeof(Timex) == (208 if ctypes.sizeof(ctypes.c_long) == 8 else 128)
+
+
+@pytest.mark.parametrize(
+    ("adjtimex", "synchronised", "how"),
+    [
+        (SYNCED, True, "kernel NTP status: synchronised (adjtimex)"),
+        (
+            UNSYNC,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)",
+        ),
+        (
+            UNSYNC_BIT_ONLY,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_OK, STA_UNSYNC, maxerror 0.016 s)",
+        ),
+        (
+            TIME_ERROR_ONLY,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, maxerror 0.016 s)",
+        ),
+        (EPERM, False, "adjtimex not permitted (EPERM)"),
+        (failing(errno.ENOSYS), False, "adjtimex failed (ENOSYS: Function not implemented)"),
+    ],
+)
+def test_kernel_status(adjtimex: clock.Adjtimex, synchronised: bool, how: str) -> None:
+    kernel = read_kernel_clock(adjtimex)
+    assert kernel.synchronised is synchronised
+    assert kernel.describe() == how
+
+
+def test_a_refused_call_keeps_its_errno() -> None:
+    assert read_kernel_clock(EPERM) == KernelClock(state=None, errno=errno.EPERM)
+    assert check_sync("auto", "/nonexistent", adjtimex=EPERM).errno == errno.EPERM
+
+
+def test_libc_wrapper_raises_the_calls_errno(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libc returns -1 and sets errno: the wrapper turns that into OSError."""
+
+    def denied(_buf: object) -> int:
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(clock, "_libc_adjtimex", lambda: denied)
+    with pytest.raises(PermissionError) as info:
+        clock.libc_adjtimex(Timex())
+    assert info.value.errno == errno.EPERM
+    assert read_kernel_clock().errno == errno.EPERM
+
+
+def test_real_adjtimex_on_this_machine() -> None:
+    """Only that it answers: DESIGN.md says STA_UNSYNC is set here although the clock is right."""
+    kernel = read_kernel_clock()
+    verdict = check_sync("auto")
+    print(kernel, verdict.how, sep="\n")
+    assert isinstance(verdict, SyncVerdict)
+    assert verdict.how
+    if kernel.errno is None:
+        assert kernel.state in range(6)
+        assert kernel.maxerror_us >= 0
+
+
+# A child that denies some system calls (EPERM, as systemd's SystemCallErrorNumber=
+# does) through libseccomp, then prints the verdict of the real adjtimex call.
+SECCOMP_CHILD = """
+import ctypes, errno, sys
+try:
+    lib = ctypes.CDLL("libseccomp.so.2")
+except OSError:
+    sys.exit(77)
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+for name in sys.argv[1:]:
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:  # clock_adjtime64 exists on 32-bit ABIs only
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | errno.EPERM, nr, 0) == 0
+if lib.seccomp_load(ctx) != 0:
+    sys.exit(77)
+from gateway.clock import check_sync
+print(check_sync("auto", "/nonexistent").how)
+"""
+
+
+@pytest.mark.parametrize(
+    "denied",
+    [
+        # What ProtectClock=yes and SystemCallFilter=@system-service deny.
+        ["adjtimex", "clock_adjtime", "clock_adjtime64"],
+        # glibc's adjtimex() is clock_adjtime(): the unit must allow that one too.
+        ["clock_adjtime", "clock_adjtime64"],
+    ],
+)
+def test_real_adjtimex_under_a_seccomp_filter(denied: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SECCOMP_CHILD, *denied],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if out.returncode == 77:
+        pytest.skip("no libseccomp, or no seccomp filters here")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "adjtimex not permitted (EPERM); /nonexistent absent: not synchronised\n"
+
+
+# --- the policies ----------------------------------------------------------------
+
+
+@pytest.fixture
+def flag(tmp_path: Path) -> Path:
+    """Where the test's systemd-timesyncd flag file would be (absent until touched)."""
+    return tmp_path / "timesync" / "synchronized"
+
+
+@pytest.mark.parametrize(
+    ("adjtimex", "present", "synchronised", "how"),
+    [
+        (SYNCED, False, True, "kernel NTP status: synchronised (adjtimex)"),
+        (SYNCED, True, True, "kernel NTP status: synchronised (adjtimex)"),
+        (
+            UNSYNC,
+            False,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)"
+            "; {flag} absent: not synchronised",
+        ),
+        (
+            UNSYNC,
+            True,
+            True,
+            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)"
+            "; {flag} present: synchronised",
+        ),
+        (
+            UNSYNC_BIT_ONLY,
+            False,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_OK, STA_UNSYNC, maxerror 0.016 s)"
+            "; {flag} absent: not synchronised",
+        ),
+        (
+            TIME_ERROR_ONLY,
+            False,
+            False,
+            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, maxerror 0.016 s)"
+            "; {flag} absent: not synchronised",
+        ),
+        (EPERM, False, False, "adjtimex not permitted (EPERM); {flag} absent: not synchronised"),
+        (EPERM, True, True, "adjtimex not permitted (EPERM); {flag} present: synchronised"),
+    ],
+)
+def test_policy_auto(
+    flag: Path, adjtimex: clock.Adjtimex, present: bool, synchronised: bool, how: str
+) -> None:
+    if present:
+        flag.parent.mkdir()
+        flag.touch()
+    verdict = check_sync("auto", flag, adjtimex=adjtimex)
+    assert verdict.synchronised is synchronised
+    assert verdict.how == how.format(flag=flag)
+    assert verdict.kernel == read_kernel_clock(adjtimex)
+
+
+@pytest.mark.parametrize("adjtimex", [SYNCED, UNSYNC, EPERM])
+def test_policy_file_ignores_the_kernel(flag: Path, adjtimex: clock.Adjtimex) -> None:
+    absent = check_sync("file", flag, adjtimex=adjtimex)
+    assert absent == SyncVerdict(False, f'clock_sync = "file": {flag} absent: not synchronised')
+    flag.parent.mkdir()
+    flag.touch()
+    present = check_sync("file", flag, adjtimex=adjtimex)
+    assert present == SyncVerdict(True, f'clock_sync = "file": {flag} present: synchronised')
+
+
+@pytest.mark.parametrize("adjtimex", [SYNCED, UNSYNC, EPERM])
+@pytest.mark.parametrize("present", [False, True])
+def test_policy_none_always_trusts_the_clock(
+    flag: Path, adjtimex: clock.Adjtimex, present: bool
+) -> None:
+    if present:
+        flag.parent.mkdir()
+        flag.touch()
+    verdict = check_sync("none", flag, adjtimex=adjtimex)
+    assert verdict == SyncVerdict(True, 'clock_sync = "none": the wall clock is trusted')
+    assert verdict.errno is None
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="clock_sync"):
+        check_sync("ntp")  # type: ignore[arg-type]
+
+
+def test_the_default_flag_file_is_timesyncds() -> None:
+    assert clock.DEFAULT_SYNC_FILE == "/run/systemd/timesync/synchronized"
+    assert clock.CLOCK_SYNC_POLICIES == ("auto", "file", "none")
+
+
+# --- the tracker ------------------------------------------------------------------
+
+S = 1_000_000_000
+MS = 1_000_000
+BOOT = "0b0e1d00-0000-4000-8000-000000000001"
+OTHER_BOOT = "0b0e1d00-0000-4000-8000-000000000002"
+# wall - boottime of a right clock: booted at 2026-11-28 00:00:00 UTC.
+RIGHT = 1_795_824_000 * S
+HOUR = 3600 * S
+
+
+class Clocks:
+    """A box's two clocks, moved by the test (and by Trio's clock, if ``trio_time``).
+
+    ``boottime`` only ever advances; ``wall`` is ``boottime + offset``, and a
+    step of the wall clock is a change of ``offset``.
+    """
+
+    def __init__(self, offset: int = RIGHT, *, trio_time: bool = False) -> None:
+        self.boot_ns = 10 * S
+        self.offset = offset
+        self.trio_time = trio_time
+
+    def boottime(self) -> int:
+        extra = round(trio.current_time() * S) if self.trio_time else 0
+        return self.boot_ns + extra
+
+    def wall(self) -> int:
+        return self.boottime() + self.offset
+
+    def advance(self, ns: int) -> None:
+        self.boot_ns += ns
+
+    def step(self, ns: int) -> None:
+        self.offset += ns
+
+
+class Sync:
+    """A sync check whose answer the test sets."""
+
+    def __init__(self, synchronised: bool = False) -> None:
+        self.synchronised = synchronised
+
+    def check(self) -> SyncVerdict:
+        word = "synchronised" if self.synchronised else "not synchronised"
+        return SyncVerdict(self.synchronised, f"test: {word}")
+
+
+def make_tracker(clocks: Clocks, sync: Sync, **kwargs: int) -> ClockTracker:
+    return ClockTracker(
+        boot=BOOT, wall=clocks.wall, boottime=clocks.boottime, check=sync.check, **kwargs
+    )
+
+
+@pytest.fixture
+def clock_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog, recording the "gateway.clock" logger from INFO on."""
+    caplog.set_level(logging.INFO, logger="gateway.clock")
+    return caplog
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """(level, message) of each "gateway.clock" record of the test so far."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "gateway.clock"]
+
+
+def assert_in_order(stamps: list[Stamp]) -> None:
+    """Strictly increasing, and never closer together than their boottimes."""
+    for a, b in itertools.pairwise(stamps):
+        assert b.boottime_ns > a.boottime_ns
+        assert b.wall_ns - a.wall_ns >= b.boottime_ns - a.boottime_ns
+
+
+def test_a_right_clock_stamps_its_own_time() -> None:
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    s = tracker.stamp()
+    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert tracker.offset_ns == RIGHT
+    assert tracker.correct(s) == s.wall_ns
+
+
+def test_before_any_check_the_clock_is_not_trusted() -> None:
+    clocks = Clocks()
+    tracker = make_tracker(clocks, Sync(True))
+    s = tracker.stamp()
+    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, False)
+    assert tracker.offset_ns is None
+    assert tracker.correct(s) is None
+
+
+@pytest.mark.parametrize(
+    "behind",
+    [HOUR, RIGHT],  # fake-hwclock an hour old; no saved time at all (1970)
+    ids=["fake-hwclock", "1970"],
+)
+def test_forward_step_before_the_first_sync_is_followed_and_corrected(behind: int) -> None:
+    """The box boots with its clock behind; NTP steps it before a check sees that."""
+    clocks, sync = Clocks(RIGHT - behind), Sync(False)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    early = tracker.stamp()
+    assert early == Stamp(RIGHT - behind + 10 * S, 10 * S, BOOT, False)
+    clocks.advance(S)
+    clocks.step(behind)
+    stepped = tracker.stamp()
+    # No offset known yet: the wall clock as it is now; a gap, never a squeeze.
+    assert stepped == Stamp(RIGHT + 11 * S, 11 * S, BOOT, False)
+    assert tracker.correct(early) is None
+    clocks.advance(S)
+    sync.synchronised = True
+    tracker.refresh()
+    synced = tracker.stamp()
+    assert synced == Stamp(RIGHT + 12 * S, 12 * S, BOOT, True)
+    assert tracker.correct(early) == RIGHT + 10 * S
+    assert tracker.correct(stepped) == RIGHT + 11 * S
+    assert_in_order([early, stepped, synced])
+
+
+def test_forward_step_while_synchronised_is_followed() -> None:
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    before = tracker.stamp()
+    clocks.advance(MS)
+    clocks.step(5 * S)
+    after = tracker.stamp()
+    assert after == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert after.wall_ns - before.wall_ns == 5 * S + MS
+    assert tracker.offset_ns == RIGHT + 5 * S
+
+
+def test_a_step_while_unsynchronised_is_ignored_once_an_offset_is_known() -> None:
+    """Someone sets the clock by hand while NTP is away: the learned offset wins."""
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    sync.synchronised = False
+    tracker.refresh()
+    for step in (HOUR, -2 * HOUR):
+        clocks.advance(S)
+        clocks.step(step)
+        s = tracker.stamp()
+        assert s == Stamp(clocks.boottime() + RIGHT, clocks.boottime(), BOOT, False)
+        assert tracker.correct(s) == s.wall_ns
+
+
+def test_backward_step_before_the_first_sync_goes_on_along_boottime(
+    clock_log: pytest.LogCaptureFixture,
+) -> None:
+    clocks, sync = Clocks(), Sync(False)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    first = tracker.stamp()
+    clocks.advance(S)
+    clocks.step(-HOUR)
+    stamps = [first, tracker.stamp()]
+    # Not squeezed: one second of boottime is one second between the stamps.
+    assert stamps[1].wall_ns == first.wall_ns + S
+    for _ in range(100):
+        clocks.advance(MS)
+        stamps.append(tracker.stamp())
+    assert [b.wall_ns - a.wall_ns for a, b in itertools.pairwise(stamps[1:])] == [MS] * 100
+    assert_in_order(stamps)
+    held = [m for m in messages(clock_log) if m[0] == logging.WARNING]
+    assert held == [
+        (
+            logging.WARNING,
+            "wall clock 3600.000 s behind the last stamp (stepped back): stamps go on from it"
+            " in boottime order, marked unsynchronised",
+        )
+    ]
+
+
+def test_backward_step_while_synchronised_is_held_and_correctable() -> None:
+    """NTP steps a fast clock back: stamps keep their order and say they are off."""
+    clocks, sync = Clocks(RIGHT + 30 * S), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    ahead = tracker.stamp()
+    assert ahead.synced
+    clocks.advance(2 * S)
+    clocks.step(-30 * S)
+    held = tracker.stamp()
+    assert held == Stamp(ahead.wall_ns + 2 * S, ahead.boottime_ns + 2 * S, BOOT, False)
+    assert tracker.offset_ns == RIGHT
+    assert tracker.correct(held) == clocks.wall()
+    clocks.advance(S)
+    later = tracker.stamp()
+    assert later == Stamp(held.wall_ns + S, held.boottime_ns + S, BOOT, False)
+    assert tracker.correct(later) == clocks.wall()
+
+
+def test_read_jitter_is_not_a_step(clock_log: pytest.LogCaptureFixture) -> None:
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    first = tracker.stamp()
+    clocks.advance(MS)
+    clocks.step(-500)  # well under JITTER_NS
+    second = tracker.stamp()
+    assert second == Stamp(first.wall_ns + MS, first.boottime_ns + MS, BOOT, True)
+    assert not [m for m in messages(clock_log) if m[0] >= logging.WARNING]
+
+
+@pytest.mark.parametrize("synchronised", [True, False])
+def test_many_stamps_in_the_same_ns_are_distinct(synchronised: bool) -> None:
+    clocks = Clocks()
+    tracker = make_tracker(clocks, Sync(synchronised))
+    tracker.refresh()
+    stamps = [tracker.stamp() for _ in range(10_000)]
+    assert_in_order(stamps)
+    assert len({s.wall_ns for s in stamps}) == 10_000
+    assert stamps[-1].wall_ns - stamps[0].wall_ns == 9_999
+    assert all(s.synced is synchronised for s in stamps)
+
+
+def test_strictly_increasing_across_a_backward_step_in_the_same_ns() -> None:
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    stamps = [tracker.stamp() for _ in range(100)]
+    clocks.step(-10 * S)  # boottime does not move at all
+    stamps += [tracker.stamp() for _ in range(100)]
+    clocks.advance(MS)
+    stamps += [tracker.stamp() for _ in range(100)]
+    assert_in_order(stamps)
+    assert [s.wall_ns - stamps[0].wall_ns for s in stamps[:200]] == list(range(200))
+    assert stamps[200].wall_ns - stamps[199].wall_ns == MS - 199
+    assert all(s.synced for s in stamps[:100])
+    assert not any(s.synced for s in stamps[100:])
+
+
+def test_sync_lost_and_regained(clock_log: pytest.LogCaptureFixture) -> None:
+    clocks, sync = Clocks(), Sync(True)
+    tracker = make_tracker(clocks, sync)
+    tracker.refresh()
+    right = tracker.stamp()
+    clocks.advance(S)
+    sync.synchronised = False
+    tracker.refresh()
+    assert tracker.since_ns == 11 * S + RIGHT
+    # While NTP is away the clock is stepped 2 s ahead; NTP agrees when it returns.
+    clocks.step(2 * S)
+    clocks.advance(S)
+    away = tracker.stamp()
+    assert away == Stamp(12 * S + RIGHT, 12 * S, BOOT, False)
+    clocks.advance(S)
+    sync.synchronised = True
+    tracker.refresh()
+    assert tracker.offset_ns == RIGHT + 2 * S
+    assert tracker.since_ns == 13 * S + RIGHT + 2 * S
+    back = tracker.stamp()
+    assert back == Stamp(13 * S + RIGHT + 2 * S, 13 * S, BOOT, True)
+    assert tracker.correct(away) == 12 * S + RIGHT + 2 * S
+    assert tracker.correct(right) == right.wall_ns
+    assert_in_order([right, away, back])
+    assert messages(clock_log) == [
+        (logging.INFO, "clock synchronised: test: synchronised"),
+        (
+            logging.WARNING,
+            "clock no longer synchronised: test: not synchronised; stamping boottime + the last"
+            " known offset",
+        ),
+        (
+            logging.INFO,
+            "clock synchronised: test: synchronised; 1 stamp taken before need +2.000 s"
+            " (correct())",
+        ),
+    ]
+
+
+def test_foreign_boot() -> None:
+    tracker = make_tracker(Clocks(), Sync(True))
+    tracker.refresh()
+    unsynced = Stamp(RIGHT - HOUR, 5 * S, OTHER_BOOT, False)
+    synced = Stamp(RIGHT + 7 * S, 7 * S, OTHER_BOOT, True)
+    # That boot never saw a right clock (as far as we know): no correction.
+    assert tracker.correct(unsynced) is None
+    assert tracker.correct(synced) == synced.wall_ns
+    tracker.restore(OTHER_BOOT, None)
+    assert tracker.correct(unsynced) is None
+    # A store saved that boot's offset: its stamps can be put right.
+    tracker.restore(OTHER_BOOT, RIGHT - 100 * S)
+    assert tracker.correct(unsynced) == RIGHT - 95 * S
+    # ... without touching this boot's offset.
+    assert tracker.offset_ns == RIGHT
+
+
+def test_restart_within_the_same_boot() -> None:
+    """A store saved boot id, offset and last stamp; a new process takes them back."""
+    clocks, sync = Clocks(RIGHT - HOUR), Sync(False)
+    old = make_tracker(clocks, sync)
+    old.refresh()
+    early = old.stamp()
+    sync.synchronised = True
+    clocks.advance(S)
+    clocks.step(HOUR)
+    old.refresh()
+    saved = (old.boot_id, old.offset_ns, old.last)
+    # The daemon restarts while NTP is unreachable and the clock has been stepped.
+    clocks.advance(5 * S)
+    clocks.step(-HOUR)
+    sync.synchronised = False
+    new = make_tracker(clocks, sync)
+    new.refresh()
+    assert new.correct(early) is None
+    boot, offset, last = saved
+    new.restore(boot, offset, last=last)
+    assert new.offset_ns == RIGHT
+    assert new.correct(early) == RIGHT + 10 * S
+    after = new.stamp()
+    assert after == Stamp(RIGHT + 16 * S, 16 * S, BOOT, False)
+    assert_in_order([early, after])
+
+
+def test_a_learned_offset_beats_a_restored_one() -> None:
+    tracker = make_tracker(Clocks(), Sync(True))
+    tracker.refresh()
+    tracker.restore(BOOT, RIGHT - HOUR)
+    assert tracker.offset_ns == RIGHT
+
+
+def test_restore_refuses_a_last_stamp_of_another_boot() -> None:
+    tracker = make_tracker(Clocks(), Sync(True))
+    with pytest.raises(ValueError, match="boot"):
+        tracker.restore(BOOT, RIGHT, last=Stamp(RIGHT, S, OTHER_BOOT, True))
+
+
+def test_a_preempted_read_is_retried() -> None:
+    """A late wall read would skew wall - boottime for good: the tightest read wins."""
+    boottimes = iter([10 * S, 10 * S + 5 * MS, 11 * S, 11 * S + 100])
+    walls = iter([RIGHT + 10 * S + 5 * MS, RIGHT + 11 * S + 50])
+    tracker = ClockTracker(
+        boot=BOOT,
+        wall=lambda: next(walls),
+        boottime=lambda: next(boottimes),
+        check=Sync(True).check,
+    )
+    tracker.synchronised.value = True
+    s = tracker.stamp()
+    assert s == Stamp(RIGHT + 11 * S + 50, 11 * S + 50, BOOT, True)
+    assert tracker.offset_ns == RIGHT
+
+
+def test_the_tracker_checks_as_its_policy_says(flag: Path) -> None:
+    assert ClockTracker("none", boot=BOOT).refresh().synchronised
+    tracker = ClockTracker("file", flag, boot=BOOT)
+    assert not tracker.refresh().synchronised
+    flag.parent.mkdir()
+    flag.touch()
+    assert tracker.refresh().synchronised
+    with pytest.raises(ValueError, match="clock_sync"):
+        ClockTracker("sometimes", boot=BOOT)  # type: ignore[arg-type]
+
+
+def test_real_tracker_on_this_machine() -> None:
+    tracker = ClockTracker()
+    verdict = tracker.refresh()
+    assert tracker.verdict is verdict
+    stamps = [tracker.stamp() for _ in range(100)]
+    assert {s.boot for s in stamps} == {clock.boot_id()}
+    assert_in_order(stamps)
+
+
+# --- watch() on Trio's clock -------------------------------------------------------
+
+
+async def test_watch_transitions(
+    autojump_clock: trio.testing.MockClock, clock_log: pytest.LogCaptureFixture
+) -> None:
+    clocks, sync = Clocks(RIGHT - HOUR, trio_time=True), Sync(False)
+    tracker = make_tracker(clocks, sync)
+    changes: list[tuple[float, bool]] = []
+
+    async def record() -> None:
+        async for value, _ in tracker.synchronised.transitions():
+            changes.append((trio.current_time(), value))
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(record)
+        await nursery.start(tracker.watch)
+        # started() comes after the first check, with no time passed.
+        assert trio.current_time() == t0
+        assert tracker.verdict == SyncVerdict(False, "test: not synchronised")
+        assert tracker.since_ns == RIGHT - HOUR + 10 * S
+        assert tracker.offset_ns is None
+
+        await trio.sleep(12)  # NTP steps the clock and says so at t=12 ...
+        clocks.step(HOUR)
+        sync.synchronised = True
+        await tracker.synchronised.wait_value(True)
+        assert trio.current_time() - t0 == 15  # ... seen at the next poll
+        assert tracker.since_ns == RIGHT + 25 * S
+        assert tracker.offset_ns == RIGHT
+
+        await trio.sleep(16)  # t=31: lost ...
+        sync.synchronised = False
+        await tracker.synchronised.wait_value(False)
+        assert trio.current_time() - t0 == 35
+        assert tracker.since_ns == RIGHT + 45 * S
+
+        await trio.sleep(5.5)  # t=40.5: back ...
+        sync.synchronised = True
+        await tracker.synchronised.wait_value(True)
+        assert trio.current_time() - t0 == 45
+
+        await trio.sleep(60)  # a quiet minute: polled, nothing logged
+        nursery.cancel_scope.cancel()
+    assert changes == [(t0 + 15, True), (t0 + 35, False), (t0 + 45, True)]
+    assert [level for level, _ in messages(clock_log)] == [
+        logging.INFO,
+        logging.INFO,
+        logging.WARNING,
+        logging.INFO,
+    ]
+    assert messages(clock_log)[0] == (
+        logging.INFO,
+        "clock not synchronised: test: not synchronised; stamps are provisional until it is",
+    )
+
+
+async def test_watch_polls_at_the_interval_given(autojump_clock: trio.testing.MockClock) -> None:
+    checks: list[float] = []
+    sync = Sync(True)
+
+    def check() -> SyncVerdict:
+        checks.append(trio.current_time())
+        return sync.check()
+
+    clocks = Clocks(trio_time=True)
+    tracker = ClockTracker(boot=BOOT, wall=clocks.wall, boottime=clocks.boottime, check=check)
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(tracker.watch, interval=2.5))
+        assert tracker.synchronised.value
+        await trio.sleep(10.1)
+        nursery.cancel_scope.cancel()
+    assert [t - t0 for t in checks] == [0, 2.5, 5, 7.5, 10]
+
+
+async def test_power_cut(
+    autojump_clock: trio.testing.MockClock, clock_log: pytest.LogCaptureFixture
+) -> None:
+    """The whole story: boot an hour behind, stamp, NTP returns, correct what was held."""
+    clocks, sync = Clocks(RIGHT - HOUR, trio_time=True), Sync(False)
+    tracker = make_tracker(clocks, sync)
+    right_at: dict[Stamp, int] = {}
+
+    def stamp() -> Stamp:
+        s = tracker.stamp()
+        right_at[s] = clocks.boottime() + RIGHT
+        return s
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.watch)
+        stamps = []
+        for _ in range(3):
+            await trio.sleep(1)  # t = 1, 2, 3
+            stamps += [stamp(), stamp()]  # read together
+        await trio.sleep(4)  # t = 7: NTP steps the clock; the check sees it at t = 10
+        clocks.step(HOUR)
+        sync.synchronised = True
+        await trio.sleep(1)
+        stamps.append(stamp())  # t = 8
+        await trio.sleep(3)
+        stamps.append(stamp())  # t = 11
+        nursery.cancel_scope.cancel()
+    assert [s.synced for s in stamps] == [False] * 7 + [True]
+    assert messages(clock_log)[-1] == (
+        logging.INFO,
+        "clock synchronised: test: synchronised; 7 stamps taken before need +0.000 to"
+        " +3600.000 s (correct())",
+    )
+    assert [s.wall_ns - right_at[s] for s in stamps[:6:2]] == [-HOUR] * 3
+    assert_in_order(stamps)
+    # Each stamp put right to the ns; the second of a pair read together is 1 ns later.
+    corrected = [tracker.correct(s) for s in stamps]
+    nudge = [0, 1, 0, 1, 0, 1, 0, 0]
+    assert corrected == [right_at[s] + n for s, n in zip(stamps, nudge, strict=True)]

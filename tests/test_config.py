@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from gateway import config_checks
 from gateway.config import (
     DEFAULT_PLAUSIBILITY,
     INFLUX_TOKEN_ENV,
@@ -209,3 +212,143 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "mqtt.hostt" in lines[0]
     assert result.stdout == ""
+
+
+def test_cli_out_of_range_number_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = write(tmp_path, "[mqtt]\nkeepalive = 65536\n", name="bad.toml")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert "mqtt.keepalive" in result.stderr
+
+
+# -- numbers: every one has a range, NaN and infinity never pass ------------------
+
+
+def test_every_number_has_a_range() -> None:
+    """A new int or float field needs an entry in RANGES (or this test fails)."""
+    numeric = set()
+    for section in fields(Config):
+        if section.name == "plausibility":
+            continue
+        hints = typing.get_type_hints(section.default_factory)  # type: ignore[arg-type]
+        numeric |= {f"{section.name}.{n}" for n, h in hints.items() if h in (int, float)}
+    assert numeric == set(config_checks.RANGES)
+
+
+def _table(key: str, value: object, *, pair: bool = False) -> str:
+    """A config setting ``key`` to ``value``; with ``pair``, its initial/max partner too."""
+    section, name = key.split(".")
+    lines = [f"[{section}]", f"{name} = {value}"]
+    for a, b in (("_initial", "_max"), ("_max", "_initial")):
+        if pair and name.endswith(a):
+            lines.append(f"{name.removesuffix(a)}{b} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+INT_KEYS = {
+    f"{s.name}.{n}"
+    for s in fields(Config)
+    if s.name != "plausibility"
+    for n, h in typing.get_type_hints(s.default_factory).items()  # type: ignore[arg-type]
+    if h is int
+}
+FLOAT_KEYS = sorted(set(config_checks.RANGES) - INT_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(config_checks.RANGES))
+def test_range_edges_are_accepted_and_beyond_refused(tmp_path: Path, key: str) -> None:
+    allowed = config_checks.RANGES[key]
+    for edge in (allowed.lo, allowed.hi):
+        load_config(write(tmp_path, _table(key, _toml_number(edge), pair=True)), environ=NO_ENV)
+    step = 1 if key in INT_KEYS else allowed.lo / 2 or 0.5
+    assert config_error(tmp_path, _table(key, _toml_number(allowed.hi + step))).key == key
+    below = allowed.lo - step
+    if not (allowed.zero_is_off and below == 0):
+        assert config_error(tmp_path, _table(key, _toml_number(below))).key == key
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_refused(tmp_path: Path, key: str, value: str) -> None:
+    section, name = key.split(".")
+    err = config_error(tmp_path, f"[{section}]\n{name} = {value}\n")
+    assert err.key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gateway]\nstats_interval = 1e-9\n", "gateway.stats_interval"),
+        ("[gateway]\nstats_interval = 1e9\n", "gateway.stats_interval"),
+        ("[source]\nrate = 1e-9\n", "source.rate"),
+        ("[source]\nrate = 1e9\n", "source.rate"),
+        ("[source]\nbaud = 0\n", "source.baud"),
+        ("[source]\nbaud = 123456\n", "source.baud"),
+        ("[source]\nbaud = 100000000\n", "source.baud"),
+        ("[source]\nstall_timeout = 1e-9\n", "source.stall_timeout"),
+        ("[source]\nstall_timeout = 1e9\n", "source.stall_timeout"),
+        ("[source]\nrestart_initial = 1e-9\n", "source.restart_initial"),
+        ("[source]\nrestart_max = 1e9\n", "source.restart_max"),
+        ("[source]\nmax_line_bytes = 1099511627776\n", "source.max_line_bytes"),
+        ("[mqtt]\nkeepalive = 65536\n", "mqtt.keepalive"),
+        ("[mqtt]\nconnect_timeout = 1e-9\n", "mqtt.connect_timeout"),
+        ("[mqtt]\nconnect_timeout = 1e9\n", "mqtt.connect_timeout"),
+        ("[mqtt]\nbuffer_max_messages = 1000000000000\n", "mqtt.buffer_max_messages"),
+        ("[mqtt]\nbackoff_initial = 1e-9\n", "mqtt.backoff_initial"),
+        ("[mqtt]\nbackoff_max = 1e9\n", "mqtt.backoff_max"),
+        ("[influxdb]\nbatch_size = 1000000000\n", "influxdb.batch_size"),
+        ("[influxdb]\nflush_interval = 1e-9\n", "influxdb.flush_interval"),
+        ("[influxdb]\nbuffer_max_points = 1000000000000\n", "influxdb.buffer_max_points"),
+        ("[influxdb]\nbackoff_initial = 1e-9\n", "influxdb.backoff_initial"),
+        ("[influxdb]\nbackoff_max = 1e9\n", "influxdb.backoff_max"),
+        ("[influxdb]\ntimeout = -3\n", "influxdb.timeout"),
+        ("[influxdb]\ntimeout = 0\n", "influxdb.timeout"),
+        ("[influxdb]\ntimeout = 1e300\n", "influxdb.timeout"),
+        ("[status]\nunhealthy_after = -5\n", "status.unhealthy_after"),
+        ("[status]\nunhealthy_after = 0\n", "status.unhealthy_after"),
+        ("[plausibility]\ntemperature = [nan, 1]\n", "plausibility.temperature[0]"),
+        ("[plausibility]\ntemperature = [0, inf]\n", "plausibility.temperature[1]"),
+        ("[plausibility]\ntemperature = [5, 5]\n", "plausibility.temperature"),
+        ("[source]\nrestart_initial = 10.0\nrestart_max = 5.0\n", "source.restart_max"),
+        ("[mqtt]\nbackoff_initial = 10.0\nbackoff_max = 5.0\n", "mqtt.backoff_max"),
+        ("[influxdb]\nbackoff_initial = 10.0\nbackoff_max = 5.0\n", "influxdb.backoff_max"),
+    ],
+)
+def test_numbers_out_of_range_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mqtt]\nport = 0\n", "mqtt.port"),
+        ("[mqtt]\nport = 65536\n", "mqtt.port"),
+        ("[mqtt]\nqos = 3\n", "mqtt.qos"),
+        ("[mqtt]\nqos = -1\n", "mqtt.qos"),
+        ("[mqtt]\nkeepalive = 4\n", "mqtt.keepalive"),
+    ],
+)
+def test_numbers_refused_before_still_are(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+def test_zero_turns_off_what_it_says_it_does(tmp_path: Path) -> None:
+    text = "[gateway]\nstats_interval = 0\n[source]\nrate = 0\nstall_timeout = 0\n"
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert (cfg.gateway.stats_interval, cfg.source.rate, cfg.source.stall_timeout) == (0, 0, 0)
+
+
+def test_a_range_message_states_the_range(tmp_path: Path) -> None:
+    err = config_error(tmp_path, "[gateway]\nstats_interval = 1e-9\n")
+    assert "0 (off) or 0.1..86400" in str(err)

@@ -3,23 +3,26 @@
 Unknown keys, wrong types and values out of range raise :class:`ConfigError`
 naming the dotted key, so a mistake is reported at start-up rather than as a
 traceback hours later. Every number has a range
-(:data:`gateway.config_checks.RANGES`). Secrets (MQTT password, InfluxDB token)
-come from files or the environment and never appear in logs or reprs.
+(:data:`gateway.config_checks.RANGES`), and strings that reach MQTT, line
+protocol or HTTP carry no control characters. Secrets (MQTT password, InfluxDB
+token) come from files or the environment and never appear in logs or reprs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 import tomllib
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config_checks import check_ranges
+from gateway.config_checks import check_listen, check_ranges, check_url, valid_host
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -34,6 +37,8 @@ DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_MAX_LINE_BYTES = 65536
+# MQTT strings (client id, topic) are at most this many UTF-8 bytes.
+MAX_MQTT_STRING_BYTES = 65535
 
 DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
     "temperature": (-40.0, 85.0),
@@ -147,6 +152,36 @@ class Config:
 
 _SECRET_FIELDS = {"password", "token"}
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Tag keys every point already has, or that InfluxDB refuses as a tag key.
+_RESERVED_TAGS = frozenset({"node", "unit", "time"})
+# Arguments of source.command may be shell scripts spanning lines.
+_COMMAND_CONTROL_OK = frozenset("\t\n\r")
+
+
+def _join(prefix: str, key: str) -> str:
+    """``prefix.key``, quoting ``key`` the TOML way unless it is a bare key.
+
+    A key holding a newline must not split the one-line error in two.
+    """
+    bare = bool(key) and set(key) <= _NAME_CHARS
+    return f"{prefix}.{key if bare else json.dumps(key, ensure_ascii=False)}"
+
+
+def _control_char(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first control character in ``text`` that is not ``allowed``, if any."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return char
+    return None
+
+
+def _check_text(key: str, text: str) -> None:
+    # A newline in a tag, topic or header value ends the record early and lets
+    # the rest be read as another one (line-protocol injection).
+    allowed = _COMMAND_CONTROL_OK if key.startswith("source.command[") else frozenset()
+    char = _control_char(text, allowed)
+    if char is not None:
+        raise ConfigError(key, f"must not contain control characters (found {char!r})")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -171,6 +206,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
+        _check_text(key, value)
         return value
     if origin is Literal:
         choices = typing.get_args(hint)
@@ -194,7 +230,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table, got {value!r}")
         _, vhint = typing.get_args(hint)
-        return {k: _coerce(f"{key}.{k}", v, vhint) for k, v in value.items()}
+        return {k: _coerce(_join(key, k), v, vhint) for k, v in value.items()}
     if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in use
         raise ConfigError(key, "unsupported type")
     raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
@@ -207,7 +243,7 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(cls) if f.name not in _SECRET_FIELDS}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = f"{name}.{key}"
+        dotted = _join(name, key)
         if key not in fields:
             if key in _SECRET_FIELDS:
                 raise ConfigError(
@@ -231,31 +267,47 @@ def _validate(cfg: Config) -> None:
     """Everything a type cannot say: ranges, relations, formats."""
     check_ranges(cfg)
     g, s, m, i = cfg.gateway, cfg.source, cfg.mqtt, cfg.influxdb
+    if not g.id:
+        raise ConfigError("gateway.id", "must not be empty")
     if not g.buffer_dir:
         raise ConfigError("gateway.buffer_dir", "must not be empty")
-    if s.kind == "command" and not s.command:
+    if s.kind == "command" and not (s.command and s.command[0]):
         raise ConfigError("source.command", "must name a program when kind = 'command'")
     if s.kind == "file" and not s.path:
         raise ConfigError("source.path", "must be set when kind = 'file'")
+    if s.kind == "serial" and not s.port:
+        raise ConfigError("source.port", "must name the device when kind = 'serial'")
     if s.restart_max < s.restart_initial:
         raise ConfigError("source.restart_max", "must be >= restart_initial")
+    if not valid_host(m.host):
+        raise ConfigError("mqtt.host", f"expected a host name or IP address, got {m.host!r}")
+    if not m.client_id or len(m.client_id.encode()) > MAX_MQTT_STRING_BYTES:
+        raise ConfigError("mqtt.client_id", f"must be 1..{MAX_MQTT_STRING_BYTES} bytes")
     prefix_parts = m.topic_prefix.split("/")
     if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
+        # Also keeps out the wildcards '+' and '#', which no PUBLISH may carry.
         raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
     if m.backoff_max < m.backoff_initial:
         raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
     if bool(m.cert_file) != bool(m.key_file):
         raise ConfigError("mqtt.cert_file", "cert_file and key_file go together")
-    if not i.url.startswith(("http://", "https://")):
-        raise ConfigError("influxdb.url", "must start with http:// or https://")
+    check_url(i.url)
+    for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
+        if not value:
+            raise ConfigError(key, "must not be empty")
     if i.backoff_max < i.backoff_initial:
         raise ConfigError("influxdb.backoff_max", "must be >= backoff_initial")
     for tag in i.tags:
-        if tag in ("node", "unit") or not tag:
-            raise ConfigError(f"influxdb.tags.{tag}", "'node' and 'unit' are set per point")
+        key = _join("influxdb.tags", tag)
+        _check_text(key, tag)
+        if not tag or tag.startswith("_"):
+            raise ConfigError(key, "tag keys must not be empty or start with '_' (InfluxDB's own)")
+        if tag in _RESERVED_TAGS:
+            raise ConfigError(key, "'node' and 'unit' are set per point; 'time' is reserved")
     for metric, (lo, hi) in cfg.plausibility.items():
         if not lo < hi:
-            raise ConfigError(f"plausibility.{metric}", "min must be < max")
+            raise ConfigError(_join("plausibility", metric), "min must be < max")
+    check_listen(cfg.status.listen)
 
 
 def load_config(
@@ -329,12 +381,14 @@ def parse_config(
             elif isinstance(value, dict):
                 ranges = dict(DEFAULT_PLAUSIBILITY)
                 for metric, bounds in value.items():
-                    ranges[metric] = _coerce(f"plausibility.{metric}", bounds, tuple[float, float])
+                    ranges[metric] = _coerce(
+                        _join("plausibility", metric), bounds, tuple[float, float]
+                    )
                 kwargs[key] = ranges
             else:
                 raise ConfigError("plausibility", "expected a table or false")
         else:
-            raise ConfigError(key, "unknown section")
+            raise ConfigError(_join("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
     password = _read_secret(
         "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ

@@ -1,4 +1,4 @@
-"""Value checks for :mod:`gateway.config`: the range of every number.
+"""Value checks for :mod:`gateway.config`: the range of every number, addresses.
 
 Each check raises :class:`ConfigError` naming the dotted key at fault, at load,
 instead of a struct.error or OverflowError in a sink later on.
@@ -6,9 +6,12 @@ instead of a struct.error or OverflowError in a sink later on.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import termios
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -42,6 +45,8 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_BUFFER_RECORDS = 100_000_000
 # Points per write; InfluxDB advises about 5000, ten times that still fits a request.
 MAX_BATCH_SIZE = 50_000
+# Host names: RFC 1123 labels (plus '_', which resolvers accept), at most 253 characters.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,44 @@ def check_ranges(cfg: Config) -> None:
     if not hasattr(termios, f"B{cfg.source.baud}"):
         # open_serial would refuse it on every attempt, forever.
         raise ConfigError("source.baud", f"{cfg.source.baud} is not a standard baud rate")
+
+
+def valid_host(host: str) -> bool:
+    """Whether ``host`` is a host name or an IP address (IPv6 without brackets)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(host))
+    return True
+
+
+def check_listen(listen: str) -> None:
+    """Raise :class:`ConfigError` unless ``status.listen`` is ``""`` or ``host:port``.
+
+    Port 0 asks the system for a free port; an IPv6 host goes in brackets.
+    """
+    if not listen:
+        return
+    host, sep, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host_ok = ":" in host and valid_host(host[1:-1])
+    else:
+        host_ok = ":" not in host and valid_host(host)
+    if not sep or not host_ok:
+        raise ConfigError(
+            "status.listen",
+            f'expected "host:port" ("[::1]:9108" for IPv6), or "" for off; got {listen!r}',
+        )
+    if not (port.isascii() and port.isdigit()) or int(port) > MAX_PORT:
+        raise ConfigError("status.listen", f"port must be 0..{MAX_PORT}, got {port!r}")
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``influxdb.url`` is http(s), a host and a valid port."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise ConfigError("influxdb.url", f"must be http:// or https:// and a host, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - reading it validates the port
+    except ValueError:
+        raise ConfigError("influxdb.url", f"port must be 1..{MAX_PORT}, got {url!r}") from None

@@ -352,3 +352,111 @@ def test_zero_turns_off_what_it_says_it_does(tmp_path: Path) -> None:
 def test_a_range_message_states_the_range(tmp_path: Path) -> None:
     err = config_error(tmp_path, "[gateway]\nstats_interval = 1e-9\n")
     assert "0 (off) or 0.1..86400" in str(err)
+
+
+# -- status.listen ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        "127.0.0.1:abc",
+        "127.0.0.1:\u0663",
+        "127.0.0.1",
+        ":9108",
+        "::1:9108",
+        "[::1]:70000",
+        "[localhost]:9108",
+        "my host:9108",
+        "unix:/run/gateway.sock",
+    ],
+)
+def test_bad_listen_address_is_refused(tmp_path: Path, listen: str) -> None:
+    assert config_error(tmp_path, f'[status]\nlisten = "{listen}"\n').key == "status.listen"
+
+
+@pytest.mark.parametrize(
+    "listen", ["", "127.0.0.1:0", "0.0.0.0:9108", "localhost:9108", "[::1]:9108", "[::]:1"]
+)
+def test_good_listen_address_is_accepted(tmp_path: Path, listen: str) -> None:
+    cfg = load_config(write(tmp_path, f'[status]\nlisten = "{listen}"\n'), environ=NO_ENV)
+    assert cfg.status.listen == listen
+
+
+# -- strings that end up in a protocol --------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\\n", "\\r", "\\t", "\\u0000", "\\u001b", "\\u007f", "\\u0085"])
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [
+        ("gateway", "id"),
+        ("mqtt", "client_id"),
+        ("mqtt", "topic_prefix"),
+        ("mqtt", "username"),
+        ("mqtt", "host"),
+        ("influxdb", "org"),
+        ("influxdb", "bucket"),
+        ("influxdb.tags", "site"),
+    ],
+)
+def test_control_characters_are_refused(tmp_path: Path, section: str, name: str, char: str) -> None:
+    err = config_error(tmp_path, f'[{section}]\n{name} = "north{char}field"\n')
+    assert err.key == f"{section}.{name}"
+    assert not {"\n", "\r"} & set(str(err))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[influxdb.tags]\n"north\\nfield" = "x"\n', 'influxdb.tags."north\\nfield"'),
+        ('[influxdb.tags]\n"" = "x"\n', 'influxdb.tags.""'),
+        ('[influxdb.tags]\n_site = "x"\n', "influxdb.tags._site"),
+        ('[influxdb.tags]\ntime = "x"\n', "influxdb.tags.time"),
+        ('[influxdb.tags]\nunit = "x"\n', "influxdb.tags.unit"),
+        ('[gateway]\nid = ""\n', "gateway.id"),
+        ('[mqtt]\nclient_id = ""\n', "mqtt.client_id"),
+        ('[mqtt]\nhost = ""\n', "mqtt.host"),
+        ('[mqtt]\nhost = "broker:1883"\n', "mqtt.host"),
+        ('[mqtt]\nhost = "tcp://broker"\n', "mqtt.host"),
+        ('[mqtt]\nhost = "my broker"\n', "mqtt.host"),
+        ('[influxdb]\nurl = "http://"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://db:99999"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://db:port"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://my db:8086"\n', "influxdb.url"),
+        ('[influxdb]\norg = ""\n', "influxdb.org"),
+        ('[influxdb]\nbucket = ""\n', "influxdb.bucket"),
+        ('[source]\ncommand = [""]\n', "source.command"),
+        ('[source]\ncommand = ["probe-rs\\u0000"]\n', "source.command[0]"),
+        ('[source]\ncommand = ["sh", "-c", "a\\u001b"]\n', "source.command[2]"),
+        ('[source]\nport = "/dev/tty\\nACM0"\n', "source.port"),
+        ('[mqtt]\n"bad\\nkey" = 1\n', 'mqtt."bad\\nkey"'),
+        ('["bad\\nsection"]\nx = 1\n', '"bad\\nsection"'),
+    ],
+)
+def test_strings_are_checked(tmp_path: Path, text: str, key: str) -> None:
+    err = config_error(tmp_path, text)
+    assert err.key == key
+    assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("prefix", ["", "+", "#", "a/+/b", "a/#", "/a", "a/", "a//b", "a\\nb"])
+def test_topic_prefix_has_no_wildcards_or_empty_levels(tmp_path: Path, prefix: str) -> None:
+    err = config_error(tmp_path, f'[mqtt]\ntopic_prefix = "{prefix}"\n')
+    assert err.key == "mqtt.topic_prefix"
+
+
+def test_a_command_may_carry_a_multi_line_script(tmp_path: Path) -> None:
+    text = '[source]\ncommand = ["sh", "-c", "echo a\\n\\techo b\\r\\n"]\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.source.command[2] == "echo a\n\techo b\r\n"
+
+
+def test_special_characters_in_tags_are_escaped_not_refused(tmp_path: Path) -> None:
+    from gateway.influx_sink import tag_suffix
+
+    text = '[influxdb.tags]\n"my site" = "a,b=c d\\\\e"\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert tag_suffix(cfg.influxdb.tags) == r",my\ site=a\,b\=c\ d\\e"

@@ -3,9 +3,10 @@
 Unknown keys, wrong types and values out of range raise :class:`ConfigError`
 naming the dotted key, so a mistake is reported at start-up rather than as a
 traceback hours later. Every number has a range
-(:data:`gateway.config_checks.RANGES`), and strings that reach MQTT, line
-protocol or HTTP carry no control characters. Secrets (MQTT password, InfluxDB
-token) come from files or the environment and never appear in logs or reprs.
+(:data:`gateway.config_checks.RANGES`), strings that reach MQTT, line protocol
+or HTTP carry no control characters, and the TLS and secret files are read
+once at load. Secrets (MQTT password, InfluxDB token) come from files or the
+environment and never appear in logs, reprs or error messages.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config_checks import check_listen, check_ranges, check_url, valid_host
+from gateway.config_checks import check_listen, check_ranges, check_tls, check_url, valid_host
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -254,13 +255,44 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
     return cls(**kwargs)
 
 
+def _strip_newline(text: str) -> str:
+    """``text`` without one trailing ``\\n`` or ``\\r\\n`` (what editors and echo add)."""
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text[: -len(end)]
+    return text
+
+
 def _read_secret(key: str, path: str, env: str, environ: typing.Mapping[str, str]) -> str:
+    """The secret from the file ``path`` (config key ``key``), else from ``$env``.
+
+    No message quotes the secret, not even part of it.
+    """
     if path:
         try:
-            return Path(path).read_text(encoding="utf-8").strip()
+            raw = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError(key, f"cannot read secret file: {exc.strerror}") from None
-    return environ.get(env, "")
+            raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
+        try:
+            secret = _strip_newline(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(key, f"secret file {path} is not UTF-8 text") from None
+        if not secret:
+            raise ConfigError(key, f"secret file {path} is empty")
+        where = key
+    else:
+        secret = _strip_newline(environ.get(env, ""))
+        where = env
+    # A line break left after that is a mistake (a second line, a stray CR) that
+    # would fail later as a wrong password, or end the HTTP Authorization header
+    # early; no real password or token holds a control character.
+    char = _control_char(secret)
+    if char is not None:
+        what = "a line break" if char in "\r\n" else "a control character"
+        raise ConfigError(
+            where, f"the secret contains {what} (only one trailing newline is removed)"
+        )
+    return secret
 
 
 def _validate(cfg: Config) -> None:
@@ -273,8 +305,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("gateway.buffer_dir", "must not be empty")
     if s.kind == "command" and not (s.command and s.command[0]):
         raise ConfigError("source.command", "must name a program when kind = 'command'")
-    if s.kind == "file" and not s.path:
-        raise ConfigError("source.path", "must be set when kind = 'file'")
+    if s.kind == "file":
+        if not s.path:
+            raise ConfigError("source.path", "must be set when kind = 'file'")
+        try:
+            Path(s.path).open("rb").close()
+        except OSError as exc:
+            raise ConfigError("source.path", f"cannot read {s.path}: {exc.strerror}") from None
     if s.kind == "serial" and not s.port:
         raise ConfigError("source.port", "must name the device when kind = 'serial'")
     if s.restart_max < s.restart_initial:
@@ -289,8 +326,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
     if m.backoff_max < m.backoff_initial:
         raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
-    if bool(m.cert_file) != bool(m.key_file):
-        raise ConfigError("mqtt.cert_file", "cert_file and key_file go together")
+    check_tls(m)
     check_url(i.url)
     for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
         if not value:
@@ -390,14 +426,13 @@ def parse_config(
         else:
             raise ConfigError(_join("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
+    _validate(cfg)
     password = _read_secret(
         "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ
     )
     token = _read_secret("influxdb.token_file", cfg.influxdb.token_file, INFLUX_TOKEN_ENV, environ)
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         mqtt=dataclasses.replace(cfg.mqtt, password=password),
         influxdb=dataclasses.replace(cfg.influxdb, token=token),
     )
-    _validate(cfg)
-    return cfg

@@ -1,22 +1,23 @@
-"""Value checks for :mod:`gateway.config`: the range of every number, addresses.
+"""Value checks for :mod:`gateway.config`: the range of every number, addresses, TLS files.
 
 Each check raises :class:`ConfigError` naming the dotted key at fault, at load,
-instead of a struct.error or OverflowError in a sink later on.
+instead of a struct.error, OverflowError or SSLError in a sink later on.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 import termios
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.config import Config, MqttSection
 
 # Seconds. Below MIN_DELAY a sleep is a busy loop; beyond MAX_DELAY a backoff or
 # flush is no longer a delay but an outage; MAX_WINDOW bounds the watchdogs.
@@ -149,3 +150,49 @@ def check_url(url: str) -> None:
         parts.port  # noqa: B018 - reading it validates the port
     except ValueError:
         raise ConfigError("influxdb.url", f"port must be 1..{MAX_PORT}, got {url!r}") from None
+
+
+def _no_passphrase() -> NoReturn:
+    # Without this OpenSSL would prompt on the terminal; the daemon has none to give.
+    raise ConfigError("mqtt.key_file", "is encrypted; the gateway needs an unencrypted key")
+
+
+def _tls_error(key: str, path: str, exc: OSError) -> ConfigError:
+    if isinstance(exc, ssl.SSLError):
+        return ConfigError(key, f"{path} holds no usable certificate ({exc.reason or 'not PEM'})")
+    return ConfigError(key, f"cannot read {path}: {exc.strerror}")
+
+
+def check_tls(m: MqttSection) -> None:
+    """Load the TLS files the way the MQTT sink will, so a bad one fails at start-up.
+
+    Raises:
+        ConfigError: naming ``mqtt.ca_file``, ``mqtt.cert_file`` or
+            ``mqtt.key_file``; no message quotes a file's contents.
+    """
+    if bool(m.cert_file) != bool(m.key_file):
+        raise ConfigError("mqtt.cert_file", "cert_file and key_file go together")
+    if not m.ca_file:
+        if m.cert_file:
+            # The sink turns TLS on only with ca_file; the client certificate would go unused.
+            raise ConfigError("mqtt.cert_file", "a client certificate needs TLS: set mqtt.ca_file")
+        return
+    try:
+        ctx = ssl.create_default_context(cafile=m.ca_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise _tls_error("mqtt.ca_file", m.ca_file, exc) from None
+    if not m.cert_file:
+        return
+    try:
+        # Certificates alone first, so a file without one is named as cert_file, not key_file.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=m.cert_file)
+    except OSError as exc:
+        raise _tls_error("mqtt.cert_file", m.cert_file, exc) from None
+    try:
+        ctx.load_cert_chain(m.cert_file, m.key_file, password=_no_passphrase)
+    except OSError as exc:
+        if not isinstance(exc, ssl.SSLError):
+            raise _tls_error("mqtt.key_file", m.key_file, exc) from None
+        mismatch = exc.reason == "KEY_VALUES_MISMATCH"
+        what = "is not the private key of cert_file" if mismatch else "holds no usable private key"
+        raise ConfigError("mqtt.key_file", f"{m.key_file} {what}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import typing
@@ -135,7 +136,7 @@ def test_plausibility_override_keeps_the_other_defaults(tmp_path: Path) -> None:
 
 def test_secrets_from_files(tmp_path: Path) -> None:
     (tmp_path / "mqtt.pw").write_text("s3cret-pw\n")
-    (tmp_path / "influx.tok").write_text("  t0ken-value\n")
+    (tmp_path / "influx.tok").write_bytes(b"t0ken-value\r\n")
     text = (
         f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
         f'[influxdb]\ntoken_file = "{tmp_path / "influx.tok"}"\n'
@@ -460,3 +461,182 @@ def test_special_characters_in_tags_are_escaped_not_refused(tmp_path: Path) -> N
     text = '[influxdb.tags]\n"my site" = "a,b=c d\\\\e"\n'
     cfg = load_config(write(tmp_path, text), environ=NO_ENV)
     assert tag_suffix(cfg.influxdb.tags) == r",my\ site=a\,b\=c\ d\\e"
+
+
+def test_source_file_must_be_readable(tmp_path: Path) -> None:
+    text = f'[source]\nkind = "file"\npath = "{tmp_path / "absent.jsonl"}"\n'
+    err = config_error(tmp_path, text)
+    assert err.key == "source.path"
+    assert "No such file" in str(err)
+
+
+# -- TLS files ----------------------------------------------------------------------
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a client certificate and key, a second key and an encrypted key."""
+    d = tmp_path_factory.mktemp("pki")
+    for name in ("ca", "other"):
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}",
+            cwd=d,
+        )  # fmt: skip
+    openssl("rsa", "-in", "ca.key", "-aes256", "-passout", "pass:pw", "-out", "enc.key", cwd=d)
+    (d / "junk.pem").write_text("not a certificate\n")
+    (d / "empty.pem").write_text("")
+    return d
+
+
+def tls_text(pki: Path, **files: str) -> str:
+    return "[mqtt]\n" + "".join(f'{k} = "{pki / v}"\n' for k, v in files.items())
+
+
+def test_good_tls_files_are_accepted(tmp_path: Path, pki: Path) -> None:
+    text = tls_text(pki, ca_file="ca.crt", cert_file="ca.crt", key_file="ca.key")
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.mqtt.ca_file == str(pki / "ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("files", "key", "says"),
+    [
+        ({"ca_file": "absent.crt"}, "mqtt.ca_file", "No such file"),
+        ({"ca_file": "."}, "mqtt.ca_file", "Is a directory"),
+        ({"ca_file": "junk.pem"}, "mqtt.ca_file", "no usable certificate"),
+        ({"ca_file": "empty.pem"}, "mqtt.ca_file", "no usable certificate"),
+        ({"ca_file": "ca.key"}, "mqtt.ca_file", "no usable certificate"),
+        (
+            {"ca_file": "ca.crt", "cert_file": "absent.crt", "key_file": "ca.key"},
+            "mqtt.cert_file",
+            "No such file",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.key", "key_file": "ca.key"},
+            "mqtt.cert_file",
+            "no usable certificate",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "absent.key"},
+            "mqtt.key_file",
+            "No such file",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "junk.pem"},
+            "mqtt.key_file",
+            "no usable private key",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "other.key"},
+            "mqtt.key_file",
+            "not the private key",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "enc.key"},
+            "mqtt.key_file",
+            "encrypted",
+        ),
+        ({"cert_file": "ca.crt", "key_file": "ca.key"}, "mqtt.cert_file", "set mqtt.ca_file"),
+        ({"ca_file": "ca.crt", "cert_file": "ca.crt"}, "mqtt.cert_file", "go together"),
+    ],
+)
+def test_bad_tls_files_name_their_key(
+    tmp_path: Path, pki: Path, files: dict[str, str], key: str, says: str
+) -> None:
+    err = config_error(tmp_path, tls_text(pki, **files))
+    assert err.key == key
+    assert says in str(err)
+    assert "BEGIN" not in str(err)
+
+
+# -- secrets ------------------------------------------------------------------------
+
+SECRET = "s3cret-Pw"
+
+
+def assert_no_secret(err: ConfigError) -> None:
+    """Neither the secret nor either part of it around a line break is quoted."""
+    for text in (str(err), err.message, repr(err)):
+        for part in (SECRET, SECRET[:3], SECRET[3:]):
+            assert part not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (f"{SECRET}\n".encode(), SECRET),
+        (f"{SECRET}\r\n".encode(), SECRET),
+        (SECRET.encode(), SECRET),
+        (f" {SECRET} \n".encode(), f" {SECRET} "),
+    ],
+)
+def test_one_trailing_newline_is_stripped_from_a_secret_file(
+    tmp_path: Path, content: bytes, expect: str
+) -> None:
+    (tmp_path / "pw").write_bytes(content)
+    text = f'[mqtt]\npassword_file = "{tmp_path / "pw"}"\n'
+    assert load_config(write(tmp_path, text), environ=NO_ENV).mqtt.password == expect
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"{SECRET}\n\n".encode(),
+        f"{SECRET}\r\n\r\n".encode(),
+        f"{SECRET[:3]}\n{SECRET[3:]}".encode(),
+        f"{SECRET[:3]}\r{SECRET[3:]}\n".encode(),
+        f"{SECRET}\r".encode(),
+        f"{SECRET}\x00".encode(),
+        SECRET.encode() + b"\xff\xfe",
+        b"",
+        b"\n",
+    ],
+)
+@pytest.mark.parametrize(
+    ("section", "name"), [("mqtt", "password_file"), ("influxdb", "token_file")]
+)
+def test_bad_secret_file_names_its_key_and_never_the_secret(
+    tmp_path: Path, content: bytes, section: str, name: str
+) -> None:
+    (tmp_path / "secret").write_bytes(content)
+    err = config_error(tmp_path, f'[{section}]\n{name} = "{tmp_path / "secret"}"\n')
+    assert err.key == f"{section}.{name}"
+    assert_no_secret(err)
+
+
+def test_secret_file_that_is_a_directory_names_its_key(tmp_path: Path) -> None:
+    assert config_error(tmp_path, f'[mqtt]\npassword_file = "{tmp_path}"\n').key == (
+        "mqtt.password_file"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_secret_file_says_so(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text(SECRET)
+    secret.chmod(0)
+    err = config_error(tmp_path, f'[influxdb]\ntoken_file = "{secret}"\n')
+    assert err.key == "influxdb.token_file"
+    assert "Permission denied" in str(err)
+
+
+@pytest.mark.parametrize("env", [MQTT_PASSWORD_ENV, INFLUX_TOKEN_ENV])
+def test_secret_from_environment_loses_one_trailing_newline(tmp_path: Path, env: str) -> None:
+    cfg = load_config(write(tmp_path, ""), environ={env: f"{SECRET}\r\n"})
+    assert SECRET in (cfg.mqtt.password, cfg.influxdb.token)
+
+
+@pytest.mark.parametrize("value", [f"{SECRET}\n\n", f"{SECRET[:3]}\n{SECRET[3:]}", f"{SECRET}\r"])
+@pytest.mark.parametrize("env", [MQTT_PASSWORD_ENV, INFLUX_TOKEN_ENV])
+def test_secret_from_environment_with_a_line_break_is_refused(
+    tmp_path: Path, env: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ""), environ={env: value})
+    assert info.value.key == env
+    assert_no_secret(info.value)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import socket
 import stat
 import tomllib
 import types
@@ -38,6 +40,12 @@ DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_MAX_LINE_BYTES = 65536
+# gateway.id when the host name has nothing usable in it.
+FALLBACK_GATEWAY_ID = "gateway"
+# The default mqtt.client_id is this plus gateway.id.
+CLIENT_ID_PREFIX = "iiot-gateway-"
+# A host-name-derived gateway.id is cut to this many characters.
+MAX_DERIVED_ID_CHARS = 64
 # MQTT strings (client id, topic) are at most this many UTF-8 bytes.
 MAX_MQTT_STRING_BYTES = 65535
 
@@ -50,11 +58,35 @@ DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
 }
 
 
+def default_gateway_id() -> str:
+    """This box's default ``gateway.id``: its host name reduced to ``[A-Za-z0-9_-]``.
+
+    Boxes installed from one recipe differ in host name, so their ids (and the
+    MQTT client ids made from them) do not collide. ``"gateway"`` when the host
+    name is empty or has no usable character.
+    """
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = ""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:MAX_DERIVED_ID_CHARS]
+    return cleaned or FALLBACK_GATEWAY_ID
+
+
+def default_client_id(gateway_id: str) -> str:
+    """The ``mqtt.client_id`` used when the config names none.
+
+    A broker disconnects the older of two clients with one id, so the id
+    follows ``gateway.id`` rather than being one fixed string.
+    """
+    return f"{CLIENT_ID_PREFIX}{gateway_id}"
+
+
 @dataclass(frozen=True)
 class GatewaySection:
     """``[gateway]``: identity and buffer storage."""
 
-    id: str = "gw-01"
+    id: str = field(default_factory=default_gateway_id)
     buffer_dir: str = DEFAULT_BUFFER_DIR
     # "full": SQLite synchronous=FULL, a commit survives power loss.
     # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
@@ -91,7 +123,8 @@ class MqttSection:
 
     host: str = "localhost"
     port: int = 1883
-    client_id: str = "iiot-gateway-gw-01"
+    # Unset in the file: derived from gateway.id (see parse_config).
+    client_id: str = field(default_factory=lambda: default_client_id(default_gateway_id()))
     topic_prefix: str = "iiot"
     qos: int = 1
     retain: bool = True
@@ -426,6 +459,9 @@ def parse_config(
         else:
             raise ConfigError(_join("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
+    if "client_id" not in data.get("mqtt", {}):
+        client_id = default_client_id(cfg.gateway.id)
+        cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, client_id=client_id))
     _validate(cfg)
     password = _read_secret(
         "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import typing
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.config as config_mod
 from gateway import config_checks
 from gateway.config import (
     DEFAULT_PLAUSIBILITY,
@@ -18,6 +20,7 @@ from gateway.config import (
     MQTT_PASSWORD_ENV,
     Config,
     load_config,
+    parse_config,
 )
 from gateway.errors import ConfigError
 
@@ -39,7 +42,8 @@ def config_error(tmp_path: Path, text: str) -> ConfigError:
 
 def test_example_config_loads() -> None:
     cfg = load_config(REPO / "config.toml", environ=NO_ENV)
-    assert cfg.gateway.id == "gw-01"
+    assert cfg.gateway.id == config_mod.default_gateway_id()
+    assert cfg.mqtt.client_id == f"iiot-gateway-{cfg.gateway.id}"
     assert cfg.gateway.durability == "full"
     assert cfg.source.command[0] == "probe-rs"
     assert cfg.mqtt.port == 1883
@@ -640,3 +644,64 @@ def test_secret_from_environment_with_a_line_break_is_refused(
         load_config(write(tmp_path, ""), environ={env: value})
     assert info.value.key == env
     assert_no_secret(info.value)
+
+
+# -- ids: boxes installed from one recipe never collide -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expect"),
+    [
+        ("gw-north-7", "gw-north-7"),
+        ("Box 7.plant.example", "Box-7-plant-example"),
+        ("-edge_01-", "edge_01"),
+        ("...", "gateway"),
+        ("", "gateway"),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_gateway_id_defaults_to_the_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostname: str, expect: str
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    cfg = load_config(write(tmp_path, ""), environ=NO_ENV)
+    assert cfg.gateway.id == expect
+    assert cfg.mqtt.client_id == f"iiot-gateway-{expect}"
+    assert cfg == Config()
+
+
+def test_gateway_id_falls_back_when_the_host_name_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail() -> str:
+        raise OSError("no name")
+
+    monkeypatch.setattr(socket, "gethostname", fail)
+    assert load_config(write(tmp_path, ""), environ=NO_ENV).gateway.id == "gateway"
+
+
+def test_ten_boxes_from_one_recipe_get_ten_client_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = write(tmp_path, '[mqtt]\nhost = "broker"\n')
+    ids = set()
+    for n in range(10):
+        monkeypatch.setattr(socket, "gethostname", lambda n=n: f"edge-{n:02d}")
+        ids.add(load_config(recipe, environ=NO_ENV).mqtt.client_id)
+    assert len(ids) == 10
+
+
+def test_client_id_follows_an_explicit_gateway_id(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[gateway]\nid = "line-3"\n'), environ=NO_ENV)
+    assert cfg.mqtt.client_id == "iiot-gateway-line-3"
+
+
+def test_explicit_client_id_wins(tmp_path: Path) -> None:
+    text = '[gateway]\nid = "line-3"\n[mqtt]\nclient_id = "plc-bridge"\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert (cfg.gateway.id, cfg.mqtt.client_id) == ("line-3", "plc-bridge")
+
+
+def test_parse_config_derives_the_client_id_too() -> None:
+    cfg = parse_config({"gateway": {"id": "gw-x"}}, environ=NO_ENV)
+    assert cfg.mqtt.client_id == "iiot-gateway-gw-x"

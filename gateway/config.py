@@ -1,23 +1,31 @@
 """Configuration: TOML → frozen dataclasses, strictly.
 
-Unknown keys and wrong types raise :class:`ConfigError` naming the dotted key,
-so a typo in the field is reported at start-up rather than silently ignored.
-Secrets (MQTT password, InfluxDB token) come from files or the environment and
-never appear in logs or reprs.
+Unknown keys, wrong types and values out of range raise :class:`ConfigError`
+naming the dotted key, so a mistake is reported at start-up rather than as a
+traceback hours later. Every number has a range
+(:data:`gateway.config_checks.RANGES`), strings that reach MQTT, line protocol
+or HTTP carry no control characters, and the TLS and secret files are read
+once at load. Secrets (MQTT password, InfluxDB token) come from files or the
+environment and never appear in logs, reprs or error messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import socket
 import stat
 import tomllib
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.config_checks import check_listen, check_ranges, check_tls, check_url, valid_host
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -32,6 +40,14 @@ DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_MAX_LINE_BYTES = 65536
+# gateway.id when the host name has nothing usable in it.
+FALLBACK_GATEWAY_ID = "gateway"
+# The default mqtt.client_id is this plus gateway.id.
+CLIENT_ID_PREFIX = "iiot-gateway-"
+# A host-name-derived gateway.id is cut to this many characters.
+MAX_DERIVED_ID_CHARS = 64
+# MQTT strings (client id, topic) are at most this many UTF-8 bytes.
+MAX_MQTT_STRING_BYTES = 65535
 
 DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
     "temperature": (-40.0, 85.0),
@@ -42,11 +58,35 @@ DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
 }
 
 
+def default_gateway_id() -> str:
+    """This box's default ``gateway.id``: its host name reduced to ``[A-Za-z0-9_-]``.
+
+    Boxes installed from one recipe differ in host name, so their ids (and the
+    MQTT client ids made from them) do not collide. ``"gateway"`` when the host
+    name is empty or has no usable character.
+    """
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = ""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:MAX_DERIVED_ID_CHARS]
+    return cleaned or FALLBACK_GATEWAY_ID
+
+
+def default_client_id(gateway_id: str) -> str:
+    """The ``mqtt.client_id`` used when the config names none.
+
+    A broker disconnects the older of two clients with one id, so the id
+    follows ``gateway.id`` rather than being one fixed string.
+    """
+    return f"{CLIENT_ID_PREFIX}{gateway_id}"
+
+
 @dataclass(frozen=True)
 class GatewaySection:
     """``[gateway]``: identity and buffer storage."""
 
-    id: str = "gw-01"
+    id: str = field(default_factory=default_gateway_id)
     buffer_dir: str = DEFAULT_BUFFER_DIR
     # "full": SQLite synchronous=FULL, a commit survives power loss.
     # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
@@ -83,7 +123,8 @@ class MqttSection:
 
     host: str = "localhost"
     port: int = 1883
-    client_id: str = "iiot-gateway-gw-01"
+    # Unset in the file: derived from gateway.id (see parse_config).
+    client_id: str = field(default_factory=lambda: default_client_id(default_gateway_id()))
     topic_prefix: str = "iiot"
     qos: int = 1
     retain: bool = True
@@ -145,6 +186,36 @@ class Config:
 
 _SECRET_FIELDS = {"password", "token"}
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Tag keys every point already has, or that InfluxDB refuses as a tag key.
+_RESERVED_TAGS = frozenset({"node", "unit", "time"})
+# Arguments of source.command may be shell scripts spanning lines.
+_COMMAND_CONTROL_OK = frozenset("\t\n\r")
+
+
+def _join(prefix: str, key: str) -> str:
+    """``prefix.key``, quoting ``key`` the TOML way unless it is a bare key.
+
+    A key holding a newline must not split the one-line error in two.
+    """
+    bare = bool(key) and set(key) <= _NAME_CHARS
+    return f"{prefix}.{key if bare else json.dumps(key, ensure_ascii=False)}"
+
+
+def _control_char(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first control character in ``text`` that is not ``allowed``, if any."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return char
+    return None
+
+
+def _check_text(key: str, text: str) -> None:
+    # A newline in a tag, topic or header value ends the record early and lets
+    # the rest be read as another one (line-protocol injection).
+    allowed = _COMMAND_CONTROL_OK if key.startswith("source.command[") else frozenset()
+    char = _control_char(text, allowed)
+    if char is not None:
+        raise ConfigError(key, f"must not contain control characters (found {char!r})")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -161,10 +232,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        # TOML has nan and inf; every comparison with nan is false, so a range
+        # check alone would let it through.
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
+        _check_text(key, value)
         return value
     if origin is Literal:
         choices = typing.get_args(hint)
@@ -188,7 +264,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table, got {value!r}")
         _, vhint = typing.get_args(hint)
-        return {k: _coerce(f"{key}.{k}", v, vhint) for k, v in value.items()}
+        return {k: _coerce(_join(key, k), v, vhint) for k, v in value.items()}
     if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in use
         raise ConfigError(key, "unsupported type")
     raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
@@ -201,7 +277,7 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(cls) if f.name not in _SECRET_FIELDS}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = f"{name}.{key}"
+        dotted = _join(name, key)
         if key not in fields:
             if key in _SECRET_FIELDS:
                 raise ConfigError(
@@ -212,66 +288,95 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
     return cls(**kwargs)
 
 
+def _strip_newline(text: str) -> str:
+    """``text`` without one trailing ``\\n`` or ``\\r\\n`` (what editors and echo add)."""
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text[: -len(end)]
+    return text
+
+
 def _read_secret(key: str, path: str, env: str, environ: typing.Mapping[str, str]) -> str:
+    """The secret from the file ``path`` (config key ``key``), else from ``$env``.
+
+    No message quotes the secret, not even part of it.
+    """
     if path:
         try:
-            return Path(path).read_text(encoding="utf-8").strip()
+            raw = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError(key, f"cannot read secret file: {exc.strerror}") from None
-    return environ.get(env, "")
+            raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
+        try:
+            secret = _strip_newline(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(key, f"secret file {path} is not UTF-8 text") from None
+        if not secret:
+            raise ConfigError(key, f"secret file {path} is empty")
+        where = key
+    else:
+        secret = _strip_newline(environ.get(env, ""))
+        where = env
+    # A line break left after that is a mistake (a second line, a stray CR) that
+    # would fail later as a wrong password, or end the HTTP Authorization header
+    # early; no real password or token holds a control character.
+    char = _control_char(secret)
+    if char is not None:
+        what = "a line break" if char in "\r\n" else "a control character"
+        raise ConfigError(
+            where, f"the secret contains {what} (only one trailing newline is removed)"
+        )
+    return secret
 
 
 def _validate(cfg: Config) -> None:
+    """Everything a type cannot say: ranges, relations, formats."""
+    check_ranges(cfg)
     g, s, m, i = cfg.gateway, cfg.source, cfg.mqtt, cfg.influxdb
+    if not g.id:
+        raise ConfigError("gateway.id", "must not be empty")
     if not g.buffer_dir:
         raise ConfigError("gateway.buffer_dir", "must not be empty")
-    if g.stats_interval < 0:
-        raise ConfigError("gateway.stats_interval", "must be >= 0 (0 turns it off)")
-    if s.kind == "command" and not s.command:
+    if s.kind == "command" and not (s.command and s.command[0]):
         raise ConfigError("source.command", "must name a program when kind = 'command'")
-    if s.kind == "file" and not s.path:
-        raise ConfigError("source.path", "must be set when kind = 'file'")
-    if s.stall_timeout < 0:
-        raise ConfigError("source.stall_timeout", "must be >= 0 (0 turns the watchdog off)")
-    if not 0 < s.restart_initial <= s.restart_max:
-        raise ConfigError("source.restart_initial", "needs 0 < restart_initial <= restart_max")
-    if s.max_line_bytes < 64:
-        raise ConfigError("source.max_line_bytes", "must be at least 64")
-    if s.rate < 0:
-        raise ConfigError("source.rate", "must be >= 0 (0 = as fast as possible)")
-    if not 1 <= m.port <= 65535:
-        raise ConfigError("mqtt.port", "must be 1..65535")
-    if m.qos not in (0, 1, 2):
-        raise ConfigError("mqtt.qos", "must be 0, 1 or 2")
+    if s.kind == "file":
+        if not s.path:
+            raise ConfigError("source.path", "must be set when kind = 'file'")
+        try:
+            Path(s.path).open("rb").close()
+        except OSError as exc:
+            raise ConfigError("source.path", f"cannot read {s.path}: {exc.strerror}") from None
+    if s.kind == "serial" and not s.port:
+        raise ConfigError("source.port", "must name the device when kind = 'serial'")
+    if s.restart_max < s.restart_initial:
+        raise ConfigError("source.restart_max", "must be >= restart_initial")
+    if not valid_host(m.host):
+        raise ConfigError("mqtt.host", f"expected a host name or IP address, got {m.host!r}")
+    if not m.client_id or len(m.client_id.encode()) > MAX_MQTT_STRING_BYTES:
+        raise ConfigError("mqtt.client_id", f"must be 1..{MAX_MQTT_STRING_BYTES} bytes")
     prefix_parts = m.topic_prefix.split("/")
     if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
+        # Also keeps out the wildcards '+' and '#', which no PUBLISH may carry.
         raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
-    if m.keepalive < 5:
-        raise ConfigError("mqtt.keepalive", "must be at least 5 seconds")
-    if m.connect_timeout <= 0:
-        raise ConfigError("mqtt.connect_timeout", "must be > 0")
-    if m.buffer_max_messages < 1:
-        raise ConfigError("mqtt.buffer_max_messages", "must be at least 1")
-    if not 0 < m.backoff_initial <= m.backoff_max:
-        raise ConfigError("mqtt.backoff_initial", "needs 0 < backoff_initial <= backoff_max")
-    if bool(m.cert_file) != bool(m.key_file):
-        raise ConfigError("mqtt.cert_file", "cert_file and key_file go together")
-    if not i.url.startswith(("http://", "https://")):
-        raise ConfigError("influxdb.url", "must start with http:// or https://")
-    if i.batch_size < 1:
-        raise ConfigError("influxdb.batch_size", "must be at least 1")
-    if i.flush_interval <= 0:
-        raise ConfigError("influxdb.flush_interval", "must be > 0")
-    if i.buffer_max_points < 1:
-        raise ConfigError("influxdb.buffer_max_points", "must be at least 1")
-    if not 0 < i.backoff_initial <= i.backoff_max:
-        raise ConfigError("influxdb.backoff_initial", "needs 0 < backoff_initial <= backoff_max")
+    if m.backoff_max < m.backoff_initial:
+        raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
+    check_tls(m)
+    check_url(i.url)
+    for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
+        if not value:
+            raise ConfigError(key, "must not be empty")
+    if i.backoff_max < i.backoff_initial:
+        raise ConfigError("influxdb.backoff_max", "must be >= backoff_initial")
     for tag in i.tags:
-        if tag in ("node", "unit") or not tag:
-            raise ConfigError(f"influxdb.tags.{tag}", "'node' and 'unit' are set per point")
+        key = _join("influxdb.tags", tag)
+        _check_text(key, tag)
+        if not tag or tag.startswith("_"):
+            raise ConfigError(key, "tag keys must not be empty or start with '_' (InfluxDB's own)")
+        if tag in _RESERVED_TAGS:
+            raise ConfigError(key, "'node' and 'unit' are set per point; 'time' is reserved")
     for metric, (lo, hi) in cfg.plausibility.items():
-        if lo > hi:
-            raise ConfigError(f"plausibility.{metric}", "min must be <= max")
+        if not lo < hi:
+            raise ConfigError(_join("plausibility", metric), "min must be < max")
+    check_listen(cfg.status.listen)
 
 
 def load_config(
@@ -345,21 +450,25 @@ def parse_config(
             elif isinstance(value, dict):
                 ranges = dict(DEFAULT_PLAUSIBILITY)
                 for metric, bounds in value.items():
-                    ranges[metric] = _coerce(f"plausibility.{metric}", bounds, tuple[float, float])
+                    ranges[metric] = _coerce(
+                        _join("plausibility", metric), bounds, tuple[float, float]
+                    )
                 kwargs[key] = ranges
             else:
                 raise ConfigError("plausibility", "expected a table or false")
         else:
-            raise ConfigError(key, "unknown section")
+            raise ConfigError(_join("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
+    if "client_id" not in data.get("mqtt", {}):
+        client_id = default_client_id(cfg.gateway.id)
+        cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, client_id=client_id))
+    _validate(cfg)
     password = _read_secret(
         "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ
     )
     token = _read_secret("influxdb.token_file", cfg.influxdb.token_file, INFLUX_TOKEN_ENV, environ)
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         mqtt=dataclasses.replace(cfg.mqtt, password=password),
         influxdb=dataclasses.replace(cfg.influxdb, token=token),
     )
-    _validate(cfg)
-    return cfg

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+import gateway.config as config_mod
+from gateway import config_checks
 from gateway.config import (
     DEFAULT_PLAUSIBILITY,
     INFLUX_TOKEN_ENV,
     MQTT_PASSWORD_ENV,
     Config,
     load_config,
+    parse_config,
 )
 from gateway.errors import ConfigError
 
@@ -35,7 +42,8 @@ def config_error(tmp_path: Path, text: str) -> ConfigError:
 
 def test_example_config_loads() -> None:
     cfg = load_config(REPO / "config.toml", environ=NO_ENV)
-    assert cfg.gateway.id == "gw-01"
+    assert cfg.gateway.id == config_mod.default_gateway_id()
+    assert cfg.mqtt.client_id == f"iiot-gateway-{cfg.gateway.id}"
     assert cfg.gateway.durability == "full"
     assert cfg.source.command[0] == "probe-rs"
     assert cfg.mqtt.port == 1883
@@ -132,7 +140,7 @@ def test_plausibility_override_keeps_the_other_defaults(tmp_path: Path) -> None:
 
 def test_secrets_from_files(tmp_path: Path) -> None:
     (tmp_path / "mqtt.pw").write_text("s3cret-pw\n")
-    (tmp_path / "influx.tok").write_text("  t0ken-value\n")
+    (tmp_path / "influx.tok").write_bytes(b"t0ken-value\r\n")
     text = (
         f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "mqtt.pw"}"\n'
         f'[influxdb]\ntoken_file = "{tmp_path / "influx.tok"}"\n'
@@ -209,3 +217,491 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "mqtt.hostt" in lines[0]
     assert result.stdout == ""
+
+
+def test_cli_out_of_range_number_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = write(tmp_path, "[mqtt]\nkeepalive = 65536\n", name="bad.toml")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert "mqtt.keepalive" in result.stderr
+
+
+# -- numbers: every one has a range, NaN and infinity never pass ------------------
+
+
+def test_every_number_has_a_range() -> None:
+    """A new int or float field needs an entry in RANGES (or this test fails)."""
+    numeric = set()
+    for section in fields(Config):
+        if section.name == "plausibility":
+            continue
+        hints = typing.get_type_hints(section.default_factory)  # type: ignore[arg-type]
+        numeric |= {f"{section.name}.{n}" for n, h in hints.items() if h in (int, float)}
+    assert numeric == set(config_checks.RANGES)
+
+
+def _table(key: str, value: object, *, pair: bool = False) -> str:
+    """A config setting ``key`` to ``value``; with ``pair``, its initial/max partner too."""
+    section, name = key.split(".")
+    lines = [f"[{section}]", f"{name} = {value}"]
+    for a, b in (("_initial", "_max"), ("_max", "_initial")):
+        if pair and name.endswith(a):
+            lines.append(f"{name.removesuffix(a)}{b} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+INT_KEYS = {
+    f"{s.name}.{n}"
+    for s in fields(Config)
+    if s.name != "plausibility"
+    for n, h in typing.get_type_hints(s.default_factory).items()  # type: ignore[arg-type]
+    if h is int
+}
+FLOAT_KEYS = sorted(set(config_checks.RANGES) - INT_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(config_checks.RANGES))
+def test_range_edges_are_accepted_and_beyond_refused(tmp_path: Path, key: str) -> None:
+    allowed = config_checks.RANGES[key]
+    for edge in (allowed.lo, allowed.hi):
+        load_config(write(tmp_path, _table(key, _toml_number(edge), pair=True)), environ=NO_ENV)
+    step = 1 if key in INT_KEYS else allowed.lo / 2 or 0.5
+    assert config_error(tmp_path, _table(key, _toml_number(allowed.hi + step))).key == key
+    below = allowed.lo - step
+    if not (allowed.zero_is_off and below == 0):
+        assert config_error(tmp_path, _table(key, _toml_number(below))).key == key
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_refused(tmp_path: Path, key: str, value: str) -> None:
+    section, name = key.split(".")
+    err = config_error(tmp_path, f"[{section}]\n{name} = {value}\n")
+    assert err.key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gateway]\nstats_interval = 1e-9\n", "gateway.stats_interval"),
+        ("[gateway]\nstats_interval = 1e9\n", "gateway.stats_interval"),
+        ("[source]\nrate = 1e-9\n", "source.rate"),
+        ("[source]\nrate = 1e9\n", "source.rate"),
+        ("[source]\nbaud = 0\n", "source.baud"),
+        ("[source]\nbaud = 123456\n", "source.baud"),
+        ("[source]\nbaud = 100000000\n", "source.baud"),
+        ("[source]\nstall_timeout = 1e-9\n", "source.stall_timeout"),
+        ("[source]\nstall_timeout = 1e9\n", "source.stall_timeout"),
+        ("[source]\nrestart_initial = 1e-9\n", "source.restart_initial"),
+        ("[source]\nrestart_max = 1e9\n", "source.restart_max"),
+        ("[source]\nmax_line_bytes = 1099511627776\n", "source.max_line_bytes"),
+        ("[mqtt]\nkeepalive = 65536\n", "mqtt.keepalive"),
+        ("[mqtt]\nconnect_timeout = 1e-9\n", "mqtt.connect_timeout"),
+        ("[mqtt]\nconnect_timeout = 1e9\n", "mqtt.connect_timeout"),
+        ("[mqtt]\nbuffer_max_messages = 1000000000000\n", "mqtt.buffer_max_messages"),
+        ("[mqtt]\nbackoff_initial = 1e-9\n", "mqtt.backoff_initial"),
+        ("[mqtt]\nbackoff_max = 1e9\n", "mqtt.backoff_max"),
+        ("[influxdb]\nbatch_size = 1000000000\n", "influxdb.batch_size"),
+        ("[influxdb]\nflush_interval = 1e-9\n", "influxdb.flush_interval"),
+        ("[influxdb]\nbuffer_max_points = 1000000000000\n", "influxdb.buffer_max_points"),
+        ("[influxdb]\nbackoff_initial = 1e-9\n", "influxdb.backoff_initial"),
+        ("[influxdb]\nbackoff_max = 1e9\n", "influxdb.backoff_max"),
+        ("[influxdb]\ntimeout = -3\n", "influxdb.timeout"),
+        ("[influxdb]\ntimeout = 0\n", "influxdb.timeout"),
+        ("[influxdb]\ntimeout = 1e300\n", "influxdb.timeout"),
+        ("[status]\nunhealthy_after = -5\n", "status.unhealthy_after"),
+        ("[status]\nunhealthy_after = 0\n", "status.unhealthy_after"),
+        ("[plausibility]\ntemperature = [nan, 1]\n", "plausibility.temperature[0]"),
+        ("[plausibility]\ntemperature = [0, inf]\n", "plausibility.temperature[1]"),
+        ("[plausibility]\ntemperature = [5, 5]\n", "plausibility.temperature"),
+        ("[source]\nrestart_initial = 10.0\nrestart_max = 5.0\n", "source.restart_max"),
+        ("[mqtt]\nbackoff_initial = 10.0\nbackoff_max = 5.0\n", "mqtt.backoff_max"),
+        ("[influxdb]\nbackoff_initial = 10.0\nbackoff_max = 5.0\n", "influxdb.backoff_max"),
+    ],
+)
+def test_numbers_out_of_range_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mqtt]\nport = 0\n", "mqtt.port"),
+        ("[mqtt]\nport = 65536\n", "mqtt.port"),
+        ("[mqtt]\nqos = 3\n", "mqtt.qos"),
+        ("[mqtt]\nqos = -1\n", "mqtt.qos"),
+        ("[mqtt]\nkeepalive = 4\n", "mqtt.keepalive"),
+    ],
+)
+def test_numbers_refused_before_still_are(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+def test_zero_turns_off_what_it_says_it_does(tmp_path: Path) -> None:
+    text = "[gateway]\nstats_interval = 0\n[source]\nrate = 0\nstall_timeout = 0\n"
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert (cfg.gateway.stats_interval, cfg.source.rate, cfg.source.stall_timeout) == (0, 0, 0)
+
+
+def test_a_range_message_states_the_range(tmp_path: Path) -> None:
+    err = config_error(tmp_path, "[gateway]\nstats_interval = 1e-9\n")
+    assert "0 (off) or 0.1..86400" in str(err)
+
+
+# -- status.listen ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        "127.0.0.1:abc",
+        "127.0.0.1:\u0663",
+        "127.0.0.1",
+        ":9108",
+        "::1:9108",
+        "[::1]:70000",
+        "[localhost]:9108",
+        "my host:9108",
+        "unix:/run/gateway.sock",
+    ],
+)
+def test_bad_listen_address_is_refused(tmp_path: Path, listen: str) -> None:
+    assert config_error(tmp_path, f'[status]\nlisten = "{listen}"\n').key == "status.listen"
+
+
+@pytest.mark.parametrize(
+    "listen", ["", "127.0.0.1:0", "0.0.0.0:9108", "localhost:9108", "[::1]:9108", "[::]:1"]
+)
+def test_good_listen_address_is_accepted(tmp_path: Path, listen: str) -> None:
+    cfg = load_config(write(tmp_path, f'[status]\nlisten = "{listen}"\n'), environ=NO_ENV)
+    assert cfg.status.listen == listen
+
+
+# -- strings that end up in a protocol --------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\\n", "\\r", "\\t", "\\u0000", "\\u001b", "\\u007f", "\\u0085"])
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [
+        ("gateway", "id"),
+        ("mqtt", "client_id"),
+        ("mqtt", "topic_prefix"),
+        ("mqtt", "username"),
+        ("mqtt", "host"),
+        ("influxdb", "org"),
+        ("influxdb", "bucket"),
+        ("influxdb.tags", "site"),
+    ],
+)
+def test_control_characters_are_refused(tmp_path: Path, section: str, name: str, char: str) -> None:
+    err = config_error(tmp_path, f'[{section}]\n{name} = "north{char}field"\n')
+    assert err.key == f"{section}.{name}"
+    assert not {"\n", "\r"} & set(str(err))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[influxdb.tags]\n"north\\nfield" = "x"\n', 'influxdb.tags."north\\nfield"'),
+        ('[influxdb.tags]\n"" = "x"\n', 'influxdb.tags.""'),
+        ('[influxdb.tags]\n_site = "x"\n', "influxdb.tags._site"),
+        ('[influxdb.tags]\ntime = "x"\n', "influxdb.tags.time"),
+        ('[influxdb.tags]\nunit = "x"\n', "influxdb.tags.unit"),
+        ('[gateway]\nid = ""\n', "gateway.id"),
+        ('[mqtt]\nclient_id = ""\n', "mqtt.client_id"),
+        ('[mqtt]\nhost = ""\n', "mqtt.host"),
+        ('[mqtt]\nhost = "broker:1883"\n', "mqtt.host"),
+        ('[mqtt]\nhost = "tcp://broker"\n', "mqtt.host"),
+        ('[mqtt]\nhost = "my broker"\n', "mqtt.host"),
+        ('[influxdb]\nurl = "http://"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://db:99999"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://db:port"\n', "influxdb.url"),
+        ('[influxdb]\nurl = "http://my db:8086"\n', "influxdb.url"),
+        ('[influxdb]\norg = ""\n', "influxdb.org"),
+        ('[influxdb]\nbucket = ""\n', "influxdb.bucket"),
+        ('[source]\ncommand = [""]\n', "source.command"),
+        ('[source]\ncommand = ["probe-rs\\u0000"]\n', "source.command[0]"),
+        ('[source]\ncommand = ["sh", "-c", "a\\u001b"]\n', "source.command[2]"),
+        ('[source]\nport = "/dev/tty\\nACM0"\n', "source.port"),
+        ('[mqtt]\n"bad\\nkey" = 1\n', 'mqtt."bad\\nkey"'),
+        ('["bad\\nsection"]\nx = 1\n', '"bad\\nsection"'),
+    ],
+)
+def test_strings_are_checked(tmp_path: Path, text: str, key: str) -> None:
+    err = config_error(tmp_path, text)
+    assert err.key == key
+    assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("prefix", ["", "+", "#", "a/+/b", "a/#", "/a", "a/", "a//b", "a\\nb"])
+def test_topic_prefix_has_no_wildcards_or_empty_levels(tmp_path: Path, prefix: str) -> None:
+    err = config_error(tmp_path, f'[mqtt]\ntopic_prefix = "{prefix}"\n')
+    assert err.key == "mqtt.topic_prefix"
+
+
+def test_a_command_may_carry_a_multi_line_script(tmp_path: Path) -> None:
+    text = '[source]\ncommand = ["sh", "-c", "echo a\\n\\techo b\\r\\n"]\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.source.command[2] == "echo a\n\techo b\r\n"
+
+
+def test_special_characters_in_tags_are_escaped_not_refused(tmp_path: Path) -> None:
+    from gateway.influx_sink import tag_suffix
+
+    text = '[influxdb.tags]\n"my site" = "a,b=c d\\\\e"\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert tag_suffix(cfg.influxdb.tags) == r",my\ site=a\,b\=c\ d\\e"
+
+
+def test_source_file_must_be_readable(tmp_path: Path) -> None:
+    text = f'[source]\nkind = "file"\npath = "{tmp_path / "absent.jsonl"}"\n'
+    err = config_error(tmp_path, text)
+    assert err.key == "source.path"
+    assert "No such file" in str(err)
+
+
+# -- TLS files ----------------------------------------------------------------------
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a client certificate and key, a second key and an encrypted key."""
+    d = tmp_path_factory.mktemp("pki")
+    for name in ("ca", "other"):
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}",
+            cwd=d,
+        )  # fmt: skip
+    openssl("rsa", "-in", "ca.key", "-aes256", "-passout", "pass:pw", "-out", "enc.key", cwd=d)
+    (d / "junk.pem").write_text("not a certificate\n")
+    (d / "empty.pem").write_text("")
+    return d
+
+
+def tls_text(pki: Path, **files: str) -> str:
+    return "[mqtt]\n" + "".join(f'{k} = "{pki / v}"\n' for k, v in files.items())
+
+
+def test_good_tls_files_are_accepted(tmp_path: Path, pki: Path) -> None:
+    text = tls_text(pki, ca_file="ca.crt", cert_file="ca.crt", key_file="ca.key")
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert cfg.mqtt.ca_file == str(pki / "ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("files", "key", "says"),
+    [
+        ({"ca_file": "absent.crt"}, "mqtt.ca_file", "No such file"),
+        ({"ca_file": "."}, "mqtt.ca_file", "Is a directory"),
+        ({"ca_file": "junk.pem"}, "mqtt.ca_file", "no usable certificate"),
+        ({"ca_file": "empty.pem"}, "mqtt.ca_file", "no usable certificate"),
+        ({"ca_file": "ca.key"}, "mqtt.ca_file", "no usable certificate"),
+        (
+            {"ca_file": "ca.crt", "cert_file": "absent.crt", "key_file": "ca.key"},
+            "mqtt.cert_file",
+            "No such file",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.key", "key_file": "ca.key"},
+            "mqtt.cert_file",
+            "no usable certificate",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "absent.key"},
+            "mqtt.key_file",
+            "No such file",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "junk.pem"},
+            "mqtt.key_file",
+            "no usable private key",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "other.key"},
+            "mqtt.key_file",
+            "not the private key",
+        ),
+        (
+            {"ca_file": "ca.crt", "cert_file": "ca.crt", "key_file": "enc.key"},
+            "mqtt.key_file",
+            "encrypted",
+        ),
+        ({"cert_file": "ca.crt", "key_file": "ca.key"}, "mqtt.cert_file", "set mqtt.ca_file"),
+        ({"ca_file": "ca.crt", "cert_file": "ca.crt"}, "mqtt.cert_file", "go together"),
+    ],
+)
+def test_bad_tls_files_name_their_key(
+    tmp_path: Path, pki: Path, files: dict[str, str], key: str, says: str
+) -> None:
+    err = config_error(tmp_path, tls_text(pki, **files))
+    assert err.key == key
+    assert says in str(err)
+    assert "BEGIN" not in str(err)
+
+
+# -- secrets ------------------------------------------------------------------------
+
+SECRET = "s3cret-Pw"
+
+
+def assert_no_secret(err: ConfigError) -> None:
+    """Neither the secret nor either part of it around a line break is quoted."""
+    for text in (str(err), err.message, repr(err)):
+        for part in (SECRET, SECRET[:3], SECRET[3:]):
+            assert part not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (f"{SECRET}\n".encode(), SECRET),
+        (f"{SECRET}\r\n".encode(), SECRET),
+        (SECRET.encode(), SECRET),
+        (f" {SECRET} \n".encode(), f" {SECRET} "),
+    ],
+)
+def test_one_trailing_newline_is_stripped_from_a_secret_file(
+    tmp_path: Path, content: bytes, expect: str
+) -> None:
+    (tmp_path / "pw").write_bytes(content)
+    text = f'[mqtt]\npassword_file = "{tmp_path / "pw"}"\n'
+    assert load_config(write(tmp_path, text), environ=NO_ENV).mqtt.password == expect
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"{SECRET}\n\n".encode(),
+        f"{SECRET}\r\n\r\n".encode(),
+        f"{SECRET[:3]}\n{SECRET[3:]}".encode(),
+        f"{SECRET[:3]}\r{SECRET[3:]}\n".encode(),
+        f"{SECRET}\r".encode(),
+        f"{SECRET}\x00".encode(),
+        SECRET.encode() + b"\xff\xfe",
+        b"",
+        b"\n",
+    ],
+)
+@pytest.mark.parametrize(
+    ("section", "name"), [("mqtt", "password_file"), ("influxdb", "token_file")]
+)
+def test_bad_secret_file_names_its_key_and_never_the_secret(
+    tmp_path: Path, content: bytes, section: str, name: str
+) -> None:
+    (tmp_path / "secret").write_bytes(content)
+    err = config_error(tmp_path, f'[{section}]\n{name} = "{tmp_path / "secret"}"\n')
+    assert err.key == f"{section}.{name}"
+    assert_no_secret(err)
+
+
+def test_secret_file_that_is_a_directory_names_its_key(tmp_path: Path) -> None:
+    assert config_error(tmp_path, f'[mqtt]\npassword_file = "{tmp_path}"\n').key == (
+        "mqtt.password_file"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_secret_file_says_so(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text(SECRET)
+    secret.chmod(0)
+    err = config_error(tmp_path, f'[influxdb]\ntoken_file = "{secret}"\n')
+    assert err.key == "influxdb.token_file"
+    assert "Permission denied" in str(err)
+
+
+@pytest.mark.parametrize("env", [MQTT_PASSWORD_ENV, INFLUX_TOKEN_ENV])
+def test_secret_from_environment_loses_one_trailing_newline(tmp_path: Path, env: str) -> None:
+    cfg = load_config(write(tmp_path, ""), environ={env: f"{SECRET}\r\n"})
+    assert SECRET in (cfg.mqtt.password, cfg.influxdb.token)
+
+
+@pytest.mark.parametrize("value", [f"{SECRET}\n\n", f"{SECRET[:3]}\n{SECRET[3:]}", f"{SECRET}\r"])
+@pytest.mark.parametrize("env", [MQTT_PASSWORD_ENV, INFLUX_TOKEN_ENV])
+def test_secret_from_environment_with_a_line_break_is_refused(
+    tmp_path: Path, env: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ""), environ={env: value})
+    assert info.value.key == env
+    assert_no_secret(info.value)
+
+
+# -- ids: boxes installed from one recipe never collide -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expect"),
+    [
+        ("gw-north-7", "gw-north-7"),
+        ("Box 7.plant.example", "Box-7-plant-example"),
+        ("-edge_01-", "edge_01"),
+        ("...", "gateway"),
+        ("", "gateway"),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_gateway_id_defaults_to_the_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostname: str, expect: str
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    cfg = load_config(write(tmp_path, ""), environ=NO_ENV)
+    assert cfg.gateway.id == expect
+    assert cfg.mqtt.client_id == f"iiot-gateway-{expect}"
+    assert cfg == Config()
+
+
+def test_gateway_id_falls_back_when_the_host_name_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail() -> str:
+        raise OSError("no name")
+
+    monkeypatch.setattr(socket, "gethostname", fail)
+    assert load_config(write(tmp_path, ""), environ=NO_ENV).gateway.id == "gateway"
+
+
+def test_ten_boxes_from_one_recipe_get_ten_client_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = write(tmp_path, '[mqtt]\nhost = "broker"\n')
+    ids = set()
+    for n in range(10):
+        monkeypatch.setattr(socket, "gethostname", lambda n=n: f"edge-{n:02d}")
+        ids.add(load_config(recipe, environ=NO_ENV).mqtt.client_id)
+    assert len(ids) == 10
+
+
+def test_client_id_follows_an_explicit_gateway_id(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[gateway]\nid = "line-3"\n'), environ=NO_ENV)
+    assert cfg.mqtt.client_id == "iiot-gateway-line-3"
+
+
+def test_explicit_client_id_wins(tmp_path: Path) -> None:
+    text = '[gateway]\nid = "line-3"\n[mqtt]\nclient_id = "plc-bridge"\n'
+    cfg = load_config(write(tmp_path, text), environ=NO_ENV)
+    assert (cfg.gateway.id, cfg.mqtt.client_id) == ("line-3", "plc-bridge")
+
+
+def test_parse_config_derives_the_client_id_too() -> None:
+    cfg = parse_config({"gateway": {"id": "gw-x"}}, environ=NO_ENV)
+    assert cfg.mqtt.client_id == "iiot-gateway-gw-x"

@@ -28,7 +28,8 @@ from gateway.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("gateway")
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+_log_format = "text"  # set by main(): how _error() speaks
 
 
 class _JsonFormatter(logging.Formatter):
@@ -57,6 +58,14 @@ def setup_logging(level: str, fmt: str) -> None:
     # aiomqtt/paho chatter is ours to summarise, not to repeat.
     logging.getLogger("mqtt").setLevel(logging.WARNING)
     logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+
+
+def _error(message: str) -> None:
+    """One line on stderr for the operator: ``gateway: ...``, or a JSON log line."""
+    if _log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"gateway: {message}", file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -174,8 +183,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=5) as r:
             doc = json.load(r)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        _error(f"cannot read {url}: {exc}")
+        return EXIT_FAILURE
     console = Console()
     state = (
         "[green]healthy[/]" if doc["healthy"] else "[red]UNHEALTHY[/]: " + "; ".join(doc["reasons"])
@@ -263,11 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if EARLY_SIGNALS:
             return 128 + signal.SIGTERM
+    global _log_format
     setup_logging(args.log_level, args.log_format)
+    _log_format = args.log_format
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"gateway: config error: {exc}", file=sys.stderr)
+        _error(f"config error: {exc}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception:
+        log.exception("gateway %s failed", args.command)
+        return EXIT_FAILURE

@@ -1,4 +1,9 @@
-"""The ``gateway`` command line: run, simulate, check, buffer, status."""
+"""The ``gateway`` command line: run, simulate, check, buffer, status.
+
+Every command but ``run`` leaves the disk as it found it. Errors an operator
+can act on are one line on stderr (a JSON log line with ``--log-format json``);
+anything unexpected is logged with its traceback and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,16 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import trio  # noqa: E402
 
 from gateway import __version__  # noqa: E402
 from gateway.config import Config, load_config  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
+
+if TYPE_CHECKING:
+    from gateway.buffer import Record
 
 log = logging.getLogger("gateway")
 
@@ -106,57 +115,70 @@ def cmd_check(args: argparse.Namespace) -> int:
     return trio.run(check, cfg)
 
 
-def cmd_buffer(args: argparse.Namespace) -> int:
-    """``gateway buffer stats|export``: what is waiting on disk."""
-    from gateway.buffer import STORE_FILE, BufferStore
+def _received_ns(sink: str, value: str) -> int | None:
+    """The time stamp a buffered record carries; None if it does not parse."""
     from gateway.influx_sink import point_time_ns
     from gateway.mqtt_sink import split_record
 
-    buffer_dir = args.buffer_dir
-    if buffer_dir is None:
-        buffer_dir = _load(args).gateway.buffer_dir
-    sinks = [args.sink] if getattr(args, "sink", None) else ["mqtt", "influx"]
+    try:
+        return split_record(value)[0] if sink == "mqtt" else point_time_ns(value)
+    except (ValueError, IndexError):
+        return None
+
+
+def export_line(sink: str, record: Record) -> str:
+    """One record as a line of ``gateway buffer export`` (see README, "Running it")."""
+    from gateway.mqtt_sink import split_record
+
+    doc: dict[str, object] = {
+        "sink": sink,
+        "seq": record.key,
+        "received_ns": _received_ns(sink, record.value),
+    }
+    if doc["received_ns"] is None:
+        doc["record"] = record.value
+    elif sink == "mqtt":
+        _, doc["topic"], doc["payload"] = split_record(record.value)
+    else:
+        doc["line"] = record.value
+    return json.dumps(doc)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    """``gateway buffer stats|export``: what is waiting on disk, read without writing."""
+    from gateway.buffer import StoreError, StoreReader
+
+    buffer_dir = Path(args.buffer_dir or _load(args).gateway.buffer_dir)
+    sinks = [args.sink] if args.sink else ["mqtt", "influx"]
     now = time.time_ns()
     report: dict[str, dict[str, float | int | None]] = {}
-    if not (Path(buffer_dir) / STORE_FILE).exists():
-        for sink in sinks:
-            report[sink] = {"records": 0, "bytes": 0, "oldest_age_seconds": None}
-    else:
+    try:
         # Reading while a gateway runs is safe: SQLite WAL lets readers in.
-        store = BufferStore(
-            Path(buffer_dir), dict.fromkeys(sinks, 2**62), ack_delay=0, import_old=False
-        )
-        try:
+        with StoreReader(buffer_dir) as store:
             for sink in sinks:
-                buf = store.buffers[sink]
                 if args.action == "export":
-                    for rec in buf.iter_all():
-                        if sink == "mqtt":
-                            ns, topic, payload = split_record(rec.value)
-                            line = json.dumps(
-                                {"received_ns": ns, "topic": topic, "payload": payload}
-                            )
-                        else:
-                            line = rec.value
-                        sys.stdout.write(line + "\n")
+                    for rec in store.records(sink):
+                        sys.stdout.write(export_line(sink, rec) + "\n")
                     continue
-                stats = buf.stats()
-                first = buf.oldest()
-                oldest = None
-                if first is not None:
-                    text = first.value
-                    ns = split_record(text)[0] if sink == "mqtt" else point_time_ns(text)
-                    oldest = round((now - ns) / 1e9, 3)
+                first = store.oldest(sink)
+                ns = _received_ns(sink, first.value) if first is not None else None
                 report[sink] = {
-                    "records": stats["records"],
+                    "records": store.count(sink),
                     # One file holds every sink's buffer: this is its size.
-                    "bytes": stats["bytes"],
-                    "oldest_age_seconds": oldest,
+                    "bytes": store.disk_bytes(),
+                    "oldest_age_seconds": None if ns is None else round((now - ns) / 1e9, 3),
                 }
-        finally:
-            store.close()
+    except FileNotFoundError:
+        _error(f"buffer directory {buffer_dir} does not exist")
+        return EXIT_FAILURE
+    except StoreError as exc:
+        _error(str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:
+        _error(f"cannot read buffer directory {buffer_dir}: {exc.strerror or exc}")
+        return EXIT_FAILURE
     if args.action == "stats":
-        dead = Path(buffer_dir) / "dead-letter" / "influx.lp"
+        dead = buffer_dir / "dead-letter" / "influx.lp"
         dead_count = 0
         if dead.exists():
             with open(dead, "rb") as f:

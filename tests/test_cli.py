@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from gateway.buffer import BufferStore
+from gateway.buffer import STORE_FILE, BufferStore
+from gateway.influx_sink import point_time_ns
+from gateway.mqtt_sink import split_record
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -64,6 +68,158 @@ def write_store(directory: Path, mqtt: list[str], influx: list[str], *, close: b
     return store
 
 
+def listing(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``directory`` with its size and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def stats(capsys: pytest.CaptureFixture[str], directory: Path, *extra: str) -> dict[str, Any]:
+    assert cli("buffer", "stats", "--json", "--buffer-dir", str(directory), *extra) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def export(capsys: pytest.CaptureFixture[str], directory: Path, *extra: str) -> list[Any]:
+    assert cli("buffer", "export", "--buffer-dir", str(directory), *extra) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+# -- buffer stats|export: read-only ----------------------------------------------------
+
+
+def test_stats_of_a_closed_store_touch_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    before = listing(tmp_path)
+    assert list(before) == [STORE_FILE]
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"]["records"] == 3
+    assert report["influx"]["records"] == 2
+    assert report["mqtt"]["bytes"] == before[STORE_FILE][0]
+    assert report["mqtt"]["oldest_age_seconds"] > 0
+    assert report["dead_letter"] == {"influx": 0}
+    export(capsys, tmp_path)
+    assert listing(tmp_path) == before  # no -wal, no -shm, nothing rewritten
+
+
+def test_stats_of_a_store_a_gateway_holds_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = write_store(tmp_path, MQTT, INFLUX, close=False)
+    try:
+        names = set(listing(tmp_path))
+        assert {f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"} <= names
+        report = stats(capsys, tmp_path)
+        assert (report["mqtt"]["records"], report["influx"]["records"]) == (3, 2)
+        assert len(export(capsys, tmp_path)) == 5
+        # The same from another process, as an operator would run it.
+        result = run("buffer", "stats", "--json", "--buffer-dir", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["mqtt"]["records"] == 3
+        assert set(listing(tmp_path)) == names
+    finally:
+        store.close()
+
+
+def test_stats_of_a_store_left_by_a_killed_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The files as kill -9 leaves them: the WAL and its index, no checkpoint.
+    live = tmp_path / "live"
+    store = write_store(live, MQTT, INFLUX, close=False)
+    left = tmp_path / "left"
+    shutil.copytree(live, left)
+    store.close()
+    assert {f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"} <= set(listing(left))
+    report = stats(capsys, left)
+    assert (report["mqtt"]["records"], report["influx"]["records"]) == (3, 2)
+
+
+def test_a_wal_without_its_index_is_reported_not_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = tmp_path / "live"
+    store = write_store(live, MQTT, INFLUX, close=False)
+    left = tmp_path / "left"
+    shutil.copytree(live, left)
+    store.close()
+    (left / f"{STORE_FILE}-shm").unlink()
+    before = listing(left)
+    assert cli("buffer", "stats", "--buffer-dir", str(left)) == 1
+    err = capsys.readouterr().err
+    assert "-shm" in err
+    assert listing(left) == before
+
+
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated"])
+@pytest.mark.parametrize("action", ["stats", "export"])
+def test_a_corrupt_store_is_reported_and_left_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, action: str
+) -> None:
+    write_store(tmp_path, [f"{NS + i} iiot/a/n {i}" for i in range(3000)], INFLUX)
+    db = tmp_path / STORE_FILE
+    if damage == "random_bytes":
+        db.write_bytes(os.urandom(64 * 1024))
+    else:
+        with open(db, "r+b") as f:
+            f.truncate(4096)
+    before = listing(tmp_path)
+    assert cli("buffer", action, "--buffer-dir", str(tmp_path)) == 1
+    out, err = capsys.readouterr()
+    assert "corrupt" in err
+    assert str(db) in err
+    assert out == ""
+    assert listing(tmp_path) == before  # not moved aside, not replaced
+
+
+def test_an_unreadable_store_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / STORE_FILE).mkdir()  # there, but not a file SQLite can open
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "cannot read" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_buffer_dir_is_an_error_and_stays_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope"
+    for action in ("stats", "export"):
+        assert cli("buffer", action, "--buffer-dir", str(missing)) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1
+        assert "does not exist" in err
+        assert str(missing) in err
+    assert not missing.exists()
+
+
+def test_an_empty_buffer_dir_holds_no_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"] == {"records": 0, "bytes": 0, "oldest_age_seconds": None}
+    assert report["influx"]["records"] == 0
+    assert export(capsys, tmp_path) == []
+    assert listing(tmp_path) == {}
+
+
+def test_stats_text_and_sink_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    report = stats(capsys, tmp_path, "--sink", "influx")
+    assert set(report) == {"influx", "dead_letter"}
+    assert report["influx"]["records"] == 2
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["mqtt", "records=3"]
+    assert lines[1].split()[:2] == ["influx", "records=2"]
+
+
 def test_read_store_returns_every_sinks_records(tmp_path: Path) -> None:
     from gateway.buffer import read_store
 
@@ -76,6 +232,48 @@ def test_read_store_returns_every_sinks_records(tmp_path: Path) -> None:
     }
     with pytest.raises(FileNotFoundError):
         read_store(tmp_path / "nope")
+
+
+# -- buffer export: one format ---------------------------------------------------------
+
+
+def test_export_is_json_lines_naming_the_sink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    docs = export(capsys, tmp_path)
+    assert [d["sink"] for d in docs] == ["mqtt"] * 3 + ["influx"] * 2
+    for doc, value in zip(docs[:3], MQTT, strict=True):
+        ns, topic, payload = split_record(value)
+        assert doc == {
+            "sink": "mqtt",
+            "seq": doc["seq"],
+            "received_ns": ns,
+            "topic": topic,
+            "payload": payload,
+        }
+    for doc, value in zip(docs[3:], INFLUX, strict=True):
+        assert doc == {
+            "sink": "influx",
+            "seq": doc["seq"],
+            "received_ns": point_time_ns(value),
+            "line": value,
+        }
+    assert [d["seq"] for d in docs] == [1, 2, 3, 1, 2]
+    assert [d["sink"] for d in export(capsys, tmp_path, "--sink", "influx")] == ["influx"] * 2
+
+
+def test_export_a_record_that_does_not_parse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, ["garbage"], ["no-time-stamp"])
+    assert export(capsys, tmp_path) == [
+        {"sink": "mqtt", "seq": 1, "received_ns": None, "record": "garbage"},
+        {"sink": "influx", "seq": 1, "received_ns": None, "record": "no-time-stamp"},
+    ]
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"]["records"] == 1
+    assert report["mqtt"]["oldest_age_seconds"] is None
 
 
 # -- errors and --log-format json ------------------------------------------------------

@@ -17,12 +17,14 @@ EARLY_SIGNALS: list[int] = []
 signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_SIGNALS.append(signum))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -75,6 +77,28 @@ def _error(message: str) -> None:
         log.error("%s", message)
     else:
         print(f"gateway: {message}", file=sys.stderr)
+
+
+class StdoutClosed(Exception):
+    """stdout's reader went away (``gateway buffer export | head -1``): not an error."""
+
+
+@contextlib.contextmanager
+def _stdout() -> Iterator[None]:
+    """Write to stdout in this block; if the reader has gone, end the command quietly.
+
+    As the Python docs advise (the signal module's note on SIGPIPE), stdout then
+    points at /dev/null, so that the interpreter's flush at exit fails no more.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise StdoutClosed from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -154,7 +178,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     report: dict[str, dict[str, float | int | None]] = {}
     try:
         # Reading while a gateway runs is safe: SQLite WAL lets readers in.
-        with StoreReader(buffer_dir) as store:
+        with StoreReader(buffer_dir) as store, _stdout():
             for sink in sinks:
                 if args.action == "export":
                     for rec in store.records(sink):
@@ -184,11 +208,12 @@ def cmd_buffer(args: argparse.Namespace) -> int:
             with open(dead, "rb") as f:
                 dead_count = sum(1 for _ in f)
         report["dead_letter"] = {"influx": dead_count}
-        if args.json:
-            print(json.dumps(report))
-        else:
-            for sink, row in report.items():
-                print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        with _stdout():
+            if args.json:
+                print(json.dumps(report))
+            else:
+                for sink, row in report.items():
+                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
     return EXIT_OK
 
 
@@ -303,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"config error: {exc}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
+        return EXIT_OK
+    except StdoutClosed:
         return EXIT_OK
     except Exception:
         log.exception("gateway %s failed", args.command)

@@ -276,6 +276,41 @@ def test_export_a_record_that_does_not_parse(
     assert report["mqtt"]["oldest_age_seconds"] is None
 
 
+def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # Far more than a pipe holds, so the command is still writing when the reader goes.
+    write_store(tmp_path, [f"{NS + i} iiot/node1/temperature {i}" for i in range(20_000)], [])
+    proc = subprocess.Popen(
+        [*GATEWAY, "buffer", "export", "--buffer-dir", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
+    assert json.loads(first)["sink"] == "mqtt"
+
+
+def test_simulate_into_a_closed_pipe_ends_quietly() -> None:
+    proc = subprocess.Popen(
+        [*GATEWAY, "simulate", "--interval", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
+
+
 # -- errors and --log-format json ------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -35,6 +35,9 @@ from gateway.config import Config, load_config  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
 
 if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
     from gateway.buffer import Record
 
 log = logging.getLogger("gateway")
@@ -217,62 +220,102 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def status_url(address: str) -> str:
+    """The /api/status URL of a ``[status] listen`` address (``host:port``) or a base URL."""
+    if "://" not in address:
+        address = "http://" + address
+    return address.rstrip("/") + "/api/status"
+
+
+def _restarts(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{reason} {count}" for reason, count in value.items()) or "0"
+    return str(value or 0)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``gateway status``: a running gateway's /api/status as tables."""
     import urllib.error
     import urllib.request
 
-    from rich.console import Console
-    from rich.table import Table
-
-    url = args.url.rstrip("/") + "/api/status"
+    url = status_url(args.url)
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             doc = json.load(r)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         _error(f"cannot read {url}: {exc}")
         return EXIT_FAILURE
-    console = Console()
-    state = (
-        "[green]healthy[/]" if doc["healthy"] else "[red]UNHEALTHY[/]: " + "; ".join(doc["reasons"])
-    )
+    try:
+        rendered = _status_tables(doc)
+    except (KeyError, TypeError, AttributeError) as exc:
+        _error(f"{url} did not answer with a gateway status document ({exc!r})")
+        return EXIT_FAILURE
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    with _stdout():
+        for part in rendered:
+            console.print(part)
+    return EXIT_OK
+
+
+def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
+    """The status document as a line and two tables; every value is plain text, not markup."""
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    def cell(value: object) -> Text:
+        return Text("" if value is None else str(value))
+
+    if doc["healthy"]:
+        state = Text("healthy", style="green")
+    else:
+        state = Text.assemble(("UNHEALTHY", "red"), ": " + "; ".join(map(str, doc["reasons"])))
     src = doc["source"]
-    console.print(
-        f"gateway [bold]{doc['gateway']['id']}[/] {state}  "
-        f"source {src['kind']} {src['state']}, {src['packets']} packets, "
-        f"last {src['last_packet_age_s']} s ago, restarts {src['restarts'] or 0}"
+    line = Text.assemble(
+        "gateway ",
+        (str(doc["gateway"]["id"]), "bold"),
+        " ",
+        state,
+        f"  source {src['kind']} {src['state']}, {src['packets']} packets, "
+        f"last {src['last_packet_age_s']} s ago, restarts {_restarts(src['restarts'])}",
     )
+    # Long text folds onto more lines rather than losing its end to an ellipsis.
     sinks = Table(
         "sink",
-        "target",
+        Column("target", overflow="fold"),
         "up",
         "backlog",
         "oldest (s)",
         "delivered",
         "dropped",
         "dead letters",
-        "last error",
+        Column("last error", overflow="fold"),
     )
     for name, s in doc["sinks"].items():
         up = s.get("connected", s.get("healthy"))
         sinks.add_row(
-            name,
-            s["target"],
-            {True: "yes", False: "no", None: "?"}[up],
-            str(s["backlog"]),
-            str(s["oldest_age_s"] or "-"),
-            str(s["delivered"]),
-            str(s["dropped"]),
-            str(s["dead_letters"]),
-            s["last_error"] or "",
+            cell(name),
+            cell(s["target"]),
+            cell({True: "yes", False: "no"}.get(up, "?")),
+            cell(s["backlog"]),
+            cell(s["oldest_age_s"] or "-"),
+            cell(s["delivered"]),
+            cell(s["dropped"]),
+            cell(s["dead_letters"]),
+            cell(s["last_error"]),
         )
-    console.print(sinks)
     values = Table("group", "metric", "latest", "unit", "age (s)")
     for group, metrics in sorted(doc["values"].items()):
         for metric, info in sorted(metrics.items()):
-            values.add_row(group, metric, str(info["value"]), info["unit"], str(info["age_s"]))
-    console.print(values)
-    return EXIT_OK
+            values.add_row(
+                cell(group),
+                cell(metric),
+                cell(info["value"]),
+                cell(info["unit"]),
+                cell(info["age_s"]),
+            )
+    return [line, sinks, values]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_check)
 
     st = sub.add_parser("status", help="show a running gateway's state")
-    st.add_argument("--url", default="http://127.0.0.1:9108", help="the [status] listen address")
+    st.add_argument(
+        "--url",
+        default="127.0.0.1:9108",
+        help="the [status] listen address (host:port) or a URL (default: 127.0.0.1:9108)",
+    )
     st.set_defaults(func=cmd_status)
 
     buf = sub.add_parser("buffer", help="inspect the disk buffers")

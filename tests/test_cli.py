@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +311,103 @@ def test_simulate_into_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0
     assert err == b""
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def status_doc(gateway_id: str = "gw-1", last_error: str = "") -> dict[str, Any]:
+    sink = {
+        "backlog": 0,
+        "oldest_age_s": None,
+        "delivered": 5,
+        "dropped": 0,
+        "dead_letters": 0,
+        "last_error": last_error,
+    }
+    return {
+        "gateway": {"id": gateway_id, "uptime_s": 12.0},
+        "healthy": False,
+        "reasons": ["mqtt [bold]not[/bold] delivering"],
+        "source": {
+            "kind": "serial",
+            "state": "running",
+            "packets": 5,
+            "last_packet_age_s": 1.5,
+            "restarts": {},
+        },
+        "sinks": {
+            "mqtt": {**sink, "target": "broker:1883", "connected": False},
+            "influx": {**sink, "target": "http://db:8086 (o/[b])", "healthy": True},
+        },
+        "values": {"node1": {"temperature": {"value": 24.5, "unit": "[celsius]", "age_s": 1.5}}},
+    }
+
+
+@pytest.fixture
+def serve_status() -> Iterator[Callable[[dict[str, Any]], int]]:
+    """Serve a document at /api/status; returns the port."""
+    servers: list[HTTPServer] = []
+
+    def start(doc: dict[str, Any]) -> int:
+        body = json.dumps(doc).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/api/status":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_prints_the_documents_text_literally(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # room for every cell on one line
+    port = serve_status(status_doc("gw[/]x", "[code:135] not authorised"))
+    assert cli("status", "--url", f"http://127.0.0.1:{port}") == 0
+    out = capsys.readouterr().out
+    assert "gw[/]x" in out
+    assert "[code:135]" in out
+    assert "mqtt [bold]not[/bold] delivering" in out
+    assert "(o/[b])" in out
+    assert "[celsius]" in out
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}/"])
+def test_status_url_may_be_host_and_port(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    form: str,
+) -> None:
+    port = serve_status(status_doc())
+    assert cli("status", "--url", form.format(port=port)) == 0
+    assert "gw-1" in capsys.readouterr().out
+
+
+def test_status_of_nothing_listening(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("status", "--url", "127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert "cannot read http://127.0.0.1:1/api/status" in err
 
 
 # -- errors and --log-format json ------------------------------------------------------

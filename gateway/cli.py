@@ -21,6 +21,7 @@ import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -318,6 +319,28 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
     return [line, sinks, values]
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gateway`` command."""
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
@@ -332,8 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser("simulate", help="print simulated Node 2 lines")
-    sim.add_argument("--interval", type=float, default=1.0, help="seconds between lines")
-    sim.add_argument("--count", type=int, default=None, help="stop after N lines")
+    sim.add_argument(
+        "--interval",
+        type=non_negative_float,
+        default=1.0,
+        help="seconds between lines, 0 for as fast as possible (default: 1)",
+    )
+    sim.add_argument(
+        "--count", type=non_negative_int, default=None, help="stop after N lines (default: never)"
+    )
     sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
     sim.set_defaults(func=cmd_simulate)
 

@@ -465,3 +465,48 @@ def test_a_crash_in_text_is_logged_with_its_traceback(
     assert "ERROR" in err
     assert "Traceback" in err
     assert "RuntimeError: boom" in err
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--interval", "-1"),
+        ("--interval", "nan"),
+        ("--interval", "inf"),
+        ("--interval", "-inf"),
+        ("--interval", "soon"),
+        ("--count", "-1"),
+        ("--count", "1.5"),
+    ],
+)
+def test_simulate_refuses_bad_numbers(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    argv = ["simulate", "--count", "1", "--interval", "0", f"{option}={value}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*argv)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"argument {option}" in err
+    assert repr(value) in err or value in err
+
+
+def test_simulate_accepts_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("simulate", "--interval", "0", "--count", "0") == 0
+    assert capsys.readouterr().out == ""
+    assert cli("simulate", "--interval", "0", "--count", "2", "--seed", "1") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"interval": -1.0}, {"interval": float("nan")}, {"interval": 1e999}, {"count": -1}]
+)
+def test_simulate_run_refuses_bad_numbers(kwargs: dict[str, Any]) -> None:
+    from gateway import simulate
+
+    with pytest.raises(ValueError, match="must be"):
+        simulate.run(**{"interval": 0.0, "count": 1, **kwargs})

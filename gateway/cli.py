@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+CONFIG_HELP = "config file (default $GATEWAY_CONFIG or ./config.toml)"
 _log_format = "text"  # set by main(): how _error() speaks
 
 
@@ -341,20 +342,52 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+DESCRIPTION = (
+    "The iiot-gateway edge gateway: Node 2 LoRa sensor readings to MQTT and InfluxDB, "
+    "through disk buffers that survive outages."
+)
+EPILOG = (
+    "exit status: 0 done; 1 failed (a server unreachable, a buffer store unreadable or "
+    "corrupt, an unexpected error); 2 bad usage or an invalid config. "
+    'Run "gateway COMMAND --help" for a command\'s options.'
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gateway`` command."""
-    p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe log messages shown (default: info)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="logs, config errors and crashes on stderr as text lines or one JSON object a line "
+        "(default: text)",
+    )
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the command to run"
+    )
 
-    run = sub.add_parser("run", help="run the gateway daemon")
-    run.add_argument("--config", help="config file (default $GATEWAY_CONFIG or ./config.toml)")
+    run = sub.add_parser(
+        "run",
+        help="run the gateway daemon",
+        description="Run the gateway daemon until SIGTERM or SIGINT (then exit 0).",
+    )
+    run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument("--buffer-dir", help="override [gateway] buffer_dir")
     run.set_defaults(func=cmd_run)
 
-    sim = sub.add_parser("simulate", help="print simulated Node 2 lines")
+    sim = sub.add_parser(
+        "simulate",
+        help="print simulated Node 2 lines",
+        description="Print firmware-format Node 2 lines with plausible values on stdout.",
+    )
     sim.add_argument(
         "--interval",
         type=non_negative_float,
@@ -367,11 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
     sim.set_defaults(func=cmd_simulate)
 
-    chk = sub.add_parser("check", help="validate config and reach broker + database")
-    chk.add_argument("--config")
+    chk = sub.add_parser(
+        "check",
+        help="validate config and reach broker + database",
+        description="Validate the config, then connect to the MQTT broker and InfluxDB once.",
+    )
+    chk.add_argument("--config", help=CONFIG_HELP)
     chk.set_defaults(func=cmd_check)
 
-    st = sub.add_parser("status", help="show a running gateway's state")
+    st = sub.add_parser(
+        "status",
+        help="show a running gateway's state",
+        description="Show a running gateway's /api/status as tables.",
+    )
     st.add_argument(
         "--url",
         default="127.0.0.1:9108",
@@ -379,12 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.set_defaults(func=cmd_status)
 
-    buf = sub.add_parser("buffer", help="inspect the disk buffers")
-    buf.add_argument("action", choices=["stats", "export"])
-    buf.add_argument("--config")
-    buf.add_argument("--buffer-dir")
-    buf.add_argument("--sink", choices=["mqtt", "influx"])
-    buf.add_argument("--json", action="store_true", help="stats as JSON")
+    buf = sub.add_parser(
+        "buffer",
+        help="inspect the disk buffers",
+        description="Inspect the disk buffers without changing them (safe while a gateway runs).",
+    )
+    buf.add_argument(
+        "action",
+        choices=["stats", "export"],
+        help="stats: records waiting per sink; export: every waiting record as a JSON line",
+    )
+    buf.add_argument("--config", help=CONFIG_HELP + "; read for its [gateway] buffer_dir")
+    buf.add_argument("--buffer-dir", help="the buffer directory (default: from the config)")
+    buf.add_argument("--sink", choices=["mqtt", "influx"], help="only this sink's buffer")
+    buf.add_argument("--json", action="store_true", help="stats as one JSON object")
     buf.set_defaults(func=cmd_buffer)
     return p
 

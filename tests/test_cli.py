@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -510,3 +511,42 @@ def test_simulate_run_refuses_bad_numbers(kwargs: dict[str, Any]) -> None:
 
     with pytest.raises(ValueError, match="must be"):
         simulate.run(**{"interval": 0.0, "count": 1, **kwargs})
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help() -> None:
+    from gateway.cli import build_parser
+
+    missing = []
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                missing += [
+                    f"{parser.prog} {name}" for name in action.choices if not helps.get(name)
+                ]
+            if not action.help:
+                missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_help_is_plain_text() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "``" not in result.stdout
+    assert ":class:" not in result.stdout
+    for command in ("run", "simulate", "check", "status", "buffer"):
+        assert command in result.stdout
+    for command in ("buffer", "status", "simulate"):
+        sub = run(command, "--help")
+        assert sub.returncode == 0
+        assert "``" not in sub.stdout

@@ -1,4 +1,9 @@
-"""The ``gateway`` command line: run, simulate, check, buffer, status."""
+"""The ``gateway`` command line: run, simulate, check, buffer, status.
+
+Every command but ``run`` leaves the disk as it found it. Errors an operator
+can act on are one line on stderr (a JSON log line with ``--log-format json``);
+anything unexpected is logged with its traceback and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,17 @@ EARLY_SIGNALS: list[int] = []
 signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_SIGNALS.append(signum))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -26,9 +35,17 @@ from gateway import __version__  # noqa: E402
 from gateway.config import Config, load_config  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
 
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from gateway.buffer import Record
+
 log = logging.getLogger("gateway")
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_DATA_LOST = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA_LOST = 0, 1, 2, 3
+CONFIG_HELP = "config file (default $GATEWAY_CONFIG or ./config.toml)"
+_log_format = "text"  # set by main(): how _error() speaks
 
 
 class _JsonFormatter(logging.Formatter):
@@ -57,6 +74,36 @@ def setup_logging(level: str, fmt: str) -> None:
     # aiomqtt/paho chatter is ours to summarise, not to repeat.
     logging.getLogger("mqtt").setLevel(logging.WARNING)
     logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+
+
+def _error(message: str) -> None:
+    """One line on stderr for the operator: ``gateway: ...``, or a JSON log line."""
+    if _log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"gateway: {message}", file=sys.stderr)
+
+
+class StdoutClosed(Exception):
+    """stdout's reader went away (``gateway buffer export | head -1``): not an error."""
+
+
+@contextlib.contextmanager
+def _stdout() -> Iterator[None]:
+    """Write to stdout in this block; if the reader has gone, end the command quietly.
+
+    As the Python docs advise (the signal module's note on SIGPIPE), stdout then
+    points at /dev/null, so that the interpreter's flush at exit fails no more.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise StdoutClosed from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -98,67 +145,94 @@ def cmd_check(args: argparse.Namespace) -> int:
     return trio.run(check, cfg)
 
 
-def cmd_buffer(args: argparse.Namespace) -> int:
-    """``gateway buffer stats|export``: what is waiting on disk."""
-    from gateway.buffer import STORE_FILE, BufferStore
+def _received_ns(sink: str, value: str) -> int | None:
+    """The time stamp a buffered record carries; None if it does not parse."""
     from gateway.records import point_time_ns, split_record
 
-    buffer_dir = args.buffer_dir
-    if buffer_dir is None:
-        buffer_dir = _load(args).gateway.buffer_dir
-    sinks = [args.sink] if getattr(args, "sink", None) else ["mqtt", "influx"]
+    try:
+        return split_record(value)[0] if sink == "mqtt" else point_time_ns(value)
+    except (ValueError, IndexError):
+        return None
+
+
+def export_line(sink: str, record: Record) -> str:
+    """One record as a line of ``gateway buffer export`` (see README, "Running it")."""
+    from gateway.records import split_record
+
+    doc: dict[str, object] = {
+        "sink": sink,
+        "seq": record.key,
+        "received_ns": _received_ns(sink, record.value),
+    }
+    if doc["received_ns"] is None:
+        doc["record"] = record.value
+    elif sink == "mqtt":
+        _, doc["topic"], doc["payload"] = split_record(record.value)
+    else:
+        doc["line"] = record.value
+    return json.dumps(doc)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    """``gateway buffer stats|export``: what is waiting on disk, read without writing."""
+    from gateway.buffer import StoreError, StoreReader
+
+    buffer_dir = Path(args.buffer_dir or _load(args).gateway.buffer_dir)
+    sinks = [args.sink] if args.sink else ["mqtt", "influx"]
     now = time.time_ns()
     report: dict[str, dict[str, float | int | None]] = {}
-    if not (Path(buffer_dir) / STORE_FILE).exists():
-        for sink in sinks:
-            report[sink] = {"records": 0, "bytes": 0, "oldest_age_seconds": None}
-    else:
+    try:
         # Reading while a gateway runs is safe: SQLite WAL lets readers in.
-        store = BufferStore(
-            Path(buffer_dir), dict.fromkeys(sinks, 2**62), ack_delay=0, import_old=False
-        )
-        try:
+        with StoreReader(buffer_dir) as store, _stdout():
             for sink in sinks:
-                buf = store.buffers[sink]
                 if args.action == "export":
-                    for rec in buf.iter_all():
-                        if sink == "mqtt":
-                            ns, topic, payload = split_record(rec.value)
-                            line = json.dumps(
-                                {"received_ns": ns, "topic": topic, "payload": payload}
-                            )
-                        else:
-                            line = rec.value
-                        sys.stdout.write(line + "\n")
+                    for rec in store.records(sink):
+                        sys.stdout.write(export_line(sink, rec) + "\n")
                     continue
-                stats = buf.stats()
-                first = buf.oldest()
-                oldest = None
-                if first is not None:
-                    text = first.value
-                    ns = split_record(text)[0] if sink == "mqtt" else point_time_ns(text)
-                    oldest = round((now - ns) / 1e9, 3)
+                first = store.oldest(sink)
+                ns = _received_ns(sink, first.value) if first is not None else None
                 report[sink] = {
-                    "records": stats["records"],
+                    "records": store.count(sink),
                     # One file holds every sink's buffer: this is its size.
-                    "bytes": stats["bytes"],
-                    "oldest_age_seconds": oldest,
+                    "bytes": store.disk_bytes(),
+                    "oldest_age_seconds": None if ns is None else round((now - ns) / 1e9, 3),
                 }
-        finally:
-            store.close()
+    except FileNotFoundError:
+        _error(f"buffer directory {buffer_dir} does not exist")
+        return EXIT_FAILURE
+    except StoreError as exc:
+        _error(str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:
+        _error(f"cannot read buffer directory {buffer_dir}: {exc.strerror or exc}")
+        return EXIT_FAILURE
     if args.action == "stats":
-        dead = Path(buffer_dir) / "dead-letter" / "influx.lp"
+        dead = buffer_dir / "dead-letter" / "influx.lp"
         dead_count = 0
         if dead.exists():
             with open(dead, "rb") as f:
                 dead_count = sum(1 for _ in f)
         report["dead_letter"] = {"influx": dead_count}
-        if args.json:
-            print(json.dumps(report))
-        else:
-            for sink, row in report.items():
-                print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        with _stdout():
+            if args.json:
+                print(json.dumps(report))
+            else:
+                for sink, row in report.items():
+                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
     return EXIT_OK
+
+
+def status_url(address: str) -> str:
+    """The /api/status URL of a ``[status] listen`` address (``host:port``) or a base URL."""
+    if "://" not in address:
+        address = "http://" + address
+    return address.rstrip("/") + "/api/status"
+
+
+def _restarts(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{reason} {count}" for reason, count in value.items()) or "0"
+    return str(value or 0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -166,92 +240,200 @@ def cmd_status(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from rich.console import Console
-    from rich.table import Table
-
-    url = args.url.rstrip("/") + "/api/status"
+    url = status_url(args.url)
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             doc = json.load(r)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"gateway: cannot read {url}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    console = Console()
-    state = (
-        "[green]healthy[/]" if doc["healthy"] else "[red]UNHEALTHY[/]: " + "; ".join(doc["reasons"])
-    )
+        _error(f"cannot read {url}: {exc}")
+        return EXIT_FAILURE
+    try:
+        rendered = _status_tables(doc)
+    except (KeyError, TypeError, AttributeError) as exc:
+        _error(f"{url} did not answer with a gateway status document ({exc!r})")
+        return EXIT_FAILURE
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    with _stdout():
+        for part in rendered:
+            console.print(part)
+    return EXIT_OK
+
+
+def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
+    """The status document as a line and two tables; every value is plain text, not markup."""
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    def cell(value: object) -> Text:
+        return Text("" if value is None else str(value))
+
+    if doc["healthy"]:
+        state = Text("healthy", style="green")
+    else:
+        state = Text.assemble(("UNHEALTHY", "red"), ": " + "; ".join(map(str, doc["reasons"])))
     src = doc["source"]
-    console.print(
-        f"gateway [bold]{doc['gateway']['id']}[/] {state}  "
-        f"source {src['kind']} {src['state']}, {src['packets']} packets, "
-        f"last {src['last_packet_age_s']} s ago, restarts {src['restarts'] or 0}"
+    line = Text.assemble(
+        "gateway ",
+        (str(doc["gateway"]["id"]), "bold"),
+        " ",
+        state,
+        f"  source {src['kind']} {src['state']}, {src['packets']} packets, "
+        f"last {src['last_packet_age_s']} s ago, restarts {_restarts(src['restarts'])}",
     )
+    # Long text folds onto more lines rather than losing its end to an ellipsis.
     sinks = Table(
         "sink",
-        "target",
+        Column("target", overflow="fold"),
         "up",
         "backlog",
         "oldest (s)",
         "delivered",
         "dropped",
         "dead letters",
-        "last error",
+        Column("last error", overflow="fold"),
     )
     for name, s in doc["sinks"].items():
         up = s.get("connected", s.get("healthy"))
         sinks.add_row(
-            name,
-            s["target"],
-            {True: "yes", False: "no", None: "?"}[up],
-            str(s["backlog"]),
-            str(s["oldest_age_s"] or "-"),
-            str(s["delivered"]),
-            str(s["dropped"]),
-            str(s["dead_letters"]),
-            s["last_error"] or "",
+            cell(name),
+            cell(s["target"]),
+            cell({True: "yes", False: "no"}.get(up, "?")),
+            cell(s["backlog"]),
+            cell(s["oldest_age_s"] or "-"),
+            cell(s["delivered"]),
+            cell(s["dropped"]),
+            cell(s["dead_letters"]),
+            cell(s["last_error"]),
         )
-    console.print(sinks)
     values = Table("group", "metric", "latest", "unit", "age (s)")
     for group, metrics in sorted(doc["values"].items()):
         for metric, info in sorted(metrics.items()):
-            values.add_row(group, metric, str(info["value"]), info["unit"], str(info["age_s"]))
-    console.print(values)
-    return EXIT_OK
+            values.add_row(
+                cell(group),
+                cell(metric),
+                cell(info["value"]),
+                cell(info["unit"]),
+                cell(info["age_s"]),
+            )
+    return [line, sinks, values]
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text!r}")
+    return value
+
+
+DESCRIPTION = (
+    "The iiot-gateway edge gateway: Node 2 LoRa sensor readings to MQTT and InfluxDB, "
+    "through disk buffers that survive outages."
+)
+EPILOG = (
+    "exit status: 0 done; 1 failed (a server unreachable, a buffer store unreadable or "
+    "corrupt, an unexpected error); 2 bad usage or an invalid config. "
+    'Run "gateway COMMAND --help" for a command\'s options.'
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gateway`` command."""
-    p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe log messages shown (default: info)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="logs, config errors and crashes on stderr as text lines or one JSON object a line "
+        "(default: text)",
+    )
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the command to run"
+    )
 
-    run = sub.add_parser("run", help="run the gateway daemon")
-    run.add_argument("--config", help="config file (default $GATEWAY_CONFIG or ./config.toml)")
+    run = sub.add_parser(
+        "run",
+        help="run the gateway daemon",
+        description="Run the gateway daemon until SIGTERM or SIGINT (then exit 0).",
+    )
+    run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument("--buffer-dir", help="override [gateway] buffer_dir")
     run.set_defaults(func=cmd_run)
 
-    sim = sub.add_parser("simulate", help="print simulated Node 2 lines")
-    sim.add_argument("--interval", type=float, default=1.0, help="seconds between lines")
-    sim.add_argument("--count", type=int, default=None, help="stop after N lines")
+    sim = sub.add_parser(
+        "simulate",
+        help="print simulated Node 2 lines",
+        description="Print firmware-format Node 2 lines with plausible values on stdout.",
+    )
+    sim.add_argument(
+        "--interval",
+        type=non_negative_float,
+        default=1.0,
+        help="seconds between lines, 0 for as fast as possible (default: 1)",
+    )
+    sim.add_argument(
+        "--count", type=non_negative_int, default=None, help="stop after N lines (default: never)"
+    )
     sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
     sim.set_defaults(func=cmd_simulate)
 
-    chk = sub.add_parser("check", help="validate config and reach broker + database")
-    chk.add_argument("--config")
+    chk = sub.add_parser(
+        "check",
+        help="validate config and reach broker + database",
+        description="Validate the config, then connect to the MQTT broker and InfluxDB once.",
+    )
+    chk.add_argument("--config", help=CONFIG_HELP)
     chk.set_defaults(func=cmd_check)
 
-    st = sub.add_parser("status", help="show a running gateway's state")
-    st.add_argument("--url", default="http://127.0.0.1:9108", help="the [status] listen address")
+    st = sub.add_parser(
+        "status",
+        help="show a running gateway's state",
+        description="Show a running gateway's /api/status as tables.",
+    )
+    st.add_argument(
+        "--url",
+        default="127.0.0.1:9108",
+        help="the [status] listen address (host:port) or a URL (default: 127.0.0.1:9108)",
+    )
     st.set_defaults(func=cmd_status)
 
-    buf = sub.add_parser("buffer", help="inspect the disk buffers")
-    buf.add_argument("action", choices=["stats", "export"])
-    buf.add_argument("--config")
-    buf.add_argument("--buffer-dir")
-    buf.add_argument("--sink", choices=["mqtt", "influx"])
-    buf.add_argument("--json", action="store_true", help="stats as JSON")
+    buf = sub.add_parser(
+        "buffer",
+        help="inspect the disk buffers",
+        description="Inspect the disk buffers without changing them (safe while a gateway runs).",
+    )
+    buf.add_argument(
+        "action",
+        choices=["stats", "export"],
+        help="stats: records waiting per sink; export: every waiting record as a JSON line",
+    )
+    buf.add_argument("--config", help=CONFIG_HELP + "; read for its [gateway] buffer_dir")
+    buf.add_argument("--buffer-dir", help="the buffer directory (default: from the config)")
+    buf.add_argument("--sink", choices=["mqtt", "influx"], help="only this sink's buffer")
+    buf.add_argument("--json", action="store_true", help="stats as one JSON object")
     buf.set_defaults(func=cmd_buffer)
     return p
 
@@ -263,11 +445,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if EARLY_SIGNALS:
             return 128 + signal.SIGTERM
+    global _log_format
     setup_logging(args.log_level, args.log_format)
+    _log_format = args.log_format
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"gateway: config error: {exc}", file=sys.stderr)
+        _error(f"config error: {exc}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except StdoutClosed:
+        return EXIT_OK
+    except Exception:
+        log.exception("gateway %s failed", args.command)
+        return EXIT_FAILURE

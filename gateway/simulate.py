@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import sys
@@ -87,8 +88,13 @@ def run(
     """Print ``count`` lines (forever if None), one every ``interval`` seconds.
 
     Each line is flushed on its own, as the firmware's UART would deliver it.
-    Returns the exit code (0; also on a closed pipe or Ctrl-C).
+    Returns the exit code (0; also on a closed pipe or Ctrl-C). Raises
+    ValueError for an interval that is negative, NaN or infinite, or a negative count.
     """
+    if not math.isfinite(interval) or interval < 0:
+        raise ValueError(f"interval must be a finite number >= 0, not {interval!r}")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0, not {count!r}")
     out = out or sys.stdout
     sim = NodeSimulator(seed)
     sent = 0

@@ -1,0 +1,552 @@
+"""The ``gateway`` command line: buffer inspection, status, errors, options and help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.buffer import STORE_FILE, BufferStore
+from gateway.influx_sink import point_time_ns
+from gateway.mqtt_sink import split_record
+
+REPO = Path(__file__).resolve().parent.parent
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+NS = 1_795_773_905_582_000_000
+MQTT = [f"{NS + i} iiot/node1/temperature {20 + i}" for i in range(3)]
+INFLUX = [f"temperature,node=node1,unit=celsius value={20.0 + i!r} {NS + i}" for i in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """`gateway.cli` sets a SIGTERM handler on import and main() sets up logging: undo both."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    signal.signal(signal.SIGTERM, sigterm)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def cli(*argv: str) -> int:
+    """main(argv) in this process (output captured with capsys)."""
+    from gateway.cli import main
+
+    return main(list(argv))
+
+
+def run(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """The command as its own process."""
+    return subprocess.run(
+        [*GATEWAY, *argv], cwd=REPO, capture_output=True, text=True, timeout=60, **kwargs
+    )
+
+
+def write_store(directory: Path, mqtt: list[str], influx: list[str], *, close: bool = True) -> Any:
+    """A store with these records, written by the gateway's own BufferStore."""
+    import trio
+
+    store = BufferStore(directory, {"mqtt": 10_000, "influx": 10_000}, ack_delay=0)
+
+    async def commit() -> None:
+        await store.commit({store.buffers["mqtt"]: mqtt, store.buffers["influx"]: influx})
+
+    trio.run(commit)
+    if close:
+        store.close()
+    return store
+
+
+def listing(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``directory`` with its size and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def stats(capsys: pytest.CaptureFixture[str], directory: Path, *extra: str) -> dict[str, Any]:
+    assert cli("buffer", "stats", "--json", "--buffer-dir", str(directory), *extra) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def export(capsys: pytest.CaptureFixture[str], directory: Path, *extra: str) -> list[Any]:
+    assert cli("buffer", "export", "--buffer-dir", str(directory), *extra) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+# -- buffer stats|export: read-only ----------------------------------------------------
+
+
+def test_stats_of_a_closed_store_touch_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    before = listing(tmp_path)
+    assert list(before) == [STORE_FILE]
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"]["records"] == 3
+    assert report["influx"]["records"] == 2
+    assert report["mqtt"]["bytes"] == before[STORE_FILE][0]
+    assert report["mqtt"]["oldest_age_seconds"] > 0
+    assert report["dead_letter"] == {"influx": 0}
+    export(capsys, tmp_path)
+    assert listing(tmp_path) == before  # no -wal, no -shm, nothing rewritten
+
+
+def test_stats_of_a_store_a_gateway_holds_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = write_store(tmp_path, MQTT, INFLUX, close=False)
+    try:
+        names = set(listing(tmp_path))
+        assert {f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"} <= names
+        report = stats(capsys, tmp_path)
+        assert (report["mqtt"]["records"], report["influx"]["records"]) == (3, 2)
+        assert len(export(capsys, tmp_path)) == 5
+        # The same from another process, as an operator would run it.
+        result = run("buffer", "stats", "--json", "--buffer-dir", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["mqtt"]["records"] == 3
+        assert set(listing(tmp_path)) == names
+    finally:
+        store.close()
+
+
+def test_stats_of_a_store_left_by_a_killed_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The files as kill -9 leaves them: the WAL and its index, no checkpoint.
+    live = tmp_path / "live"
+    store = write_store(live, MQTT, INFLUX, close=False)
+    left = tmp_path / "left"
+    shutil.copytree(live, left)
+    store.close()
+    assert {f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"} <= set(listing(left))
+    report = stats(capsys, left)
+    assert (report["mqtt"]["records"], report["influx"]["records"]) == (3, 2)
+
+
+def test_a_wal_without_its_index_is_reported_not_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = tmp_path / "live"
+    store = write_store(live, MQTT, INFLUX, close=False)
+    left = tmp_path / "left"
+    shutil.copytree(live, left)
+    store.close()
+    (left / f"{STORE_FILE}-shm").unlink()
+    before = listing(left)
+    assert cli("buffer", "stats", "--buffer-dir", str(left)) == 1
+    err = capsys.readouterr().err
+    assert "-shm" in err
+    assert listing(left) == before
+
+
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated"])
+@pytest.mark.parametrize("action", ["stats", "export"])
+def test_a_corrupt_store_is_reported_and_left_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, action: str
+) -> None:
+    write_store(tmp_path, [f"{NS + i} iiot/a/n {i}" for i in range(3000)], INFLUX)
+    db = tmp_path / STORE_FILE
+    if damage == "random_bytes":
+        db.write_bytes(os.urandom(64 * 1024))
+    else:
+        with open(db, "r+b") as f:
+            f.truncate(4096)
+    before = listing(tmp_path)
+    assert cli("buffer", action, "--buffer-dir", str(tmp_path)) == 1
+    out, err = capsys.readouterr()
+    assert "corrupt" in err
+    assert str(db) in err
+    assert out == ""
+    assert listing(tmp_path) == before  # not moved aside, not replaced
+
+
+def test_an_unreadable_store_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / STORE_FILE).mkdir()  # there, but not a file SQLite can open
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "cannot read" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_buffer_dir_is_an_error_and_stays_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope"
+    for action in ("stats", "export"):
+        assert cli("buffer", action, "--buffer-dir", str(missing)) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1
+        assert "does not exist" in err
+        assert str(missing) in err
+    assert not missing.exists()
+
+
+def test_an_empty_buffer_dir_holds_no_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"] == {"records": 0, "bytes": 0, "oldest_age_seconds": None}
+    assert report["influx"]["records"] == 0
+    assert export(capsys, tmp_path) == []
+    assert listing(tmp_path) == {}
+
+
+def test_stats_text_and_sink_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    report = stats(capsys, tmp_path, "--sink", "influx")
+    assert set(report) == {"influx", "dead_letter"}
+    assert report["influx"]["records"] == 2
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["mqtt", "records=3"]
+    assert lines[1].split()[:2] == ["influx", "records=2"]
+
+
+def test_read_store_returns_every_sinks_records(tmp_path: Path) -> None:
+    from gateway.buffer import read_store
+
+    assert read_store(tmp_path) == {}
+    write_store(tmp_path, MQTT, INFLUX)
+    records = read_store(tmp_path)
+    assert {sink: [r.value for r in recs] for sink, recs in records.items()} == {
+        "mqtt": MQTT,
+        "influx": INFLUX,
+    }
+    with pytest.raises(FileNotFoundError):
+        read_store(tmp_path / "nope")
+
+
+# -- buffer export: one format ---------------------------------------------------------
+
+
+def test_export_is_json_lines_naming_the_sink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    docs = export(capsys, tmp_path)
+    assert [d["sink"] for d in docs] == ["mqtt"] * 3 + ["influx"] * 2
+    for doc, value in zip(docs[:3], MQTT, strict=True):
+        ns, topic, payload = split_record(value)
+        assert doc == {
+            "sink": "mqtt",
+            "seq": doc["seq"],
+            "received_ns": ns,
+            "topic": topic,
+            "payload": payload,
+        }
+    for doc, value in zip(docs[3:], INFLUX, strict=True):
+        assert doc == {
+            "sink": "influx",
+            "seq": doc["seq"],
+            "received_ns": point_time_ns(value),
+            "line": value,
+        }
+    assert [d["seq"] for d in docs] == [1, 2, 3, 1, 2]
+    assert [d["sink"] for d in export(capsys, tmp_path, "--sink", "influx")] == ["influx"] * 2
+
+
+def test_export_a_record_that_does_not_parse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, ["garbage"], ["no-time-stamp"])
+    assert export(capsys, tmp_path) == [
+        {"sink": "mqtt", "seq": 1, "received_ns": None, "record": "garbage"},
+        {"sink": "influx", "seq": 1, "received_ns": None, "record": "no-time-stamp"},
+    ]
+    report = stats(capsys, tmp_path)
+    assert report["mqtt"]["records"] == 1
+    assert report["mqtt"]["oldest_age_seconds"] is None
+
+
+def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # Far more than a pipe holds, so the command is still writing when the reader goes.
+    write_store(tmp_path, [f"{NS + i} iiot/node1/temperature {i}" for i in range(20_000)], [])
+    proc = subprocess.Popen(
+        [*GATEWAY, "buffer", "export", "--buffer-dir", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
+    assert json.loads(first)["sink"] == "mqtt"
+
+
+def test_simulate_into_a_closed_pipe_ends_quietly() -> None:
+    proc = subprocess.Popen(
+        [*GATEWAY, "simulate", "--interval", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def status_doc(gateway_id: str = "gw-1", last_error: str = "") -> dict[str, Any]:
+    sink = {
+        "backlog": 0,
+        "oldest_age_s": None,
+        "delivered": 5,
+        "dropped": 0,
+        "dead_letters": 0,
+        "last_error": last_error,
+    }
+    return {
+        "gateway": {"id": gateway_id, "uptime_s": 12.0},
+        "healthy": False,
+        "reasons": ["mqtt [bold]not[/bold] delivering"],
+        "source": {
+            "kind": "serial",
+            "state": "running",
+            "packets": 5,
+            "last_packet_age_s": 1.5,
+            "restarts": {},
+        },
+        "sinks": {
+            "mqtt": {**sink, "target": "broker:1883", "connected": False},
+            "influx": {**sink, "target": "http://db:8086 (o/[b])", "healthy": True},
+        },
+        "values": {"node1": {"temperature": {"value": 24.5, "unit": "[celsius]", "age_s": 1.5}}},
+    }
+
+
+@pytest.fixture
+def serve_status() -> Iterator[Callable[[dict[str, Any]], int]]:
+    """Serve a document at /api/status; returns the port."""
+    servers: list[HTTPServer] = []
+
+    def start(doc: dict[str, Any]) -> int:
+        body = json.dumps(doc).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/api/status":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_prints_the_documents_text_literally(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # room for every cell on one line
+    port = serve_status(status_doc("gw[/]x", "[code:135] not authorised"))
+    assert cli("status", "--url", f"http://127.0.0.1:{port}") == 0
+    out = capsys.readouterr().out
+    assert "gw[/]x" in out
+    assert "[code:135]" in out
+    assert "mqtt [bold]not[/bold] delivering" in out
+    assert "(o/[b])" in out
+    assert "[celsius]" in out
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}/"])
+def test_status_url_may_be_host_and_port(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    form: str,
+) -> None:
+    port = serve_status(status_doc())
+    assert cli("status", "--url", form.format(port=port)) == 0
+    assert "gw-1" in capsys.readouterr().out
+
+
+def test_status_of_nothing_listening(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("status", "--url", "127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert "cannot read http://127.0.0.1:1/api/status" in err
+
+
+# -- errors and --log-format json ------------------------------------------------------
+
+
+def test_a_config_error_is_one_json_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[mqtt]\nport = 'x'\n")
+    result = run("--log-format", "json", "check", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    doc = json.loads(lines[0])
+    assert doc["level"] == "error"
+    assert "config error" in doc["msg"]
+    assert "mqtt.port" in doc["msg"]
+
+
+def test_a_config_error_in_text_is_one_plain_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[mqtt]\nport = 'x'\n")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith("gateway: config error: mqtt.port")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def _crash(**kwargs: Any) -> int:
+    raise RuntimeError("boom")
+
+
+def test_a_crash_is_logged_as_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway import simulate
+
+    monkeypatch.setattr(simulate, "run", _crash)
+    assert cli("--log-format", "json", "simulate", "--count", "1") == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert doc["level"] == "error"
+    assert "simulate" in doc["msg"]
+    assert "RuntimeError: boom" in doc["exc"]
+
+
+def test_a_crash_in_text_is_logged_with_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway import simulate
+
+    monkeypatch.setattr(simulate, "run", _crash)
+    assert cli("simulate", "--count", "1") == 1
+    err = capsys.readouterr().err
+    assert "ERROR" in err
+    assert "Traceback" in err
+    assert "RuntimeError: boom" in err
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--interval", "-1"),
+        ("--interval", "nan"),
+        ("--interval", "inf"),
+        ("--interval", "-inf"),
+        ("--interval", "soon"),
+        ("--count", "-1"),
+        ("--count", "1.5"),
+    ],
+)
+def test_simulate_refuses_bad_numbers(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    argv = ["simulate", "--count", "1", "--interval", "0", f"{option}={value}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*argv)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"argument {option}" in err
+    assert repr(value) in err or value in err
+
+
+def test_simulate_accepts_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("simulate", "--interval", "0", "--count", "0") == 0
+    assert capsys.readouterr().out == ""
+    assert cli("simulate", "--interval", "0", "--count", "2", "--seed", "1") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"interval": -1.0}, {"interval": float("nan")}, {"interval": 1e999}, {"count": -1}]
+)
+def test_simulate_run_refuses_bad_numbers(kwargs: dict[str, Any]) -> None:
+    from gateway import simulate
+
+    with pytest.raises(ValueError, match="must be"):
+        simulate.run(**{"interval": 0.0, "count": 1, **kwargs})
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help() -> None:
+    from gateway.cli import build_parser
+
+    missing = []
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                missing += [
+                    f"{parser.prog} {name}" for name in action.choices if not helps.get(name)
+                ]
+            if not action.help:
+                missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_help_is_plain_text() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "``" not in result.stdout
+    assert ":class:" not in result.stdout
+    for command in ("run", "simulate", "check", "status", "buffer"):
+        assert command in result.stdout
+    for command in ("buffer", "status", "simulate"):
+        sub = run(command, "--help")
+        assert sub.returncode == 0
+        assert "``" not in sub.stdout

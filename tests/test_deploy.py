@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -52,6 +54,54 @@ def test_compose_config_when_the_client_has_compose() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_gateway_is_opt_in_and_servers_are_not() -> None:
+    services = compose()["services"]
+    assert services["gateway"]["profiles"] == ["simulated"]
+    for name in ("mosquitto", "influxdb", "grafana"):
+        assert "profiles" not in services[name], name
+
+
+def published_host_ports(service: dict[str, Any]) -> set[int]:
+    """Host ports a compose service publishes (short and long syntax)."""
+    ports = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            if "published" in entry:
+                ports.add(int(entry["published"]))
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        if len(parts) >= 2:
+            ports.add(int(parts[-2]))
+    return ports
+
+
+def listen_port(listen: str) -> int | None:
+    return int(listen.rsplit(":", 1)[1]) if listen else None
+
+
+def test_simulated_gateway_never_collides_with_a_host_gateway() -> None:
+    doc = compose()
+    sim_raw = tomllib.loads((REPO / "ops/docker/gateway.toml").read_text())
+    # Both set here: the host's defaults (gateway.id, mqtt.client_id) follow its host name.
+    assert "id" in sim_raw["gateway"]
+    assert "client_id" in sim_raw["mqtt"]
+    sim = load_config(REPO / "ops/docker/gateway.toml", environ={})
+    hosts = [load_config(REPO / name, environ={}) for name in ("config.toml", "ops/local.toml")]
+    published = {
+        port for service in doc["services"].values() for port in published_host_ports(service)
+    }
+    for host in hosts:
+        assert sim.mqtt.client_id != host.mqtt.client_id
+        assert sim.gateway.id != host.gateway.id
+        assert sim.mqtt.topic_prefix != host.mqtt.topic_prefix
+        assert listen_port(host.status.listen) not in published
+    # ops/install.sh writes client id iiot-gateway-<host name>.
+    assert sim.mqtt.client_id == f"iiot-gateway-{sim.gateway.id}"
+    assert sim.gateway.id == "docker-sim"
+    assert sim.influxdb.tags.get("site") == "docker-sim"
+    assert published_host_ports(doc["services"]["gateway"]) == {9109}
 
 
 def test_container_config_matches_compose_names() -> None:

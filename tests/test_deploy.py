@@ -63,6 +63,13 @@ def test_compose_gateway_is_opt_in_and_servers_are_not() -> None:
         assert "profiles" not in services[name], name
 
 
+def test_retention_is_90_days_by_default_and_overridable() -> None:
+    env = compose()["services"]["influxdb"]["environment"]
+    assert env["DOCKER_INFLUXDB_INIT_RETENTION"] == "${INFLUXDB_RETENTION:-90d}"
+    services_sh = (REPO / "ops/services.sh").read_text()
+    assert '-retentionPeriod "${TSDB_RETENTION:-90d}"' in services_sh
+
+
 def published_host_ports(service: dict[str, Any]) -> set[int]:
     """Host ports a compose service publishes (short and long syntax)."""
     ports = set()

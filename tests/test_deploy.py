@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -168,3 +169,29 @@ def test_grafana_provisioning_parses_and_covers_every_metric() -> None:
     text = json.dumps(dashboard)
     for metric in ("temperature", "humidity", "gas_resistance", "pressure", "rssi", "snr"):
         assert metric in text, metric
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for a document's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", ["docs/operations.md", "README.md"])
+def test_relative_links_resolve(doc: str) -> None:
+    path = REPO / doc
+    text = path.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        assert file.exists(), link
+        if anchor:
+            assert anchor in heading_anchors(file.read_text()), link

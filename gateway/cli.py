@@ -348,7 +348,8 @@ DESCRIPTION = (
 )
 EPILOG = (
     "exit status: 0 done; 1 failed (a server unreachable, a buffer store unreadable or "
-    "corrupt, an unexpected error); 2 bad usage or an invalid config. "
+    "corrupt, an unexpected error); 2 bad usage or an invalid config; "
+    "3 (run) records that never reached the disk were lost. "
     'Run "gateway COMMAND --help" for a command\'s options.'
 )
 

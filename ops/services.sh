@@ -8,7 +8,9 @@
 #   ops/services.sh stop   DATA_DIR
 #
 # `start` reuses a broker already listening on MQTT_PORT (e.g. the system's
-# Mosquitto on 1883) instead of starting a second one.
+# Mosquitto on 1883) instead of starting a second one. The TSDB keeps samples
+# for $TSDB_RETENTION (default 90d, the compose stack's InfluxDB retention;
+# VictoriaMetrics suffixes h, d, w, y) and deletes older ones.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,7 +55,7 @@ start() {
         echo "tsdb: reusing the server on 127.0.0.1:$tsdb_port"
     else
         victoria-metrics -httpListenAddr "127.0.0.1:$tsdb_port" \
-            -storageDataPath "$dir/victoria-metrics" -retentionPeriod 100y \
+            -storageDataPath "$dir/victoria-metrics" -retentionPeriod "${TSDB_RETENTION:-90d}" \
             -search.latencyOffset 0s >"$dir/victoria-metrics.log" 2>&1 &
         echo $! > "$dir/victoria-metrics.pid"
         wait_port "$tsdb_port"

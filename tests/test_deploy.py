@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from gateway.config import load_config
@@ -31,20 +36,20 @@ def test_compose_services_and_mounts_exist() -> None:
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
 
 
+def has_compose() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    version = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+    return version.returncode == 0
+
+
+@pytest.mark.skipif(not has_compose(), reason="no `docker compose` here (plugin not installed)")
 def test_compose_config_when_the_client_has_compose() -> None:
     docker = shutil.which("docker")
-    has_compose = (
-        docker
-        and subprocess.run(
-            [docker, "compose", "version"], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-    if not has_compose:
-        # No compose plugin on this machine: the structural test above stands in.
-        return
+    assert docker is not None
     result = subprocess.run(
-        [docker, "compose", "config", "--quiet"],
+        [docker, "compose", "--profile", "simulated", "config", "--quiet"],
         cwd=REPO,
         env={"INFLUXDB_TOKEN": "t", "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -52,6 +57,95 @@ def test_compose_config_when_the_client_has_compose() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema against the compose specification's schema (shipped with it)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    result = check_compose_schema(REPO / "docker-compose.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_catches_a_typo(tmp_path: Path) -> None:
+    doc = compose()
+    gateway = doc["services"]["gateway"]
+    gateway["prots"] = gateway.pop("ports")
+    typo = tmp_path / "docker-compose.yml"
+    typo.write_text(yaml.safe_dump(doc))
+    result = check_compose_schema(typo)
+    assert result.returncode != 0
+    assert "prots" in result.stdout
+
+
+def test_compose_gateway_is_opt_in_and_servers_are_not() -> None:
+    services = compose()["services"]
+    assert services["gateway"]["profiles"] == ["simulated"]
+    for name in ("mosquitto", "influxdb", "grafana"):
+        assert "profiles" not in services[name], name
+
+
+def test_retention_is_90_days_by_default_and_overridable() -> None:
+    env = compose()["services"]["influxdb"]["environment"]
+    assert env["DOCKER_INFLUXDB_INIT_RETENTION"] == "${INFLUXDB_RETENTION:-90d}"
+    services_sh = (REPO / "ops/services.sh").read_text()
+    assert '-retentionPeriod "${TSDB_RETENTION:-90d}"' in services_sh
+
+
+def published_host_ports(service: dict[str, Any]) -> set[int]:
+    """Host ports a compose service publishes (short and long syntax)."""
+    ports = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            if "published" in entry:
+                ports.add(int(entry["published"]))
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        if len(parts) >= 2:
+            ports.add(int(parts[-2]))
+    return ports
+
+
+def listen_port(listen: str) -> int | None:
+    return int(listen.rsplit(":", 1)[1]) if listen else None
+
+
+def test_simulated_gateway_never_collides_with_a_host_gateway() -> None:
+    doc = compose()
+    sim_raw = tomllib.loads((REPO / "ops/docker/gateway.toml").read_text())
+    # Both set here: the host's defaults (gateway.id, mqtt.client_id) follow its host name.
+    assert "id" in sim_raw["gateway"]
+    assert "client_id" in sim_raw["mqtt"]
+    sim = load_config(REPO / "ops/docker/gateway.toml", environ={})
+    hosts = [load_config(REPO / name, environ={}) for name in ("config.toml", "ops/local.toml")]
+    published = {
+        port for service in doc["services"].values() for port in published_host_ports(service)
+    }
+    for host in hosts:
+        assert sim.mqtt.client_id != host.mqtt.client_id
+        assert sim.gateway.id != host.gateway.id
+        assert sim.mqtt.topic_prefix != host.mqtt.topic_prefix
+        assert listen_port(host.status.listen) not in published
+    # ops/install.sh writes client id iiot-gateway-<host name>.
+    assert sim.mqtt.client_id == f"iiot-gateway-{sim.gateway.id}"
+    assert sim.gateway.id == "docker-sim"
+    assert sim.influxdb.tags.get("site") == "docker-sim"
+    assert published_host_ports(doc["services"]["gateway"]) == {9109}
 
 
 def test_container_config_matches_compose_names() -> None:
@@ -75,3 +169,29 @@ def test_grafana_provisioning_parses_and_covers_every_metric() -> None:
     text = json.dumps(dashboard)
     for metric in ("temperature", "humidity", "gas_resistance", "pressure", "rssi", "snr"):
         assert metric in text, metric
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for a document's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", ["docs/operations.md", "README.md"])
+def test_relative_links_resolve(doc: str) -> None:
+    path = REPO / doc
+    text = path.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        assert file.exists(), link
+        if anchor:
+            assert anchor in heading_anchors(file.read_text()), link

@@ -40,6 +40,7 @@ lint: install
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy gateway
+	$(BIN)/lint-imports
 
 bench: install deps
 	$(BIN)/python -m bench

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.buffer import STORE_FILE, BufferStore
-from gateway.influx_sink import point_time_ns
-from gateway.mqtt_sink import split_record
+from gateway.records import point_time_ns, split_record
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import gateway.config as config_mod
-from gateway import config_checks
 from gateway.config import (
     DEFAULT_PLAUSIBILITY,
     INFLUX_TOKEN_ENV,
@@ -22,6 +21,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.config import checks as config_checks
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -460,7 +460,7 @@ def test_a_command_may_carry_a_multi_line_script(tmp_path: Path) -> None:
 
 
 def test_special_characters_in_tags_are_escaped_not_refused(tmp_path: Path) -> None:
-    from gateway.influx_sink import tag_suffix
+    from gateway.records import tag_suffix
 
     text = '[influxdb.tags]\n"my site" = "a,b=c d\\\\e"\n'
     cfg = load_config(write(tmp_path, text), environ=NO_ENV)

@@ -3,7 +3,7 @@
 Unknown keys, wrong types and values out of range raise :class:`ConfigError`
 naming the dotted key, so a mistake is reported at start-up rather than as a
 traceback hours later. Every number has a range
-(:data:`gateway.config_checks.RANGES`), strings that reach MQTT, line protocol
+(:data:`gateway.config.checks.RANGES`), strings that reach MQTT, line protocol
 or HTTP carry no control characters, and the TLS and secret files are read
 once at load. Secrets (MQTT password, InfluxDB token) come from files or the
 environment and never appear in logs, reprs or error messages.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config_checks import check_listen, check_ranges, check_tls, check_url, valid_host
+from gateway.config.checks import check_listen, check_ranges, check_tls, check_url, valid_host
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"

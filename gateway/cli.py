@@ -146,18 +146,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _received_ns(sink: str, value: str) -> int | None:
-    """The time stamp a buffered record carries; None if it does not parse."""
+    """The best-known receive time a buffered record carries; None if it does not parse."""
     from gateway.records import point_time_ns, split_record
 
     try:
-        return split_record(value)[0] if sink == "mqtt" else point_time_ns(value)
+        return split_record(value)[0].wall_ns if sink == "mqtt" else point_time_ns(value)
     except (ValueError, IndexError):
         return None
 
 
 def export_line(sink: str, record: Record) -> str:
-    """One record as a line of ``gateway buffer export`` (see README, "Running it")."""
-    from gateway.records import split_record
+    """One record as a line of ``gateway buffer export`` (see README, "Running it").
+
+    ``received_ns`` is the best-known receive time; ``stamp`` is the record's
+    stamp as stored (with boot and boottime while the clock was not known
+    right), so that an import keeps what is needed to correct it.
+    """
+    from gateway.records import point_line, split_point, split_record
 
     doc: dict[str, object] = {
         "sink": sink,
@@ -166,10 +171,13 @@ def export_line(sink: str, record: Record) -> str:
     }
     if doc["received_ns"] is None:
         doc["record"] = record.value
-    elif sink == "mqtt":
+        return json.dumps(doc)
+    doc["stamp"] = record.value.split(" ", 1)[0]
+    if sink == "mqtt":
         _, doc["topic"], doc["payload"] = split_record(record.value)
     else:
-        doc["line"] = record.value
+        stamp, body = split_point(record.value)
+        doc["line"] = point_line(body, stamp.wall_ns)
     return json.dumps(doc)
 
 

@@ -4,7 +4,8 @@ Start-up, in dependency order, each stage with ``nursery.start`` so that a
 start-up failure surfaces before "ready":
 
 1. the signal watcher (so no signal ever takes its default action),
-2. the buffer store (opened, or held in memory when the disk refuses),
+2. the buffer store (opened, or held in memory when the disk refuses), and the
+   clock tracker (is the wall clock right? what offset did this boot learn?),
 3. the sinks (ready before they have connected: a server being down is normal),
 4. the status endpoint, the systemd notifier/watchdog and the stats reporter,
 5. the source, which feeds :meth:`gateway.pipeline.Pipeline.ingest`.
@@ -31,11 +32,13 @@ import trio
 import trio_asyncio
 
 from gateway.buffer import BufferStore
+from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf
 from gateway.metrics import Metrics
 from gateway.pipeline import PacketObserver, Pipeline
+from gateway.records import StampResolver, boot_key
 from gateway.sinks import influx, mqtt
 from gateway.source import Source
 from gateway.status.app import StatusContext, serve_status
@@ -61,18 +64,30 @@ class Stages:
 
     @classmethod
     def build(
-        cls, cfg: Config, store: BufferStore, metrics: Metrics, observers: Sequence[PacketObserver]
+        cls,
+        cfg: Config,
+        store: BufferStore,
+        metrics: Metrics,
+        clock: ClockTracker,
+        boot_offsets: dict[str, int],
+        observers: Sequence[PacketObserver],
     ) -> Stages:
         """Wire the stages: the source feeds the pipeline, which feeds both buffers."""
         dead = Path(cfg.gateway.buffer_dir) / DEAD_LETTER_DIR
         mqtt_dead = DeadLetterFile(dead / mqtt.DEAD_LETTER_FILE)
         influx_dead = DeadLetterFile(dead / influx.DEAD_LETTER_FILE)
-        pipeline = Pipeline(cfg, store, metrics, observers)
+        pipeline = Pipeline(cfg, store, metrics, clock, observers)
         return cls(
             store=store,
             pipeline=pipeline,
             mqtt=mqtt.MqttSink(cfg.mqtt, store.buffers["mqtt"], metrics, mqtt_dead),
-            influx=influx.InfluxSink(cfg.influxdb, store.buffers["influx"], metrics, influx_dead),
+            influx=influx.InfluxSink(
+                cfg.influxdb,
+                store.buffers["influx"],
+                metrics,
+                influx_dead,
+                resolver=StampResolver(clock, boot_offsets),
+            ),
             source=Source(cfg.source, pipeline.ingest, metrics),
             dead_letters=(mqtt_dead, influx_dead),
         )
@@ -97,6 +112,8 @@ class Gateway:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.latest = LatestValues()
+        g = cfg.gateway
+        self.clock = ClockTracker(g.clock_sync, g.clock_sync_file)
         self.observers: list[PacketObserver] = [self.latest.on_packet, *observers]
         # The running stages (None before start-up and after shutdown).
         self.stages: Stages | None = None
@@ -122,11 +139,14 @@ class Gateway:
             await outer.start(self._watch_signals)
             store = await self._open_store()
             try:
+                offsets = await self._restore_clock(store)
                 async with trio_asyncio.open_loop() as loop:
                     # trio-asyncio raises what asyncio would only log: filter
                     # the one known harmless case, report the rest.
                     loop.set_exception_handler(_asyncio_exception)
-                    self.stages = Stages.build(self.cfg, store, self.metrics, self.observers)
+                    self.stages = Stages.build(
+                        self.cfg, store, self.metrics, self.clock, offsets, self.observers
+                    )
                     await self._run_stages(self.stages, task_status)
             finally:
                 with trio.CancelScope(shield=True):
@@ -157,6 +177,44 @@ class Gateway:
         )
         return store
 
+    async def _restore_clock(self, store: BufferStore) -> dict[str, int]:
+        """What the store knows of boots: restore this boot's offset; others' for the resolver."""
+        boots = await trio.to_thread.run_sync(store.boot_offsets)
+        current = boot_key(self.clock.boot_id)
+        for key, (boot_id, offset) in boots.items():
+            if key == current:
+                self.clock.restore(boot_id, offset)
+        await store.save_boot(self.clock.boot_id, self.clock.offset_ns)
+        return {k: off for k, (_, off) in boots.items() if k != current and off is not None}
+
+    async def _watch_clock(
+        self,
+        store: BufferStore,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the clock's state current; save this boot's offset whenever it is right."""
+        with scope:
+            await self._clock_loop(store, task_status)
+
+    async def _clock_loop(self, store: BufferStore, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.clock.watch)
+            if not self.clock.synchronised.value:
+                log.warning(
+                    "clock not known right (gateway.clock_sync = %r): MQTT delivers at once; "
+                    "InfluxDB points are held until it is, then stamped right",
+                    self.cfg.gateway.clock_sync,
+                )
+            task_status.started()
+            while True:
+                await self.clock.synchronised.wait_value(True)
+                self.metrics.clock_synchronized = True
+                await store.save_boot(self.clock.boot_id, self.clock.offset_ns)
+                await self.clock.synchronised.wait_value(False)
+                self.metrics.clock_synchronized = False
+
     async def _close(self, store: BufferStore) -> None:
         """Write what is pending; note (and log) what never reached the disk."""
         if self.stages is not None:
@@ -177,6 +235,9 @@ class Gateway:
             async with trio.open_nursery() as sinks:
                 store_scope = trio.CancelScope()
                 sinks.start_soon(_run_in, store_scope, s.store.run)
+                # The clock must be checked before the first reading is stamped.
+                clock_scope = trio.CancelScope()
+                await sinks.start(self._watch_clock, s.store, clock_scope)
                 await sinks.start(s.mqtt.run)
                 await sinks.start(s.influx.run)
                 async with trio.open_nursery() as ops:
@@ -205,6 +266,7 @@ class Gateway:
                 s.mqtt.stop()
                 s.influx.stop()
                 store_scope.cancel()  # the store's close() writes what is still pending
+                clock_scope.cancel()  # the clock watcher never ends by itself
 
     async def _serve_status(
         self, s: Stages, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -221,6 +283,7 @@ class Gateway:
             source=s.source,
             sinks={"mqtt": s.mqtt, "influx": s.influx},
             buffers=s.store.buffers,
+            clock=self.clock,
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -83,6 +83,10 @@ class SinkMetrics:
     memory_records: int = 0
     corrupt: int = 0
     oldest_age: float = 0.0
+    # InfluxDB: the backlog waits for the clock to be right (not stuck).
+    holding: bool = False
+    # InfluxDB: points delivered with their best-known time, tagged clock=unsynced.
+    unsynced: int = 0
     last_delivery_at: float | None = None
     last_rejected_at: float | None = None  # the last record sent to the dead letters
     # When the backlog last went from empty to non-empty.
@@ -122,6 +126,7 @@ class Metrics:
         self.node_resets = 0
         self.last_packet_at: float | None = None
         self.started_at = time.monotonic()
+        self.clock_synchronized = False
         self.mqtt = SinkMetrics("mqtt")
         self.influx = SinkMetrics("influx")
         self.registry = CollectorRegistry(auto_describe=True)
@@ -194,8 +199,22 @@ class _Collector(Collector):
             "Failed connection attempts or dropped connections",
             mq.connect_failures,
         )
+        held = ix.backlog if ix.holding else 0
         yield _gauge(
-            "gateway_influx_buffered_points", "Points waiting in the InfluxDB buffer", ix.backlog
+            "gateway_influx_buffered_points",
+            "Points waiting in the InfluxDB buffer (not counting held ones)",
+            ix.backlog - held,
+        )
+        yield _gauge("gateway_points_held", "Points held until the clock is known right", held)
+        yield _gauge(
+            "gateway_clock_synchronized",
+            "1 while the wall clock is known right",
+            float(m.clock_synchronized),
+        )
+        yield _counter(
+            "gateway_influx_unsynced",
+            "Points delivered with their best-known time, tagged clock=unsynced",
+            ix.unsynced,
         )
         yield _counter("gateway_influx_written", "Points accepted by the database", ix.delivered)
         yield _counter(

@@ -1,7 +1,9 @@
 """One path for a packet: lines → packets → records for every sink → one commit.
 
 The source hands each batch of lines it read to :meth:`Pipeline.ingest`, which
-parses them (:mod:`gateway.telemetry`), drops implausible values, tracks Node 2's
+stamps each line (:class:`gateway.clock.ClockTracker`: wall time, and boottime
+for a later correction while the clock is not known right), parses them
+(:mod:`gateway.telemetry`), drops implausible values, tracks Node 2's
 sequence numbers, tells the observers (the status page's latest values), encodes
 each packet for both sinks (:mod:`gateway.records`) and commits all of it, with
 the acknowledgements since the last commit, in one transaction
@@ -15,15 +17,15 @@ and logged, rate-limited by reason (never by a name from the data).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
 from gateway.buffer import BufferStore, DiskBuffer
+from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.records import gateway_points, packet_points, packet_records, tag_suffix
+from gateway.records import gateway_points, packet_points, packet_records, stamp_text, tag_suffix
 from gateway.telemetry import NAME_RE, Packet, SequenceTracker, check_plausibility, parse_line
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Pipeline:
         cfg: the whole configuration.
         store: the open buffer store holding the "mqtt" and "influx" buffers.
         metrics: where everything is counted.
+        clock: stamps every reading.
         observers: called with every accepted packet (e.g. the status page's
             latest values); they must not block.
     """
@@ -48,11 +51,13 @@ class Pipeline:
         cfg: Config,
         store: BufferStore,
         metrics: Metrics,
+        clock: ClockTracker,
         observers: Sequence[PacketObserver] = (),
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
+        self.clock = clock
         self.observers = list(observers)
         self.mqtt_buffer = store.buffers["mqtt"]
         self.influx_buffer = store.buffers["influx"]
@@ -60,23 +65,22 @@ class Pipeline:
         self._prefix = cfg.mqtt.topic_prefix
         self._tags = tag_suffix(cfg.influxdb.tags)
         self._rejects = RateLimitedLog(log, interval=10.0)
-        self._last_ns = 0
         self.publish_backlogs()
 
-    async def ingest(self, lines: list[bytes], received_ns: int) -> None:
-        """Parse ``lines``, then commit their records to both buffers before returning."""
+    async def ingest(self, lines: list[bytes]) -> None:
+        """Stamp and parse ``lines``, then commit their records to both buffers before returning."""
         messages: list[str] = []
         points: list[str] = []
         for line in lines:
-            # Packets read together must not share a timestamp: InfluxDB would
-            # keep only the last point of a series at one instant.
-            received_ns = max(received_ns, self._last_ns + 1)
-            packet = self._accept(line, received_ns)
+            # One stamp per line: packets read together get distinct, increasing
+            # stamps (InfluxDB keeps only one point of a series per instant).
+            stamp = self.clock.stamp()
+            packet = self._accept(line, stamp.wall_ns)
             if packet is None:
                 continue
-            self._last_ns = received_ns
-            messages += packet_records(packet, self._prefix)
-            points += packet_points(packet, self._tags)
+            text = stamp_text(stamp)
+            messages += packet_records(packet, self._prefix, text)
+            points += packet_points(packet, self._tags, text)
         if messages:
             # Both sinks' records, and the acks since the last packet: one transaction.
             await self.commit({self.mqtt_buffer: messages, self.influx_buffer: points})
@@ -177,5 +181,5 @@ class Pipeline:
                 "influx_dropped": float(m.influx.dropped),
                 "packets": float(m.packets),
             }
-            points = gateway_points(values, time.time_ns(), self._tags)
+            points = gateway_points(values, self._tags, stamp_text(self.clock.stamp()))
             await self.commit({self.influx_buffer: points})

@@ -1,19 +1,83 @@
 """The buffered record formats: what each sink's buffer holds, encoded and decoded.
 
 A packet becomes one record per metric for each sink (the pipeline encodes,
-the sinks and ``gateway buffer export`` decode):
+the sinks and ``gateway buffer export`` decode). Every record starts with the
+reading's *stamp*:
 
-- MQTT: ``"<received_ns> <topic> <payload>"``; topic and payload never contain
-  spaces (group and metric names are ``[A-Za-z0-9_-]``).
-- InfluxDB: one line-protocol point,
-  ``temperature,node=node1,unit=celsius value=26.7 1795773905582000000``.
+- ``<wall_ns>`` when the wall clock was known right at receipt, or
+- ``<wall_ns>~<boot>~<boottime_ns>`` when it was not: the best-known wall
+  time, the boot's key (:func:`boot_key`: 8 hex digits of the boot id; the
+  store keeps each boot's id and learned offset once) and ``CLOCK_BOOTTIME``
+  at receipt, from which the right time is computed once the clock is right
+  (:class:`StampResolver`).
+
+Then, separated by single spaces (names never contain spaces):
+
+- MQTT: ``<stamp> <topic> <payload>``
+- InfluxDB: ``<stamp> <measurement>,<tags> value=<float>``; the timestamp is
+  added when the point is sent: ``temperature,node=node1,unit=celsius value=26.7
+  1795773905582000000``.
+
+:data:`FORMAT_VERSION` is the version of these formats (the store records it).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+from gateway.clock import ClockTracker, Stamp
 from gateway.telemetry import UNITS, Packet, format_value
+
+FORMAT_VERSION = 2
+UNSYNCED_TAG = ",clock=unsynced"
+# The first space that is not escaped ends a point's measurement and tags.
+_TAGS_END = re.compile(r"(?<!\\) ")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStamp:
+    """A record's stamp as stored.
+
+    Attributes:
+        wall_ns: the best-known wall time at receipt.
+        boot: the boot's key (:func:`boot_key`); None when the clock was right.
+        boottime_ns: ``CLOCK_BOOTTIME`` at receipt; None when the clock was right.
+    """
+
+    wall_ns: int
+    boot: str | None = None
+    boottime_ns: int | None = None
+
+    @property
+    def synced(self) -> bool:
+        """The wall clock was known right at receipt: ``wall_ns`` is final."""
+        return self.boot is None
+
+
+def boot_key(boot_id: str) -> str:
+    """A boot's short key in records: the first 8 hex digits of its id."""
+    return boot_id.replace("-", "")[:8].lower()
+
+
+def stamp_text(stamp: Stamp) -> str:
+    """The stored form of ``stamp``."""
+    if stamp.synced:
+        return str(stamp.wall_ns)
+    return f"{stamp.wall_ns}~{boot_key(stamp.boot)}~{stamp.boottime_ns}"
+
+
+def parse_stamp(text: str) -> RecordStamp:
+    """Inverse of :func:`stamp_text`.
+
+    Raises:
+        ValueError: not a stamp.
+    """
+    if "~" not in text:
+        return RecordStamp(int(text))
+    wall, boot, boottime = text.split("~")
+    return RecordStamp(int(wall), boot, int(boottime))
 
 
 def status_topic(prefix: str) -> str:
@@ -21,23 +85,22 @@ def status_topic(prefix: str) -> str:
     return f"{prefix}/gateway/status"
 
 
-def packet_records(packet: Packet, prefix: str) -> list[str]:
-    """A packet's MQTT records: ``"<received_ns> <topic> <payload>"``."""
-    ns = packet.received_ns
+def packet_records(packet: Packet, prefix: str, stamp: str) -> list[str]:
+    """A packet's MQTT records: ``"<stamp> <topic> <payload>"``."""
     return [
-        f"{ns} {prefix}/{group}/{metric} {format_value(value)}"
+        f"{stamp} {prefix}/{group}/{metric} {format_value(value)}"
         for group, metric, value in packet.metrics()
     ]
 
 
-def split_record(value: str) -> tuple[int, str, str]:
-    """Inverse of :func:`packet_records` for one record: (ns, topic, payload).
+def split_record(value: str) -> tuple[RecordStamp, str, str]:
+    """Inverse of :func:`packet_records` for one record: (stamp, topic, payload).
 
     Raises:
         ValueError: the record is not in this format.
     """
-    ns, topic, payload = value.split(" ", 2)
-    return int(ns), topic, payload
+    stamp, topic, payload = value.split(" ", 2)
+    return parse_stamp(stamp), topic, payload
 
 
 def _escape_tag(text: str) -> str:
@@ -49,28 +112,87 @@ def tag_suffix(tags: Mapping[str, str]) -> str:
     return "".join(f",{_escape_tag(k)}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v)
 
 
-def packet_points(packet: Packet, static_tags: str = "") -> list[str]:
-    """A packet's line-protocol points (names are pre-validated, no escaping)."""
-    ns = packet.received_ns
+def packet_points(packet: Packet, static_tags: str, stamp: str) -> list[str]:
+    """A packet's InfluxDB records: ``"<stamp> <measurement>,<tags> value=<float>"``."""
     out = []
     for group, metric, value in packet.metrics():
         unit = UNITS.get(metric)
         tags = f",node={group},unit={unit}" if unit else f",node={group}"
-        out.append(f"{metric}{tags}{static_tags} value={float(value)!r} {ns}")
+        out.append(f"{stamp} {metric}{tags}{static_tags} value={float(value)!r}")
     return out
 
 
-def gateway_points(values: Mapping[str, float], ns: int, static_tags: str = "") -> list[str]:
-    """The gateway's own health as points: ``mqtt_backlog,node=gateway value=12 <ns>``."""
+def gateway_points(values: Mapping[str, float], static_tags: str, stamp: str) -> list[str]:
+    """The gateway's own health as records: ``<stamp> mqtt_backlog,node=gateway value=12``."""
     return [
-        f"{name},node=gateway{static_tags} value={float(v)!r} {ns}" for name, v in values.items()
+        f"{stamp} {name},node=gateway{static_tags} value={float(v)!r}" for name, v in values.items()
     ]
 
 
-def point_time_ns(line: str) -> int:
-    """The timestamp of a point this module produced.
+def split_point(value: str) -> tuple[RecordStamp, str]:
+    """An InfluxDB record's stamp and its point without a timestamp.
 
     Raises:
-        ValueError: the line has no trailing integer timestamp.
+        ValueError: the record is not in this format.
     """
-    return int(line.rsplit(" ", 1)[1])
+    stamp, body = value.split(" ", 1)
+    if " " not in body:
+        raise ValueError(f"not a point: {body[:80]!r}")
+    return parse_stamp(stamp), body
+
+
+def point_line(body: str, ns: int, *, unsynced: bool = False) -> str:
+    """The line protocol to send: ``body`` with its timestamp (and ``clock=unsynced``)."""
+    if unsynced:
+        match = _TAGS_END.search(body)
+        if match is not None:
+            body = body[: match.start()] + UNSYNCED_TAG + body[match.start() :]
+    return f"{body} {ns}"
+
+
+def point_time_ns(value: str) -> int:
+    """The best-known wall time of an InfluxDB record.
+
+    Raises:
+        ValueError: the record is not in this format.
+    """
+    return split_point(value)[0].wall_ns
+
+
+class StampResolver:
+    """Decides the time a buffered record is delivered with.
+
+    Args:
+        clock: the running gateway's clock tracker (knows this boot's offset).
+        offsets: earlier boots' key → the offset (wall − boottime) they learned,
+            from the store.
+    """
+
+    def __init__(self, clock: ClockTracker, offsets: Mapping[str, int]) -> None:
+        self.clock = clock
+        self.offsets = offsets
+        self.current = boot_key(clock.boot_id)
+
+    def resolve(self, stamp: RecordStamp, *, force: bool = False) -> tuple[int, bool] | None:
+        """``(ns, right)`` to deliver with, or None to hold the record.
+
+        A stamp taken while the clock was right is final. One taken while it
+        was not is corrected once an offset of its boot is known. Otherwise a
+        record of this boot is held (the clock may still become right), unless
+        ``force``; one of an earlier boot that never saw a right clock can never
+        be corrected: its best-known time, not right.
+        """
+        if stamp.synced:
+            return stamp.wall_ns, True
+        assert stamp.boottime_ns is not None
+        if stamp.boot == self.current:
+            corrected = self.clock.correct(
+                Stamp(stamp.wall_ns, stamp.boottime_ns, self.clock.boot_id, False)
+            )
+            if corrected is not None:
+                return corrected, True
+            return None if not force else (stamp.wall_ns, False)
+        offset = self.offsets.get(stamp.boot or "")
+        if offset is not None:
+            return stamp.boottime_ns + offset, True
+        return stamp.wall_ns, False

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import termios
-import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -27,7 +26,7 @@ from gateway.telemetry import LineSplitter
 
 log = logging.getLogger(__name__)
 
-LineHandler = Callable[[list[bytes], int], Awaitable[None]]
+LineHandler = Callable[[list[bytes]], Awaitable[None]]
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping the child
 READ_SIZE = 65536
 
@@ -65,8 +64,8 @@ class Source:
 
     Args:
         cfg: the ``[source]`` section.
-        on_lines: called with each batch of complete lines and their receive
-            time (ns, UTC). It commits them to the buffers before returning.
+        on_lines: called with each batch of complete lines as soon as they are
+            read (it stamps them). It commits them to the buffers before returning.
         metrics: where restarts and source state are counted.
     """
 
@@ -112,7 +111,7 @@ class Source:
         if scope is not None and self.cfg.stall_timeout > 0:
             scope.deadline = trio.current_time() + self.cfg.stall_timeout
         self.backoff.up()
-        await self.on_lines(lines, time.time_ns())
+        await self.on_lines(lines)
 
     async def _retry_later(self, reason: str, what: str, exc: OSError) -> None:
         """Count a failed start, log it, and wait out the backoff."""

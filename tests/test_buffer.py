@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway import buffer as buffer_module
 from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer
+from gateway.buffer import queue as buffer_module
 
 
 async def open_buffer(path: Path, max_records: int = 100, **kwargs: object) -> DiskBuffer:

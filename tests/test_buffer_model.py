@@ -18,8 +18,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from gateway import buffer as buffer_module
 from gateway.buffer import BufferStore, DiskBuffer, Record
+from gateway.buffer import queue as buffer_module
 
 MAX_RECORDS = 8
 

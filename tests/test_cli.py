@@ -26,7 +26,7 @@ GATEWAY = [sys.executable, "-m", "gateway"]
 
 NS = 1_795_773_905_582_000_000
 MQTT = [f"{NS + i} iiot/node1/temperature {20 + i}" for i in range(3)]
-INFLUX = [f"temperature,node=node1,unit=celsius value={20.0 + i!r} {NS + i}" for i in range(2)]
+INFLUX = [f"{NS + i} temperature,node=node1,unit=celsius value={20.0 + i!r}" for i in range(2)]
 
 
 @pytest.fixture(autouse=True)
@@ -246,20 +246,23 @@ def test_export_is_json_lines_naming_the_sink(
     docs = export(capsys, tmp_path)
     assert [d["sink"] for d in docs] == ["mqtt"] * 3 + ["influx"] * 2
     for doc, value in zip(docs[:3], MQTT, strict=True):
-        ns, topic, payload = split_record(value)
+        stamp, topic, payload = split_record(value)
         assert doc == {
             "sink": "mqtt",
             "seq": doc["seq"],
-            "received_ns": ns,
+            "received_ns": stamp.wall_ns,
+            "stamp": str(stamp.wall_ns),
             "topic": topic,
             "payload": payload,
         }
     for doc, value in zip(docs[3:], INFLUX, strict=True):
+        ns = point_time_ns(value)
         assert doc == {
             "sink": "influx",
             "seq": doc["seq"],
-            "received_ns": point_time_ns(value),
-            "line": value,
+            "received_ns": ns,
+            "stamp": str(ns),
+            "line": f"{value.split(' ', 1)[1]} {ns}",
         }
     assert [d["seq"] for d in docs] == [1, 2, 3, 1, 2]
     assert [d["sink"] for d in export(capsys, tmp_path, "--sink", "influx")] == ["influx"] * 2

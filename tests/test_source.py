@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,8 @@ class Collector:
         self.lines: list[bytes] = []
         self.stamps: list[int] = []
 
-    async def __call__(self, lines: list[bytes], received_ns: int) -> None:
+    async def __call__(self, lines: list[bytes]) -> None:
+        received_ns = time.time_ns()
         self.lines += lines
         self.stamps.append(received_ns)
 

@@ -178,7 +178,11 @@ async def running_gateway(
     """A real Gateway (simulated source) and its status server on a free port."""
     cfg = parse_config(
         {
-            "gateway": {"id": "gw-status", "buffer_dir": str(tmp_path / "buffer")},
+            "gateway": {
+                "id": "gw-status",
+                "buffer_dir": str(tmp_path / "buffer"),
+                "clock_sync": "none",  # not a clock test
+            },
             "source": {
                 "kind": "command",
                 "command": [sys.executable, "-m", "gateway", "simulate", "--interval", "0.2"],

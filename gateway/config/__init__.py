@@ -34,6 +34,8 @@ MQTT_PASSWORD_ENV = "GATEWAY_MQTT_PASSWORD"
 INFLUX_TOKEN_ENV = "GATEWAY_INFLUXDB_TOKEN"
 
 DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
+# systemd-timesyncd touches this file once the clock is synchronised.
+DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
 DEFAULT_MQTT_BUFFER_MAX = 1000
 DEFAULT_INFLUX_BUFFER_MAX = 100_000
 DEFAULT_BATCH_SIZE = 10
@@ -93,6 +95,11 @@ class GatewaySection:
     durability: Literal["full", "normal"] = "full"
     # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
     stats_interval: float = 30.0
+    # When the wall clock counts as right (see README "Time and the clock"):
+    # "auto": the kernel's NTP status (adjtimex) or clock_sync_file exists;
+    # "file": only clock_sync_file; "none": always (a box with a real-time clock).
+    clock_sync: Literal["auto", "file", "none"] = "auto"
+    clock_sync_file: str = DEFAULT_CLOCK_SYNC_FILE
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,15 @@ from gateway.config import InfluxSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError, scrub
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.records import point_time_ns
+from gateway.records import StampResolver, point_line, split_point
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_POINTS = 5000  # per request while a backlog drains
+# Held points (the clock not yet right) are released, oldest first and tagged
+# clock=unsynced, once they fill this share of the buffer: never dropped.
+HOLD_RELEASE_SHARE = 0.9
+HOLD_LOG_INTERVAL = 60.0  # seconds between "still holding" warnings
 DEAD_LETTER_FILE = "influx.lp"
 # Seconds a request may take beyond influxdb.timeout (connect, then write the body).
 REQUEST_SLACK = 1.0
@@ -167,6 +171,8 @@ class InfluxSink:
         metrics: counters and gauges (this sink's are ``metrics.influx``).
         dead_letters: where points rejected for good go.
         writer: the blocking writer (injectable for tests).
+        resolver: decides each point's time from its stamp, or to hold it
+            while the clock is not known right; None: every stamp is final.
     """
 
     def __init__(
@@ -176,6 +182,7 @@ class InfluxSink:
         metrics: Metrics,
         dead_letters: DeadLetterFile,
         writer: InfluxWriter | None = None,
+        resolver: StampResolver | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
@@ -183,6 +190,8 @@ class InfluxSink:
         self.figures = metrics.influx
         self.dead_letters = dead_letters
         self.dead_letter_path = dead_letters.path
+        self.resolver = resolver
+        self.holding = False  # points wait for the clock to be right
         self.writer = writer or InfluxWriter(cfg)
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.healthy: bool | None = None  # None until the first request
@@ -261,13 +270,22 @@ class InfluxSink:
         batch = await self.buffer.peek(MAX_REQUEST_POINTS)
         if not batch:
             return
-        try:
-            oldest = point_time_ns(batch[0].value)
-        except ValueError:
-            pass  # not a point: _write isolates it into the dead letters
-        else:
-            self.figures.oldest_age = max(0.0, (time.time_ns() - oldest) / 1e9)
-        await self._write(batch)
+        force = self.buffer.count.value >= self._release_at()
+        points, bad = self._prepare(batch, force=force)
+        if bad:
+            await self._dead_letter(bad, InfluxWriteError("not a point record", retryable=False))
+            return
+        if not points:
+            await self._hold()
+            return
+        if force and self.holding:
+            log.warning(
+                "influxdb: the points held for a right clock fill %d%% of "
+                "influxdb.buffer_max_points: delivering the oldest tagged clock=unsynced",
+                int(HOLD_RELEASE_SHARE * 100),
+            )
+        self._end_hold()
+        await self._write(points)
         if not self.healthy:
             log.info("influxdb: writes to %s succeed again", self.cfg.url)
         self.healthy = True
@@ -276,23 +294,98 @@ class InfluxSink:
         self.last_error = ""
         self.last_delivery = trio.current_time()
 
-    async def _write(self, batch: Sequence[Record]) -> None:
+    def _release_at(self) -> int:
+        return max(1, int(self.buffer.max_records * HOLD_RELEASE_SHARE))
+
+    def _prepare(
+        self, batch: Sequence[Record], *, force: bool
+    ) -> tuple[list[tuple[Record, str]], list[Record]]:
+        """The lines to send for the oldest records, up to the first that must wait.
+
+        Returns ``(points, bad)``: each record with its line protocol (its
+        timestamp decided by the resolver), and, if the oldest record is not a
+        point at all, that record alone (for the dead letters).
+        """
+        points: list[tuple[Record, str]] = []
+        now = time.time_ns()
+        for i, record in enumerate(batch):
+            try:
+                stamp, body = split_point(record.value)
+            except ValueError:
+                return (points, []) if points else ([], [record])
+            if self.resolver is None:
+                ns, right = stamp.wall_ns, True
+            else:
+                decided = self.resolver.resolve(stamp, force=force)
+                if decided is None:
+                    break  # this one and every newer one wait for the clock
+                ns, right = decided
+            if not right:
+                self.figures.unsynced += 1
+            if i == 0:
+                self.figures.oldest_age = max(0.0, (now - ns) / 1e9)
+            points.append((record, point_line(body, ns, unsynced=not right)))
+        return points, []
+
+    async def _hold(self) -> None:
+        """Wait while the oldest point waits for a right clock (or until stop).
+
+        Ends when the clock is right, when the held points reach the release
+        share of the buffer, or at shutdown; warns every HOLD_LOG_INTERVAL.
+        """
+        assert self.resolver is not None
+        clock = self.resolver.clock
+        if not self.holding:
+            self.holding = True
+            self.figures.holding = True
+            log.warning(
+                "influxdb: holding points until the clock is synchronised (%s); "
+                "MQTT delivers them now",
+                clock.verdict.how if clock.verdict else "not checked yet",
+            )
+        release_at = self._release_at()
+        with trio.CancelScope() as self._idle:
+            if self._stop.is_set():
+                return
+            with trio.move_on_after(HOLD_LOG_INTERVAL) as timer:
+                await wait_any(
+                    functools.partial(clock.synchronised.wait_value, True),
+                    functools.partial(self.buffer.count.wait_value, lambda n: n >= release_at),
+                )
+            if timer.cancelled_caught:
+                self._errlog.log(
+                    logging.WARNING,
+                    "hold",
+                    "influxdb: still holding %d point(s) until the clock is synchronised (%s)",
+                    self.buffer.count.value,
+                    clock.verdict.how if clock.verdict else "not checked yet",
+                )
+
+    def _end_hold(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.figures.holding = False
+            # The held backlog starts waiting now: it was not stuck before.
+            self.figures.set_backlog(0)
+            self.figures.set_backlog(self.buffer.count.value)
+
+    async def _write(self, batch: Sequence[tuple[Record, str]]) -> None:
         """Write ``batch``; split on 413/400/422 to isolate bad points."""
         try:
-            await self._request([r.value for r in batch])
+            await self._request([line for _, line in batch])
         except InfluxWriteError as exc:
             # Every failed request is counted, also those that split the batch.
             self.figures.errors.inc(str(exc.status or "network"))
             if not exc.split:
                 raise
             if len(batch) == 1:
-                await self._dead_letter(batch, exc)
+                await self._dead_letter([batch[0][0]], exc, batch[0][1])
                 return
             mid = len(batch) // 2
             await self._write(batch[:mid])
             await self._write(batch[mid:])
             return
-        await self.buffer.ack(batch)
+        await self.buffer.ack([record for record, _ in batch])
         self.figures.note_delivery(len(batch), self.buffer.count.value)
 
     async def _request(self, lines: list[str]) -> None:
@@ -338,9 +431,12 @@ class InfluxSink:
             if not done:
                 self.writer.abort()
 
-    async def _dead_letter(self, batch: Sequence[Record], exc: InfluxWriteError) -> None:
-        # Never raises: a disk that refuses the file holds them in memory.
-        await self.dead_letters.append(r.value for r in batch)
+    async def _dead_letter(
+        self, batch: Sequence[Record], exc: InfluxWriteError, line: str | None = None
+    ) -> None:
+        # Never raises: a disk that refuses the file holds them in memory. The
+        # line protocol as sent (with its time) is what an operator can resend.
+        await self.dead_letters.append([line] if line is not None else [r.value for r in batch])
         await self.buffer.ack(batch)
         self.figures.note_rejected(len(batch))
         self._errlog.log(

@@ -245,12 +245,12 @@ class MqttSink:
         oldest_ns: int | None = None
         for record in batch:
             try:
-                ns, topic, payload = split_record(record.value)
+                stamp, topic, payload = split_record(record.value)
             except ValueError:
                 bad.append(record.value)
                 continue
             if oldest_ns is None:
-                oldest_ns = ns
+                oldest_ns = stamp.wall_ns
             messages.append((topic, payload))
         if oldest_ns is not None:
             self.figures.oldest_age = max(0.0, (time.time_ns() - oldest_ns) / 1e9)

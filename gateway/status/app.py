@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.status.health import health, snapshot
@@ -82,6 +83,7 @@ class StatusContext:
     source: SourceView
     sinks: Mapping[str, SinkView]
     buffers: Mapping[str, BufferView]
+    clock: ClockTracker
 
 
 def page_html() -> str:
@@ -137,8 +139,16 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             },
         ),
     }
+    clock = ctx.clock
     return {
         "gateway": {"id": cfg.gateway.id, "uptime_s": _age(now, snap.started_at)},
+        "clock": {
+            "synchronized": bool(clock.synchronised.value),
+            "policy": cfg.gateway.clock_sync,
+            "since": _rfc3339(clock.since_ns),
+            "how": clock.verdict.how if clock.verdict else "not checked yet",
+            "points_held": m.influx.backlog if m.influx.holding else 0,
+        },
         "healthy": ok,
         "reasons": reasons,
         "unhealthy_after": cfg.status.unhealthy_after,
@@ -146,6 +156,13 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "sinks": sinks,
         "values": ctx.latest.to_json(time.time_ns()),
     }
+
+
+def _rfc3339(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    t = time.gmtime(ns // 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1_000_000 % 1000:03d}Z"
 
 
 def _json(data: Any, status: int = 200) -> Response:

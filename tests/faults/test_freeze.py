@@ -37,7 +37,7 @@ def _capture(path: Path, count: int) -> list[str]:
         parsed = parse_line(line, 1)
         assert parsed is not None
         assert parsed.packet is not None
-        records += [r.split(" ", 1)[1] for r in packet_records(parsed.packet, "P")]
+        records += [r.split(" ", 1)[1] for r in packet_records(parsed.packet, "P", "1")]
     return records
 
 

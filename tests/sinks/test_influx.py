@@ -23,7 +23,7 @@ from gateway.config import InfluxSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError
 from gateway.metrics import Metrics
-from gateway.records import packet_points, point_time_ns, tag_suffix
+from gateway.records import packet_points, point_line, point_time_ns, split_point, tag_suffix
 from gateway.sinks.influx import DEAD_LETTER_FILE, InfluxSink, InfluxWriter, classify
 from gateway.telemetry import parse_line
 from tests.conftest import DESIGN_EXAMPLE
@@ -38,7 +38,17 @@ def example_points(static_tags: str = "") -> list[str]:
     parsed = parse_line(EXAMPLE, RECEIVED_NS)
     assert parsed is not None
     assert parsed.packet is not None
-    return packet_points(parsed.packet, static_tags)
+    records = packet_points(parsed.packet, static_tags, str(RECEIVED_NS))
+    return [point_line(split_point(r)[1], split_point(r)[0].wall_ns) for r in records]
+
+
+def records_of(lines: list[str]) -> list[str]:
+    """The buffer records of line-protocol points (clock right: the stamp is the time)."""
+    out = []
+    for line in lines:
+        body, ns = line.rsplit(" ", 1)
+        out.append(f"{ns} {body}")
+    return out
 
 
 def test_packet_points_of_the_design_example() -> None:
@@ -57,7 +67,7 @@ def test_packet_points_of_the_design_example() -> None:
     assert (
         example_points()[0] == "temperature,node=node1,unit=celsius value=26.7 1795773905582000000"
     )
-    assert all(point_time_ns(p) == ns for p in example_points())
+    assert all(point_time_ns(r) == ns for r in records_of(example_points()))
 
 
 def test_static_tags_are_sorted_and_escaped() -> None:
@@ -239,7 +249,7 @@ async def test_a_bug_in_the_writer_ends_the_sink(tmp_path: Path) -> None:
             pass
 
     buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
-    await buffer.append(example_points())
+    await buffer.append(records_of(example_points()))
     sink = InfluxSink(
         section("http://127.0.0.1:9", batch_size=1),
         buffer,
@@ -261,7 +271,7 @@ async def test_dead_letters_on_a_disk_that_refuses_are_held_not_fatal(
     influx.respond = lambda lines: (400, {})
     buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
     metrics = Metrics()
-    await buffer.append(example_points()[:3])
+    await buffer.append(records_of(example_points()[:3]))
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the dead-letter directory should be")
     dead = DeadLetterFile(blocker / "dead-letter" / DEAD_LETTER_FILE)
@@ -301,7 +311,7 @@ async def test_bad_point_goes_to_dead_letter_the_rest_is_written(
     influx.respond = lambda lines: (400, {}) if marker in lines else (204, {})
     buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
     metrics = Metrics()
-    await buffer.append(points)
+    await buffer.append(records_of(points))
     cfg = section(influx.url, batch_size=10, flush_interval=0.05)
     await run_sink_until_drained(cfg, buffer, metrics, tmp_path / "dead-letter")
     buffer.close()
@@ -322,7 +332,7 @@ async def test_too_large_requests_are_split_until_accepted(
     influx.respond = lambda lines: (413, {}) if len(lines) > 4 else (204, {})
     buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
     metrics = Metrics()
-    await buffer.append(points)
+    await buffer.append(records_of(points))
     await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
     buffer.close()
 
@@ -338,7 +348,7 @@ async def test_unavailable_then_available_loses_nothing(influx: FakeInflux, tmp_
     influx.respond = lambda lines: (next(answers, 204), {})
     buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
     metrics = Metrics()
-    await buffer.append(points)
+    await buffer.append(records_of(points))
     sink = await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
     buffer.close()
 
@@ -410,7 +420,7 @@ async def test_partial_batch_waits_exactly_flush_interval(
         await trio.sleep(100.0)  # nothing waiting: nothing written
         assert writer.writes == []
         arrived = trio.current_time()
-        await buffer.append(points(3))
+        await buffer.append(records_of(points(3)))
         await writer.wrote.wait()
         await buffer.count.wait_value(0)
         sink.stop()
@@ -428,7 +438,7 @@ async def test_full_batch_is_written_at_once(
         )
         await trio.sleep(1.0)
         arrived = trio.current_time()
-        await buffer.append(points(10))
+        await buffer.append(records_of(points(10)))
         await writer.wrote.wait()
         await buffer.count.wait_value(0)
         sink.stop()
@@ -444,13 +454,13 @@ async def test_batch_fills_up_while_waiting(
             nursery, tmp_path, writer, batch_size=10, flush_interval=2.5
         )
         first = trio.current_time()
-        await buffer.append(points(4))
+        await buffer.append(records_of(points(4)))
         await trio.sleep(1.0)
         assert writer.writes == []
         # The sink's flush_interval timer is pending now: hold the clock while
         # the append's thread runs, or autojump would fire the timer meanwhile.
         autojump_clock.autojump_threshold = math.inf
-        await buffer.append(points(6, start=4))
+        await buffer.append(records_of(points(6, start=4)))
         autojump_clock.autojump_threshold = 0
         await writer.wrote.wait()
         await buffer.count.wait_value(0)

@@ -37,22 +37,19 @@ earlier format are imported on start-up (:func:`_import_diskcache`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import itertools
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import trio
-from trio_util import AsyncValue
 
+from gateway import records
+from gateway.buffer.queue import DiskBuffer, Record, table_name
 from gateway.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -65,19 +62,13 @@ STORE_FILE = "buffer.db"
 # 1 KiB pages: a packet's rows for both sinks touch a handful of pages, and each
 # page written costs its full size in the WAL (4 KiB pages wrote twice the bytes).
 PAGE_SIZE = 1024
-FORMAT_VERSION = 1
+# The store's layout and its records' formats (gateway.records) together.
+FORMAT_VERSION = records.FORMAT_VERSION
+BOOTS_TABLE = "boots"  # one row per boot: its id and the clock offset it learned
 ACK_DELAY = 1.0  # seconds an acknowledgement may wait to ride with the next commit
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refused
 _READ_FAILED_PAUSE = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A buffered record: its sequence number in its buffer and its text."""
-
-    key: int
-    value: str
 
 
 def _connect(path: Path, durability: Durability, sinks: Iterable[str]) -> sqlite3.Connection:
@@ -95,23 +86,48 @@ def _connect(path: Path, durability: Durability, sinks: Iterable[str]) -> sqlite
             raise sqlite3.DatabaseError(
                 f"not a database this version can read (format {version} > {FORMAT_VERSION})"
             )
+        con.execute("BEGIN IMMEDIATE")
         for name in sinks:
             con.execute(
-                f'CREATE TABLE IF NOT EXISTS "{_table(name)}"'
+                f'CREATE TABLE IF NOT EXISTS "{table_name(name)}"'
                 " (seq INTEGER PRIMARY KEY, value TEXT NOT NULL)"
             )
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {BOOTS_TABLE}"
+            " (key TEXT PRIMARY KEY, boot_id TEXT NOT NULL, offset_ns INTEGER)"
+        )
+        if 0 < version < FORMAT_VERSION:
+            _upgrade(con, version)
         if version < FORMAT_VERSION:
             con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        con.execute("COMMIT")
     except BaseException:
         con.close()
         raise
     return con
 
 
-def _table(name: str) -> str:
-    if not name.isidentifier() or not name.isascii():
-        raise ValueError(f"invalid buffer name {name!r}")
-    return name
+def _upgrade(con: sqlite3.Connection, version: int) -> None:
+    """Rewrite the records of an older format in place (inside the open transaction).
+
+    Format 1 stored a point as ``<line protocol> <ns>``; format 2 stores the
+    stamp first and adds the timestamp when the point is sent. Format 1
+    records always had a right clock: their stamp is the plain time.
+    """
+    if (
+        version == 1
+        and con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'influx'"
+        ).fetchone()
+    ):
+        rows = con.execute("SELECT seq, value FROM influx").fetchall()
+        upgraded = []
+        for seq, value in rows:
+            body, _, ns = value.rpartition(" ")
+            if body and ns.isdigit():
+                upgraded.append((f"{ns} {body}", seq))
+        con.executemany("UPDATE influx SET value = ? WHERE seq = ?", upgraded)
+        log.warning("buffer store: %d point(s) of format 1 rewritten as format 2", len(upgraded))
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -120,195 +136,6 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError) or any(
         marker in text for marker in ("malformed", "not a database", "quick_check", "corrupt")
     )
-
-
-class DiskBuffer:
-    """One sink's bounded FIFO of text records inside a :class:`BufferStore`.
-
-    The sink reads it with :meth:`peek` and :meth:`ack`, and waits on
-    :attr:`count` (the number of records it may deliver now). For a buffer of
-    its own (tests, tools), :meth:`open` makes a one-table store.
-    """
-
-    def __init__(self, store: BufferStore, name: str, max_records: int) -> None:
-        self.store = store
-        self.name = name
-        self.max_records = max_records
-        self.table = _table(name)
-        self.dropped_total = 0
-        self.write_errors = 0
-        # Sequence numbers: live records are exactly [head, tail). Rows below
-        # disk_head are deleted on disk; rows below disk_tail are written.
-        self.head = 1
-        self.tail = 1
-        self.disk_head = 1
-        self.disk_tail = 1
-        # Records [cache_start, tail) in memory: every unwritten one, plus up
-        # to CACHE_RECORDS written ones for the sink to read without SQLite.
-        self._cache: deque[str] = deque()
-        self._cache_start = 1
-        # Wakes the sink; the value is how many records it may deliver now.
-        self.count: AsyncValue[int] = AsyncValue(0)
-
-    @classmethod
-    async def open(
-        cls,
-        directory: Path,
-        *,
-        max_records: int,
-        durability: Durability = "full",
-        name: str = "buffer",
-        ack_delay: float = 0.0,
-    ) -> DiskBuffer:
-        """A buffer with a store of its own in ``directory`` (acks written at once)."""
-        store = await BufferStore.open(
-            directory, {name: max_records}, durability=durability, ack_delay=ack_delay
-        )
-        return store.buffers[name]
-
-    # -- state in memory ---------------------------------------------------------
-
-    @property
-    def in_memory(self) -> int:
-        """Records held only in memory because the disk refused them."""
-        return self.tail - max(self.disk_tail, self.head)
-
-    @property
-    def corrupt_moved(self) -> list[Path]:
-        """Corrupt stores moved aside when this buffer's store was opened."""
-        return self.store.corrupt_moved
-
-    def _visible_tail(self) -> int:
-        # Records become deliverable once written; when the disk refuses
-        # writes, live delivery goes on from memory.
-        return self.tail if self.store.degraded else max(self.disk_tail, self.head)
-
-    def _publish_count(self) -> int:
-        count = max(0, self._visible_tail() - self.head)
-        self.count.value = count
-        return count
-
-    def _add(self, records: Sequence[str]) -> int:
-        self._cache.extend(records)
-        self.tail += len(records)
-        dropped = max(0, self.tail - self.head - self.max_records)
-        if dropped:
-            self.head += dropped
-            self.dropped_total += dropped
-        self._trim()
-        # The head may have moved past every written record: the count a sink
-        # waits on must never promise records that peek() cannot return.
-        self._publish_count()
-        return dropped
-
-    def _trim(self) -> None:
-        # Acknowledged or dropped records are never needed again; written ones
-        # beyond CACHE_RECORDS are read back from disk when needed.
-        keep_from = max(self.head, min(self.disk_tail, self.tail - CACHE_RECORDS))
-        for _ in range(min(keep_from - self._cache_start, len(self._cache))):
-            self._cache.popleft()
-        self._cache_start = max(self._cache_start, keep_from)
-
-    def _unwritten(self) -> list[tuple[int, str]]:
-        start = max(self.disk_tail, self.head)
-        values = itertools.islice(self._cache, start - self._cache_start, None)
-        return list(zip(itertools.count(start), values, strict=False))
-
-    def _pending(self) -> bool:
-        return self.disk_head < self.head or max(self.disk_tail, self.head) < self.tail
-
-    def _from_cache(self, start: int, end: int) -> list[Record]:
-        start = max(start, self._cache_start)
-        values = itertools.islice(self._cache, start - self._cache_start, end - self._cache_start)
-        return [Record(key, value) for key, value in zip(itertools.count(start), values)]
-
-    # -- the async API used by the pipeline ---------------------------------------
-
-    async def append(self, records: Sequence[str]) -> int:
-        """Commit ``records`` in one transaction; return how many old ones were dropped.
-
-        Never raises: when the disk refuses the write, the records wait in memory
-        (bounded) and are committed, oldest first, with the next write that works.
-        """
-        return (await self.store.commit({self: records}))[self.name]
-
-    async def peek(self, limit: int) -> list[Record]:
-        """Return up to ``limit`` of the oldest deliverable records, without removing them.
-
-        Always a Trio checkpoint, even when it answers from memory: a sink that
-        loops on peek() can never starve the event loop.
-        """
-        await trio.lowlevel.checkpoint()
-        start = self.head
-        end = min(self._visible_tail(), start + limit)
-        out: list[Record] = []
-        if start < min(self._cache_start, end):
-            try:
-                out = await self.store.read(self, start, min(self._cache_start, end))
-            except (sqlite3.Error, OSError) as exc:
-                # Never skip over records that cannot be read: try again later.
-                self.store.failed(f"{self.name}: read", exc, [self])
-                await trio.sleep(_READ_FAILED_PAUSE)
-                return []
-            if len(out) < min(self._cache_start, end) - start:
-                return out  # rows were dropped meanwhile; the next peek goes on
-            start = out[-1].key + 1 if out else start
-        # The state may have moved while we read: take the rest as it is now.
-        end = min(self._visible_tail(), self.head + limit)
-        if start >= self._cache_start:
-            out += self._from_cache(max(start, self.head), end)[: limit - len(out)]
-        return out
-
-    async def ack(self, records: Sequence[Record]) -> None:
-        """Acknowledge ``records`` and every older one (delivery is FIFO).
-
-        The head moves at once; the rows leave the disk with the next commit or
-        within the store's ``ack_delay``. Records already dropped are ignored.
-        """
-        if not records:
-            return
-        newest = max(r.key for r in records) + 1
-        if newest <= self.head:
-            return
-        self.head = min(newest, self.tail)
-        self._trim()
-        self._publish_count()
-        await self.store.acknowledged()
-
-    # -- inspection (blocking; for the CLI and tests) -------------------------------
-
-    def stats(self) -> dict[str, int]:
-        """Records waiting, the store's bytes on disk, and the bound."""
-        return {
-            "records": self.tail - self.head,
-            "bytes": self.store.disk_bytes(),
-            "max_records": self.max_records,
-        }
-
-    def iter_all(self) -> list[Record]:
-        """Every waiting record, oldest first."""
-        out: list[Record] = []
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
-            out = self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
-        start = out[-1].key + 1 if out else self.head
-        return out + self._from_cache(start, self.tail)
-
-    def oldest(self) -> Record | None:
-        """The oldest waiting record, or None."""
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
-            rows = self.store.read_sync(self, self.head, self.head + 1)
-            if rows:
-                return rows[0]
-        rows = self._from_cache(self.head, self.head + 1)
-        return rows[0] if rows else None
-
-    def integrity_check(self) -> str:
-        """SQLite ``PRAGMA integrity_check`` of the store ("ok" when healthy)."""
-        return self.store.integrity_check()
-
-    def close(self) -> int:
-        """Close the store (a buffer opened with :meth:`open` owns one); see BufferStore.close."""
-        return self.store.close()
 
 
 class BufferStore:
@@ -588,6 +415,39 @@ class BufferStore:
                 if not await self.sync():
                     self._pending_since = trio.current_time()
 
+    # -- boots and their clock offsets ------------------------------------------------
+
+    def boot_offsets(self) -> dict[str, tuple[str, int | None]]:
+        """Every boot the store knows: key → (boot id, learned offset or None) (blocking)."""
+        if self.con is None:
+            return {}
+        rows = self.con.execute(f"SELECT key, boot_id, offset_ns FROM {BOOTS_TABLE}").fetchall()
+        return {key: (boot_id, offset) for key, boot_id, offset in rows}
+
+    def _save_boot_sync(self, boot_id: str, offset_ns: int | None) -> None:
+        assert self.con is not None
+        self.con.execute(
+            f"INSERT INTO {BOOTS_TABLE} (key, boot_id, offset_ns) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET offset_ns = COALESCE(excluded.offset_ns, offset_ns)",
+            (records.boot_key(boot_id), boot_id, offset_ns),
+        )
+
+    async def save_boot(self, boot_id: str, offset_ns: int | None) -> bool:
+        """Remember a boot (and the clock offset it learned); False if the disk refused.
+
+        The offset lets records of this boot stamped while the clock was wrong
+        be corrected after a restart, even in a later boot.
+        """
+        async with self._lock:
+            if self.con is None:
+                return False
+            try:
+                await trio.to_thread.run_sync(self._save_boot_sync, boot_id, offset_ns)
+            except (sqlite3.Error, OSError) as exc:
+                _errlog.log(logging.ERROR, "boot", "buffer store %s: %s", self.path, exc)
+                return False
+            return True
+
     # -- reading -------------------------------------------------------------------
 
     def read_sync(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
@@ -654,167 +514,6 @@ class BufferStore:
             self.con.close()
             self.con = None
         return lost
-
-
-# -- reading without writing (``gateway buffer stats|export``) ----------------------------
-
-
-class StoreError(Exception):
-    """A buffer store that cannot be read: corrupt, unreadable, or of a newer format."""
-
-
-class StoreReader:
-    """A read-only view of the store in ``directory``, safe while a gateway runs.
-
-    Unlike :class:`BufferStore` it never creates, moves, repairs or writes a
-    file: a corrupt store raises :class:`StoreError` and stays where it is. A
-    directory without a store reads as empty; a directory that does not exist
-    raises :class:`FileNotFoundError`. Everything read comes from one read
-    transaction: counts and records agree even while a gateway writes.
-
-    How the file is opened depends on what lies next to it:
-
-    - ``-wal`` and ``-shm`` present (a gateway has it open, or was killed):
-      ``mode=ro``, which shares the gateway's WAL index in ``-shm``.
-    - no ``-wal``, or an empty one (the store was closed): the file holds every
-      committed record. A ``mode=ro`` open would create ``-wal`` and ``-shm``
-      (and leave them behind), so it is read with ``immutable=1`` instead. A
-      gateway that starts meanwhile writes to a new WAL, not to the file, until
-      its first checkpoint.
-    - a ``-wal`` with content but no ``-shm``: reading it needs an index that
-      only a writer may build, so this raises :class:`StoreError`.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / STORE_FILE
-        self.con: sqlite3.Connection | None = None
-        self.tables: list[str] = []
-        if not self.directory.is_dir():
-            if self.directory.exists():
-                raise NotADirectoryError(
-                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory)
-                )
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.directory))
-        try:
-            if not os.path.lexists(self.path):
-                return
-            self.con = self._connect()
-            self._check()
-            self.tables = [
-                name
-                for (name,) in self.con.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid"
-                )
-                if name.isidentifier() and name.isascii()
-            ]
-        except StoreError:
-            self.close()
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            self.close()
-            raise self._error(exc) from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
-        if wal.exists() and shm.exists():
-            mode = "ro"
-        elif wal.exists() and wal.stat().st_size > 0:
-            raise StoreError(
-                f"buffer store {self.path} has a write-ahead log ({wal.name}) but no index "
-                f"({shm.name}); it cannot be read without writing one (starting the gateway "
-                "recovers it)"
-            )
-        else:
-            mode = "ro&immutable=1"
-        uri = f"{self.path.absolute().as_uri()}?mode={mode}"
-        con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
-        try:
-            con.execute("BEGIN")  # one snapshot for everything read
-        except BaseException:
-            con.close()
-            raise
-        return con
-
-    def _check(self) -> None:
-        assert self.con is not None
-        row = self.con.execute("PRAGMA quick_check").fetchone()
-        if row is None or row[0] != "ok":
-            raise sqlite3.DatabaseError(f"quick_check failed: {row!r}")
-        version = self.con.execute("PRAGMA user_version").fetchone()[0]
-        if version > FORMAT_VERSION:
-            raise StoreError(
-                f"buffer store {self.path} was written by a newer version "
-                f"(format {version} > {FORMAT_VERSION})"
-            )
-
-    def _error(self, exc: BaseException) -> StoreError:
-        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
-            return StoreError(f"buffer store {self.path} is corrupt ({exc})")
-        return StoreError(f"cannot read buffer store {self.path} ({exc})")
-
-    def _query(self, sql: str) -> list[Any]:
-        assert self.con is not None
-        try:
-            return self.con.execute(sql).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-
-    def count(self, sink: str) -> int:
-        """Records waiting in ``sink``'s buffer (0 for a buffer the store does not hold)."""
-        if sink not in self.tables:
-            return 0
-        return int(self._query(f'SELECT COUNT(*) FROM "{_table(sink)}"')[0][0])
-
-    def oldest(self, sink: str) -> Record | None:
-        """The oldest record waiting in ``sink``'s buffer, or None."""
-        if sink not in self.tables:
-            return None
-        rows = self._query(f'SELECT seq, value FROM "{_table(sink)}" ORDER BY seq LIMIT 1')
-        return Record(*rows[0]) if rows else None
-
-    def records(self, sink: str) -> Iterator[Record]:
-        """Every record waiting in ``sink``'s buffer, oldest first (read as iterated)."""
-        if sink not in self.tables or self.con is None:
-            return
-        try:
-            cursor = self.con.execute(f'SELECT seq, value FROM "{_table(sink)}" ORDER BY seq')
-            while rows := cursor.fetchmany(1000):
-                for seq, value in rows:
-                    yield Record(seq, value)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-
-    def disk_bytes(self) -> int:
-        """Bytes of the store's files on disk."""
-        size = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        return size
-
-    def close(self) -> None:
-        """End the read transaction and close the file."""
-        if self.con is not None:
-            self.con.close()
-            self.con = None
-
-    def __enter__(self) -> StoreReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def read_store(directory: Path) -> dict[str, list[Record]]:
-    """Every buffer in the store in ``directory`` with its records, without writing.
-
-    Empty for a directory without a store. Raises :class:`FileNotFoundError`
-    when ``directory`` does not exist and :class:`StoreError` when the store is
-    corrupt or cannot be read (see :class:`StoreReader`).
-    """
-    with StoreReader(directory) as reader:
-        return {sink: list(reader.records(sink)) for sink in reader.tables}
 
 
 def _import_diskcache(directory: Path) -> list[str]:

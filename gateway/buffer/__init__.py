@@ -1,0 +1,24 @@
+"""The disk buffers: bounded, durable FIFOs of small text records in one SQLite file.
+
+Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`); all of them
+live as tables in one :class:`BufferStore` (:mod:`gateway.buffer.store`,
+``<buffer_dir>/buffer.db``), so that a packet's records for *both* sinks, and
+the acknowledgements that arrived since the last packet, go to disk in one
+transaction. :class:`StoreReader` (:mod:`gateway.buffer.reader`) reads a store
+without ever writing it, for ``gateway buffer stats|export``.
+"""
+
+from gateway.buffer.queue import DiskBuffer, Record
+from gateway.buffer.reader import StoreError, StoreReader, read_store
+from gateway.buffer.store import FORMAT_VERSION, STORE_FILE, BufferStore
+
+__all__ = [
+    "FORMAT_VERSION",
+    "STORE_FILE",
+    "BufferStore",
+    "DiskBuffer",
+    "Record",
+    "StoreError",
+    "StoreReader",
+    "read_store",
+]

@@ -143,10 +143,13 @@ class Pipeline:
     async def commit(self, batches: Mapping[DiskBuffer, list[str]]) -> None:
         """Commit records to their buffers in one transaction; count what that dropped."""
         errors_before = {buf: buf.write_errors for buf in self.store.buffers.values()}
+        recreated_before = self.store.recreated
         dropped = await self.store.commit(batches)
+        recreated = self.store.recreated - recreated_before
         for buf in self.store.buffers.values():
             figures = self.metrics.sink(buf.name)
-            figures.buffer_errors += buf.write_errors - errors_before[buf]
+            # A store deleted under us and recreated is an I/O failure of each buffer.
+            figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated
             figures.memory_records = buf.in_memory
             figures.set_backlog(buf.count.value)
             if dropped.get(buf.name):

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LineHandler = Callable[[list[bytes]], Awaitable[None]]
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping the child
 READ_SIZE = 65536
+EXIT_AFTER_EOF = 1.0  # seconds a child may take to exit after closing its stdout
 
 
 async def stop_process(proc: trio.Process, grace: float = STOP_GRACE) -> int | None:
@@ -182,6 +183,7 @@ class Source:
         self.metrics.source_up = True
         log.info("source: started %s (pid %d)", self.cfg.command[0], proc.pid)
         stalled = False
+        closed_stdout = False
         try:
             async with trio.open_nursery() as nursery:
                 assert proc.stderr is not None
@@ -192,6 +194,13 @@ class Source:
                         scope.deadline = trio.current_time() + self.cfg.stall_timeout
                     await self._pump(proc.stdout, scope)
                 stalled = scope.cancelled_caught
+                if not stalled:
+                    # End of output: a child that exits closes stdout first, so
+                    # give it a moment before calling it a child that closed
+                    # its stdout and kept running.
+                    with trio.move_on_after(EXIT_AFTER_EOF):
+                        await proc.wait()
+                    closed_stdout = proc.returncode is None
                 await stop_process(proc)
                 nursery.cancel_scope.cancel()
         finally:
@@ -205,6 +214,11 @@ class Source:
                 self.cfg.stall_timeout,
             )
             return "stalled"
+        if closed_stdout:
+            log.warning(
+                "source: %s closed its stdout but kept running; restarting it", self.cfg.command[0]
+            )
+            return "stdout_closed"
         code = proc.returncode
         if code is not None and code < 0:
             return f"signal_{-code}"

@@ -226,17 +226,27 @@ class LineSplitter:
     """Split a byte stream into lines, capped at ``max_line_bytes``.
 
     A longer line is dropped while it streams in (never held in memory) and
-    counted in :attr:`too_long`. ``\\r\\n`` and ``\\n`` both end a line.
+    counted in :attr:`too_long`. ``\\n``, ``\\r\\n`` and ``\\r`` end a line.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
         self._buf = bytearray()
         self._discarding = False
+        self._after_cr = False  # the last chunk ended with CR: a LF next is its pair
         self.too_long = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Add a chunk; return the complete lines it finished."""
+        """Add a chunk; return the complete lines it finished.
+
+        ``\n``, ``\r\n`` and a lone ``\r`` (some serial terminals and RTT
+        bridges) all end a line, also when a ``\r\n`` is split across chunks.
+        """
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines: list[bytes] = []
         start = 0
         while True:

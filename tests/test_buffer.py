@@ -326,3 +326,17 @@ async def test_buffers_of_the_diskcache_format_are_imported(tmp_path: Path) -> N
     await buf.append(["new"])
     store.close()
     assert disk_values(tmp_path, "mqtt") == [f"old {i}" for i in range(5)] + ["new"]
+
+
+async def test_records_dropped_in_flight_are_not_acknowledged_as_delivered(
+    tmp_path: Path,
+) -> None:
+    """A sink's window overtaken by the bound: its ack counts only what it still held."""
+    buf = await DiskBuffer.open(tmp_path, max_records=10)
+    await buf.append([f"r{i}" for i in range(10)])
+    window = await buf.peek(10)
+    await buf.append([f"s{i}" for i in range(6)])  # drops r0..r5 while in flight
+    assert buf.dropped_total == 6
+    assert await buf.ack(window) == 4  # r6..r9: published; r0..r5 were dropped
+    assert [r.value for r in await buf.peek(10)] == [f"s{i}" for i in range(6)]
+    buf.close()

@@ -99,6 +99,46 @@ async def test_child_exiting_every_few_packets_is_restarted_and_nothing_lost(tmp
     assert set(src.restarts) == {"exit_code_3"}
 
 
+CLOSES_STDOUT = """
+import os, sys, time
+print('{"v":1,"a":{"n":1}}', flush=True)
+os.close(1)   # a probe-rs whose RTT pipe broke: no more output, still running
+time.sleep(3600)
+"""
+
+
+async def test_child_that_closes_stdout_is_counted_as_that(tmp_path: Path):
+    script = tmp_path / "closes.py"
+    script.write_text(CLOSES_STDOUT)
+    collector = Collector()
+    src = source(collector, command=(sys.executable, str(script)))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            await until(lambda: src.restarts.get("stdout_closed", 0) >= 1)
+            nursery.cancel_scope.cancel()
+    assert set(src.restarts) == {"stdout_closed"}  # not signal_2, the SIGINT we sent
+
+
+async def test_cr_only_line_endings_are_lines(tmp_path: Path):
+    """A terminal-style stream ending lines with a lone CR delivers at once."""
+    script = tmp_path / "cr.py"
+    script.write_text(
+        "import sys, time\n"
+        'sys.stdout.write(\'{"v":1,"a":{"n":1}}\\r{"v":1,"a":{"n":2}}\\r\')\n'
+        "sys.stdout.flush()\n"
+        "time.sleep(3600)\n"
+    )
+    collector = Collector()
+    src = source(collector, command=(sys.executable, str(script)))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            await until(lambda: len(collector.lines) >= 2)
+            nursery.cancel_scope.cancel()
+    assert [json.loads(line)["a"]["n"] for line in collector.lines if line] == [1, 2]
+
+
 SILENT = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)   # a wedged probe-rs: only SIGKILL works

@@ -376,7 +376,7 @@ def test_splitter_many_lines_in_one_chunk() -> None:
 
 def test_splitter_flush_returns_the_partial_last_line() -> None:
     splitter = LineSplitter(1024)
-    assert splitter.feed(b"done\npartial\r") == [b"done"]
+    assert splitter.feed(b"done\npartial") == [b"done"]
     assert splitter.flush() == b"partial"
     assert splitter.flush() is None
 
@@ -467,3 +467,11 @@ def test_sequence_tracker_heartbeat_first_after_a_reset_is_a_reset() -> None:
     # Node 2 restarted and heard nothing yet: a heartbeat with seq 1.
     assert tracker.observe(stats_packet(1, 0)) == (0, True)
     assert tracker.observe(stats_packet(2, 1)) == (0, False)
+
+
+def test_splitter_ends_lines_at_a_lone_cr() -> None:
+    splitter = LineSplitter(1000)
+    assert splitter.feed(b"a\rb\r\nc\n") == [b"a", b"b", b"c"]
+    # A CRLF split across chunks is one line end.
+    assert splitter.feed(b"d\r") == [b"d"]
+    assert splitter.feed(b"\ne\n") == [b"e"]

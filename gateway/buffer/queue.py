@@ -192,21 +192,29 @@ class DiskBuffer:
             out += self._from_cache(max(start, self.head), end)[: limit - len(out)]
         return out
 
-    async def ack(self, records: Sequence[Record]) -> None:
+    async def ack(self, records: Sequence[Record]) -> int:
         """Acknowledge ``records`` and every older one (delivery is FIFO).
 
         The head moves at once; the rows leave the disk with the next commit or
         within the store's ``ack_delay``. Records already dropped are ignored.
+
+        Returns:
+            How many of ``records`` this acknowledged: those dropped (by the
+            bound) while they were in flight are not, so a sink never counts a
+            record as delivered that the buffer already counted as dropped.
         """
         if not records:
-            return
+            return 0
         newest = max(r.key for r in records) + 1
         if newest <= self.head:
-            return
+            await trio.lowlevel.checkpoint()
+            return 0
+        acked = sum(1 for r in records if r.key >= self.head)
         self.head = min(newest, self.tail)
         self._trim()
         self._publish_count()
         await self.store.acknowledged()
+        return acked
 
     # -- inspection (blocking; for the CLI and tests) -------------------------------
 

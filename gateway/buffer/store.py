@@ -107,6 +107,15 @@ def _connect(path: Path, durability: Durability, sinks: Iterable[str]) -> sqlite
     return con
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``; None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _upgrade(con: sqlite3.Connection, version: int) -> None:
     """Rewrite the records of an older format in place (inside the open transaction).
 
@@ -175,6 +184,9 @@ class BufferStore:
         self._wake = trio.Event()
         self._retry_due = 0.0
         self.con: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._boots: dict[str, int | None] = {}  # saved boots, to rewrite into a new file
+        self.recreated = 0  # times the file was deleted under us and recreated
         opened = self._open_or_replace()
         if opened is not None:
             self._install(opened)
@@ -233,6 +245,7 @@ class BufferStore:
         for name, (first, last) in ranges.items():
             self._adopt(self.buffers[name], first, last)
         self.degraded = False
+        self._identity = _file_identity(self.path)
 
     def _move_aside(self, exc: BaseException) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -346,6 +359,8 @@ class BufferStore:
                     return False
                 self._install(opened)
                 log.warning("buffer store %s can be opened again", self.path)
+            if self._file_was_replaced():
+                await trio.to_thread.run_sync(self._recreate_sync)
             plan, path = self._plan(), self.path
             if plan:
                 try:
@@ -424,8 +439,51 @@ class BufferStore:
         rows = self.con.execute(f"SELECT key, boot_id, offset_ns FROM {BOOTS_TABLE}").fetchall()
         return {key: (boot_id, offset) for key, boot_id, offset in rows}
 
+    def _file_was_replaced(self) -> bool:
+        """True when the path no longer names the file we have open (deleted, replaced).
+
+        SQLite would go on writing to the unlinked file: no error, and the
+        whole backlog gone at the next start. One stat per commit finds it.
+        """
+        return self.con is not None and _file_identity(self.path) != self._identity
+
+    def _recreate_sync(self) -> None:
+        """Read every live record from the orphaned file, then write them to a new store."""
+        assert self.con is not None
+        for buf in self.buffers.values():
+            if buf.head < buf._cache_start:
+                # The rows the memory cache no longer holds: still readable from
+                # the deleted file through the open connection.
+                older = self.read_sync(buf, buf.head, buf._cache_start)
+                buf._cache.extendleft(reversed([r.value for r in older]))
+                buf._cache_start = buf.head
+            buf.disk_head = buf.disk_tail = buf.head
+        held = sum(buf.tail - buf.head for buf in self.buffers.values())
+        self.con.close()
+        self.con = None
+        self.recreated += 1
+        log.error(
+            "buffer store %s was deleted or replaced while open; recreating it "
+            "and writing the %d record(s) held",
+            self.path,
+            held,
+        )
+        opened = self._open_or_replace()
+        if opened is None:
+            self.degraded = True
+            return
+        con, _ = opened
+        # The new file is empty: every record is written again by the caller's plan.
+        self.con = con
+        self._identity = _file_identity(self.path)
+        self.degraded = False
+        for boot_id, offset in self._boots.items():
+            self._save_boot_sync(boot_id, offset)
+
     def _save_boot_sync(self, boot_id: str, offset_ns: int | None) -> None:
         assert self.con is not None
+        if offset_ns is not None or boot_id not in self._boots:
+            self._boots[boot_id] = offset_ns
         self.con.execute(
             f"INSERT INTO {BOOTS_TABLE} (key, boot_id, offset_ns) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET offset_ns = COALESCE(excluded.offset_ns, offset_ns)",

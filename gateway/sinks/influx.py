@@ -385,8 +385,9 @@ class InfluxSink:
             await self._write(batch[:mid])
             await self._write(batch[mid:])
             return
-        await self.buffer.ack([record for record, _ in batch])
-        self.figures.note_delivery(len(batch), self.buffer.count.value)
+        # Points dropped by the bound while in flight are counted as dropped only.
+        acked = await self.buffer.ack([record for record, _ in batch])
+        self.figures.note_delivery(acked, self.buffer.count.value)
 
     async def _request(self, lines: list[str]) -> None:
         """One write on the worker thread, bounded in total by ``influxdb.timeout``.

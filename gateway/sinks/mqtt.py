@@ -234,8 +234,10 @@ class MqttSink:
             refused = await self._publish_window(client, messages)
             if bad or refused:
                 await self._dead_letter(bad + refused)
-            await buffer.ack(batch)
-            self.figures.note_delivery(len(batch) - len(bad) - len(refused), buffer.count.value)
+            acked = await buffer.ack(batch)
+            # Records dropped while in flight count as dropped, not as published.
+            published = max(0, acked - len(bad) - len(refused))
+            self.figures.note_delivery(published, buffer.count.value)
             self.last_delivery = trio.current_time()
 
     def _decode(self, batch: Sequence[Record]) -> tuple[list[tuple[str, str]], list[str]]:

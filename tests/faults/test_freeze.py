@@ -104,6 +104,19 @@ def test_replay_overflowing_the_buffer_never_freezes(
         probe.stop()
         sub.close()
     assert gw.alive()
+
+    # Every message is either published or dropped, never both (nor neither).
+    def counters() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(("gateway_mqtt_published_total", "gateway_mqtt_dropped_total"))
+        }
+
+    assert wait_until(lambda: sum(counters().values()) >= len(records), 30), counters()
+    assert sum(counters().values()) == len(records), counters()
     start = time.monotonic()
     code = gw.terminate(timeout=30)
     took = time.monotonic() - start

@@ -19,11 +19,20 @@ import trio
 import trio.testing
 
 from gateway.buffer import DiskBuffer
+from gateway.clock import ClockTracker, SyncVerdict
 from gateway.config import InfluxSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError
 from gateway.metrics import Metrics
-from gateway.records import packet_points, point_line, point_time_ns, split_point, tag_suffix
+from gateway.records import (
+    StampResolver,
+    packet_points,
+    point_line,
+    point_time_ns,
+    split_point,
+    stamp_text,
+    tag_suffix,
+)
 from gateway.sinks.influx import DEAD_LETTER_FILE, InfluxSink, InfluxWriter, classify
 from gateway.telemetry import parse_line
 from tests.conftest import DESIGN_EXAMPLE
@@ -466,3 +475,137 @@ async def test_batch_fills_up_while_waiting(
         await buffer.count.wait_value(0)
         sink.stop()
     assert writer.writes == [(first + 1.0, points(10))]
+
+
+# -- holding points while the clock is not known right ---------------------------------
+
+TRUE_OFFSET = 1_795_000_000 * 10**9  # wall − boottime once the clock is right
+
+
+class FakeClock:
+    """A ClockTracker on made-up clocks: the box booted with its wall clock at 1970."""
+
+    def __init__(self, boot: str = "11111111-2222-3333-4444-555555555555") -> None:
+        self.boottime = 10**9
+        self.right = False
+        self.tracker = ClockTracker(
+            "auto",
+            boot=boot,
+            wall=self.wall,
+            boottime=lambda: self.boottime,
+            check=lambda: SyncVerdict(self.right, "made up for the test"),
+        )
+        self.tracker.refresh()
+
+    def wall(self) -> int:
+        return self.boottime + (TRUE_OFFSET if self.right else 0)
+
+    def records(self, n: int) -> tuple[list[str], list[int]]:
+        """n readings 1 s apart: their records and their true times."""
+        out, truth = [], []
+        for i in range(n):
+            self.boottime += 10**9
+            stamp = self.tracker.stamp()
+            out.append(f"{stamp_text(stamp)} snr,node=signal value={i}.0")
+            truth.append(self.boottime + TRUE_OFFSET)
+        return out, truth
+
+
+async def run_until(predicate: Callable[[], bool], limit: float = 20) -> None:
+    """Poll plain attributes of the sink (they have no event to wait on)."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    records, truth = clock.records(3)
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    sink = InfluxSink(
+        section(influx.url, batch_size=3),
+        buffer,
+        metrics,
+        DeadLetterFile(tmp_path / "dead" / DEAD_LETTER_FILE),
+        resolver=StampResolver(clock.tracker, {}),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        await buffer.append(records)
+        await run_until(lambda: sink.holding)
+        await trio.sleep(0.3)
+        assert influx.log == []  # nothing written with a wrong time
+        assert metrics.influx.holding
+        # NTP: the clock steps to the right time and is synchronised.
+        clock.right = True
+        clock.tracker.refresh()
+        await run_until(lambda: buffer.count.value == 0)
+        sink.stop()
+    buffer.close()
+    assert [int(line.rsplit(" ", 1)[1]) for line in influx.accepted()] == truth
+    assert not metrics.influx.holding
+    assert metrics.influx.unsynced == 0
+
+
+async def test_points_of_an_earlier_boot_use_its_offset_or_are_tagged_unsynced(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    earlier = FakeClock(boot="aaaaaaaa-0000-0000-0000-000000000000")
+    known, truth = earlier.records(2)
+    lost = FakeClock(boot="bbbbbbbb-0000-0000-0000-000000000000")
+    never, _ = lost.records(2)
+    now = FakeClock()  # this boot, clock right
+    now.right = True
+    now.tracker.refresh()
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    metrics = Metrics()
+    sink = InfluxSink(
+        section(influx.url, batch_size=4),
+        buffer,
+        metrics,
+        DeadLetterFile(tmp_path / "dead" / DEAD_LETTER_FILE),
+        # The store remembers that boot aaaaaaaa learned its offset before it ended.
+        resolver=StampResolver(now.tracker, {"aaaaaaaa": TRUE_OFFSET}),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        await buffer.append(known + never)
+        await run_until(lambda: buffer.count.value == 0)
+        sink.stop()
+    buffer.close()
+    accepted = influx.accepted()
+    assert [int(line.rsplit(" ", 1)[1]) for line in accepted[:2]] == truth
+    assert all(",clock=unsynced " not in line for line in accepted[:2])
+    # Boot bbbbbbbb never saw a right clock: best-known time, said so.
+    assert all(line.startswith("snr,node=signal,clock=unsynced value=") for line in accepted[2:])
+    assert metrics.influx.unsynced == 2
+
+
+async def test_held_points_are_released_unsynced_before_the_bound_would_drop_them(
+    influx: FakeInflux, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    records, _ = clock.records(9)
+    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=10)
+    metrics = Metrics()
+    sink = InfluxSink(
+        section(influx.url, batch_size=1),
+        buffer,
+        metrics,
+        DeadLetterFile(tmp_path / "dead" / DEAD_LETTER_FILE),
+        resolver=StampResolver(clock.tracker, {}),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        await buffer.append(records[:5])
+        await run_until(lambda: sink.holding)
+        await buffer.append(records[5:])  # 9 of 10: the release share
+        await run_until(lambda: buffer.count.value == 0)
+        sink.stop()
+    buffer.close()
+    assert len(influx.accepted()) == 9
+    assert all(",clock=unsynced " in line for line in influx.accepted())
+    assert buffer.dropped_total == 0

@@ -325,7 +325,21 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
                 cell(info["unit"]),
                 cell(info["age_s"]),
             )
-    return [line, sinks, values]
+    parts: list[Text | Table] = [line]
+    clock = doc.get("clock")
+    if isinstance(clock, dict):
+        # A document from an older gateway has no clock object.
+        if clock.get("synchronized"):
+            parts.append(Text(f"clock right since {clock.get('since')} ({clock.get('how')})"))
+        else:
+            parts.append(
+                Text.assemble(
+                    ("clock NOT known right", "yellow"),
+                    f" since {clock.get('since')} ({clock.get('how')}); "
+                    f"{clock.get('points_held', 0)} InfluxDB point(s) held until it is",
+                )
+            )
+    return [*parts, sinks, values]
 
 
 def non_negative_float(text: str) -> float:

@@ -396,6 +396,27 @@ def test_status_prints_the_documents_text_literally(
     assert "[celsius]" in out
 
 
+def test_status_says_when_the_clock_is_not_known_right(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    doc = status_doc()
+    doc["clock"] = {
+        "synchronized": False,
+        "policy": "auto",
+        "since": "2026-12-01T10:00:00.000Z",
+        "how": "kernel NTP status: not synchronised",
+        "points_held": 42,
+    }
+    port = serve_status(doc)
+    assert cli("status", "--url", f"http://127.0.0.1:{port}") == 0
+    out = capsys.readouterr().out
+    assert "clock NOT known right since 2026-12-01T10:00:00.000Z" in out
+    assert "42 InfluxDB point(s) held" in out
+
+
 @pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}/"])
 def test_status_url_may_be_host_and_port(
     serve_status: Callable[[dict[str, Any]], int],

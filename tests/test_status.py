@@ -252,6 +252,8 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
             assert samples["gateway_influx_written_total"] > 0
             assert samples["gateway_mqtt_connected"] == 1
             assert samples["gateway_source_up"] == 1
+            assert samples["gateway_clock_synchronized"] == 1
+            assert samples["gateway_points_held"] == 0
             assert 0 <= samples["gateway_last_packet_age_seconds"] < 2
             assert 0 <= samples["gateway_mqtt_buffered_messages"] <= 1000
             assert 0 <= samples["gateway_influx_buffered_points"] <= 100_000
@@ -267,6 +269,10 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
                 assert secret.encode() not in raw
             doc = json.loads(raw)
             assert doc["healthy"] is True
+            assert doc["clock"]["synchronized"] is True  # clock_sync = "none": trusted
+            assert doc["clock"]["policy"] == "none"
+            assert doc["clock"]["points_held"] == 0
+            assert doc["clock"]["since"].endswith("Z")
             assert doc["gateway"]["id"] == "gw-status"
             src = doc["source"]
             assert src["state"] == "running"

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNDIR := .run
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install deps firmware bench soak fuzz clean services-stop
+.PHONY: run test test-fast lint install deps firmware bench soak fuzz clean services-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ services-stop:
 test: install deps
 	$(MAKE) -C firmware all test
 	$(BIN)/pytest -q
+
+# Unit tests only: no servers, no processes, no emulator (under a minute).
+test-fast: install
+	FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -m "not e2e and not integration"
 
 lint: install
 	$(BIN)/ruff check gateway tests bench

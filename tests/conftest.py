@@ -294,3 +294,30 @@ def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
         timeout=60,
     )
     return dict(json.loads(out.stdout))
+
+
+# -- markers ------------------------------------------------------------------------------
+# e2e: `gateway run` (or the installed gateway) as a process; integration: real
+# servers, real child processes or an emulator. `make test-fast` runs neither.
+E2E_FIXTURES = {"gateway_factory"}
+INTEGRATION_FIXTURES = {"broker", "tsdb", "influx"}
+INTEGRATION_MODULES = {
+    "test_firmware",
+    "test_firmware_loop",
+    "test_install",
+    "test_status_page",
+    "test_security",
+    "test_source",
+    "test_deploy",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by what it needs (see pyproject.toml's markers)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if fixtures & E2E_FIXTURES or item.path.parent.name == "faults":
+            item.add_marker(pytest.mark.e2e)
+        elif fixtures & INTEGRATION_FIXTURES or module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)

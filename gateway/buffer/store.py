@@ -31,7 +31,7 @@ Why not diskcache (which wrote the buffers before): a diskcache ``Cache`` is a
 directory of its own, so two sinks meant two transactions per packet, and each
 row carried two indexes and count triggers. Measured by ``make bench``, this
 store writes about a tenth of the bytes per packet. Buffers written by that
-earlier format are imported on start-up (:func:`_import_diskcache`).
+earlier format are imported on start-up (:mod:`gateway.buffer.legacy`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Literal
 import trio
 
 from gateway import records
+from gateway.buffer.legacy import import_diskcache, upgrade
 from gateway.buffer.queue import DiskBuffer, Record, table_name
 from gateway.metrics import RateLimitedLog
 
@@ -97,7 +98,7 @@ def _connect(path: Path, durability: Durability, sinks: Iterable[str]) -> sqlite
             " (key TEXT PRIMARY KEY, boot_id TEXT NOT NULL, offset_ns INTEGER)"
         )
         if 0 < version < FORMAT_VERSION:
-            _upgrade(con, version)
+            upgrade(con, version)
         if version < FORMAT_VERSION:
             con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         con.execute("COMMIT")
@@ -114,29 +115,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _upgrade(con: sqlite3.Connection, version: int) -> None:
-    """Rewrite the records of an older format in place (inside the open transaction).
-
-    Format 1 stored a point as ``<line protocol> <ns>``; format 2 stores the
-    stamp first and adds the timestamp when the point is sent. Format 1
-    records always had a right clock: their stamp is the plain time.
-    """
-    if (
-        version == 1
-        and con.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'influx'"
-        ).fetchone()
-    ):
-        rows = con.execute("SELECT seq, value FROM influx").fetchall()
-        upgraded = []
-        for seq, value in rows:
-            body, _, ns = value.rpartition(" ")
-            if body and ns.isdigit():
-                upgraded.append((f"{ns} {body}", seq))
-        con.executemany("UPDATE influx SET value = ? WHERE seq = ?", upgraded)
-        log.warning("buffer store: %d point(s) of format 1 rewritten as format 2", len(upgraded))
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -287,7 +265,7 @@ class BufferStore:
             if not (old / "cache.db").exists():
                 continue
             try:
-                values = _import_diskcache(old)
+                values = import_diskcache(old)
             except Exception as exc:  # any failure: keep the old store and say so
                 log.error(
                     "%s: cannot import the earlier buffer format at %s (%s); left in place",
@@ -572,16 +550,6 @@ class BufferStore:
             self.con.close()
             self.con = None
         return lost
-
-
-def _import_diskcache(directory: Path) -> list[str]:
-    """The records of a buffer written by the earlier diskcache format, oldest first."""
-    import diskcache  # only for buffers written by earlier versions
-
-    with diskcache.Cache(str(directory), eviction_policy="none", size_limit=2**62) as cache:
-        keys = sorted(k for k in cache.iterkeys() if isinstance(k, int))
-        values = [cache.get(k) for k in keys]
-    return [v for v in values if isinstance(v, str)]
 
 
 _errlog = RateLimitedLog(log, interval=10.0)

@@ -41,7 +41,7 @@ ONLINE, OFFLINE = "online", "offline"
 # What a broker, a network or TLS can cause: never fatal, always retried. Anything
 # else is a bug of ours and ends the daemon (systemd restarts it, the log says why).
 RETRYABLE = (aiomqtt.MqttError, OSError, ssl.SSLError, trio.TooSlowError)
-DEAD_LETTER_FILE = "mqtt.jsonl"
+DEAD_LETTER_FILE = "mqtt.txt"  # "topic payload (why)" per line
 
 
 def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:

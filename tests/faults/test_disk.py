@@ -184,3 +184,25 @@ def test_deleted_store_is_recreated_with_everything_it_held(
     finally:
         assert gw2.terminate() == 0
         sub.close()
+
+
+def test_records_that_never_reached_the_disk_are_reported_and_the_exit_code_says_so(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    """A buffer dir that refuses every write and a broker that is down: at SIGTERM the
+    held records are lost, which the log says and exit code 3 tells systemd."""
+    assert os.geteuid() == 0, "mounts a read-only tmpfs; needs root"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        cfg = numbered_config(tmp_path, test_id, broker, tsdb)
+        cfg["gateway"]["buffer_dir"] = str(ro / "buffer")
+        broker.stop()
+        gw = gateway_factory(cfg)
+        state = tmp_path / "state"
+        assert wait_until(lambda: state.exists() and int(state.read_text() or 0) > 20, 30)
+        assert gw.terminate() == 3, gw.log_text()[-3000:]
+        assert "never reached the disk and are lost" in gw.log_text()
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiomqtt
 import pytest
 import trio
 import trio_asyncio
@@ -60,3 +61,13 @@ async def test_windows_deliver_everything_in_order(
     finally:
         sub.close()
         buffer.close()
+
+
+def test_only_a_connack_refusal_gets_the_credentials_hint() -> None:
+    from aiomqtt.exceptions import MqttConnectError
+
+    # CONNACK 4 (3.1.1) and 134 (MQTT 5): bad user name or password.
+    assert "mqtt.password_file" in mqtt_sink.describe_error(MqttConnectError(4))
+    # paho's rc 4 on a publish means "not connected": no credentials hint.
+    text = mqtt_sink.describe_error(aiomqtt.MqttCodeError(4, "Could not publish message"))
+    assert "password" not in text

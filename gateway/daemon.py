@@ -36,6 +36,7 @@ from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf
+from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.pipeline import PacketObserver, Pipeline
 from gateway.records import StampResolver, boot_key
@@ -77,10 +78,19 @@ class Stages:
         mqtt_dead = DeadLetterFile(dead / mqtt.DEAD_LETTER_FILE)
         influx_dead = DeadLetterFile(dead / influx.DEAD_LETTER_FILE)
         pipeline = Pipeline(cfg, store, metrics, clock, observers)
+        discovery = None
+        if cfg.mqtt.homeassistant.enabled:
+            discovery = Discovery(
+                cfg.mqtt.homeassistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.gateway.id
+            )
+        mqtt_sink = mqtt.MqttSink(
+            cfg.mqtt, store.buffers["mqtt"], metrics, mqtt_dead, discovery=discovery
+        )
+        pipeline.observers.append(mqtt_sink.observe)
         return cls(
             store=store,
             pipeline=pipeline,
-            mqtt=mqtt.MqttSink(cfg.mqtt, store.buffers["mqtt"], metrics, mqtt_dead),
+            mqtt=mqtt_sink,
             influx=influx.InfluxSink(
                 cfg.influxdb,
                 store.buffers["influx"],

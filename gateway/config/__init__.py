@@ -125,6 +125,14 @@ class SourceSection:
 
 
 @dataclass(frozen=True)
+class HomeAssistantSection:
+    """``[mqtt.homeassistant]``: MQTT discovery for Home Assistant (opt-in)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
 class MqttSection:
     """``[mqtt]``: the broker, topics and the MQTT buffer bound."""
 
@@ -145,6 +153,9 @@ class MqttSection:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    # `payload = "json"`: {"value":…,"unit":…,"ts":…} instead of the bare number.
+    payload: Literal["plain", "json"] = "plain"
+    homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
     # Resolved secret; never printed (repr=False).
     password: str = field(default="", repr=False)
 
@@ -249,6 +260,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, f"expected a string, got {value!r}")
         _check_text(key, value)
         return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _section(hint, key, value)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -364,6 +377,12 @@ def _validate(cfg: Config) -> None:
     if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
         # Also keeps out the wildcards '+' and '#', which no PUBLISH may carry.
         raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
+    discovery = m.homeassistant.discovery_prefix
+    if not discovery or any(not p or not set(p) <= _NAME_CHARS for p in discovery.split("/")):
+        raise ConfigError(
+            "mqtt.homeassistant.discovery_prefix",
+            "must be levels of [A-Za-z0-9_-] separated by '/'",
+        )
     if m.backoff_max < m.backoff_initial:
         raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
     check_tls(m)

@@ -30,8 +30,10 @@ from gateway.buffer import DiskBuffer, Record
 from gateway.config import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
+from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import split_record, status_topic
+from gateway.telemetry import Packet
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class MqttSink:
         metrics: counters and gauges (this sink's are ``metrics.mqtt``).
         dead_letters: where messages that can never be published go.
         window: messages per delivery window (also paho's in-flight limit).
+        discovery: Home Assistant discovery configs to publish, if enabled.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MqttSink:
         dead_letters: DeadLetterFile,
         *,
         window: int = WINDOW,
+        discovery: Discovery | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
@@ -80,6 +84,8 @@ class MqttSink:
         self.figures = metrics.mqtt
         self.dead_letters = dead_letters
         self.window = window
+        self.discovery = discovery
+        self._discovery_wake = trio.Event()
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.connected = False
         self.last_error = ""
@@ -188,6 +194,8 @@ class MqttSink:
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_disconnect, client)
+                if self.discovery is not None:
+                    nursery.start_soon(self._publish_discovery, client)
                 await self._deliver(client)
                 # Stopping: the in-flight window landed; say goodbye on purpose.
                 with trio.move_on_after(STATUS_TIMEOUT):
@@ -208,6 +216,26 @@ class MqttSink:
                 contextlib.suppress(aiomqtt.MqttError, OSError),
             ):
                 await trio_asyncio.aio_as_trio(client.__aexit__)(None, None, None)
+
+    def observe(self, packet: Packet) -> None:
+        """A pipeline observer: note new metrics for Home Assistant discovery."""
+        metrics = ((group, metric) for group, metric, _ in packet.metrics())
+        if self.discovery is not None and self.discovery.observe_metrics(metrics):
+            self._discovery_wake.set()
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        """Every discovery config after a connect, then each new metric's as it appears.
+
+        Retained, so Home Assistant finds them whenever it (re)subscribes.
+        """
+        assert self.discovery is not None
+        configs = self.discovery.all_configs()
+        while True:
+            for topic, payload in configs:
+                await trio_asyncio.aio_as_trio(client.publish)(topic, payload, qos=1, retain=True)
+            await self._discovery_wake.wait()
+            self._discovery_wake = trio.Event()
+            configs = self.discovery.take_new()
 
     async def _watch_disconnect(self, client: aiomqtt.Client) -> None:
         # Iterating client.messages raises as soon as paho sees the socket die,

@@ -125,6 +125,14 @@ def test_export_import_round_trip_keeps_stamps_and_boots(tmp_path: Path) -> None
     assert "imported 5 MQTT message(s) and 4 point(s)" in result.stdout
     assert without_seq(export(tmp_path / "b")) == without_seq(first)
     assert stored(tmp_path / "b") == batches
+    # As a gateway starting on it sees it: the records to deliver, the boot to correct with.
+    store = BufferStore(tmp_path / "b", {"mqtt": 100, "influx": 100}, ack_delay=0)
+    try:
+        assert [r.value for r in store.buffers["influx"].iter_all()] == batches["influx"]
+        assert store.buffers["mqtt"].count.value == 5
+        assert store.boot_offsets() == {boot_key(BOOT_KNOWN): (BOOT_KNOWN, OFFSET)}
+    finally:
+        store.close()
 
     # Into a store that holds records already: appended after them, in order.
     result = run("buffer", "import", str(capture), "--buffer-dir", str(tmp_path / "b"))

@@ -34,7 +34,7 @@ import trio_asyncio
 from gateway.buffer import BufferStore
 from gateway.clock import ClockTracker
 from gateway.config import Config
-from gateway.deadletter import DeadLetterFile
+from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile
 from gateway.errors import leaf
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
@@ -49,7 +49,6 @@ from gateway.systemd import watchdog
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0
-DEAD_LETTER_DIR = "dead-letter"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from gateway.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER_DIR = "dead-letter"  # under the buffer directory
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 MAX_HELD = 10_000  # records kept in memory while the disk refuses them
 

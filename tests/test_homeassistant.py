@@ -41,9 +41,12 @@ ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-
 
 def check_sensor(topic: str, payload: str) -> dict[str, object]:
     parts = topic.split("/")
-    assert parts[0] == "homeassistant" and parts[-1] == "config" and len(parts) == 5
+    assert parts[0] == "homeassistant"
+    assert parts[-1] == "config"
+    assert len(parts) == 5
     assert parts[1] == "sensor"
-    assert set(parts[2]) <= ID_CHARS and set(parts[3]) <= ID_CHARS
+    assert set(parts[2]) <= ID_CHARS
+    assert set(parts[3]) <= ID_CHARS
     config = json.loads(payload)
     assert set(config) <= SENSOR_KEYS, set(config) - SENSOR_KEYS
     assert isinstance(config["state_topic"], str)  # the only required key

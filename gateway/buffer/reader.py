@@ -140,6 +140,15 @@ class StoreReader:
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
+    def boots(self) -> dict[str, tuple[str, int | None]]:
+        """Every boot the store knows: key → (boot id, learned clock offset or None)."""
+        if self.con is None or not self._query(
+            f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{BOOTS_TABLE}'"
+        ):
+            return {}
+        rows = self._query(f"SELECT key, boot_id, offset_ns FROM {BOOTS_TABLE} ORDER BY rowid")
+        return {key: (boot_id, offset) for key, boot_id, offset in rows}
+
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
         size = 0

@@ -72,9 +72,23 @@ REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refuse
 _READ_FAILED_PAUSE = 1.0
 
 
-def _connect(path: Path, durability: Durability, sinks: Iterable[str]) -> sqlite3.Connection:
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+def _connect(
+    path: Path,
+    durability: Durability,
+    sinks: Iterable[str],
+    *,
+    exclusive: bool = False,
+    timeout: float = 10.0,
+) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
     try:
+        if exclusive:
+            # Before the first access, so that the write lock taken below is
+            # held until close. In WAL mode that is the only way to learn that
+            # another process has the file open: its connection holds a shared
+            # lock on the file, which an exclusive one has to wait for, while
+            # BEGIN EXCLUSIVE alone would let it go on reading and writing.
+            con.execute("PRAGMA locking_mode = EXCLUSIVE")
         # page_size only takes effect while the file is still empty.
         con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         con.execute("PRAGMA journal_mode = WAL")

@@ -506,7 +506,8 @@ def _probe_influx(writer: InfluxWriter, cfg: InfluxSection) -> tuple[bool, str]:
     # influxdb-client's generated services carry no annotations.
     buckets: Any = BucketsService(api)  # type: ignore[no-untyped-call]
     writes: Any = WriteService(api)  # type: ignore[no-untyped-call]
-    timeout = min(cfg.timeout, CHECK_TIMEOUT)
+    # influxdb-client takes request timeouts in milliseconds.
+    timeout = min(cfg.timeout, CHECK_TIMEOUT) * 1000
     org_found = False
     try:
         response = buckets.get_buckets(

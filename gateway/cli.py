@@ -146,6 +146,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return trio.run(check, cfg)
 
 
+def cmd_homeassistant(args: argparse.Namespace) -> int:
+    """``gateway homeassistant --remove``: clear this gateway's discovery configs."""
+    import trio_asyncio
+
+    from gateway.errors import leaf
+    from gateway.sinks.mqtt import RETRYABLE, describe_error, remove_discovery
+
+    cfg = _load(args)
+
+    async def run() -> int:
+        with trio.fail_after(cfg.mqtt.connect_timeout + 30):
+            async with trio_asyncio.open_loop():
+                return await remove_discovery(cfg.mqtt, cfg.gateway.id)
+
+    try:
+        removed = trio.run(run)
+    except (*RETRYABLE, ExceptionGroup) as exc:
+        failure = leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(failure, RETRYABLE):
+            raise
+        where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+        print(f"gateway: {where}: {describe_error(failure)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"removed {removed} Home Assistant discovery config(s) of gateway {cfg.gateway.id}")
+    return EXIT_OK
+
+
 def _received_ns(sink: str, value: str) -> int | None:
     """The best-known receive time a buffered record carries; None if it does not parse."""
     from gateway.records import point_time_ns, split_record
@@ -632,6 +659,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("--config", help=CONFIG_HELP)
     chk.set_defaults(func=cmd_check)
+
+    ha = sub.add_parser(
+        "homeassistant",
+        help="manage Home Assistant discovery configs",
+        description="Clear the retained Home Assistant discovery configs this gateway "
+        "published (its entities disappear from Home Assistant).",
+    )
+    ha.add_argument("--config", help=CONFIG_HELP)
+    ha.add_argument(
+        "--remove", action="store_true", required=True, help="clear every retained config"
+    )
+    ha.set_defaults(func=cmd_homeassistant)
 
     st = sub.add_parser(
         "status",

@@ -24,6 +24,7 @@ Then, separated by single spaces (names never contain spaces):
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -78,6 +79,34 @@ def parse_stamp(text: str) -> RecordStamp:
         return RecordStamp(int(text))
     wall, boot, boottime = text.split("~")
     return RecordStamp(int(wall), boot, int(boottime))
+
+
+def rfc3339_ms(ns: int) -> str:
+    """``ns`` since the epoch as RFC 3339 UTC with milliseconds: ``2026-12-01T10:00:00.123Z``."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    t = time.gmtime(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{rest // 1_000_000:03d}Z"
+
+
+def json_payload(topic: str, payload: str, stamp: RecordStamp) -> str:
+    """The ``mqtt.payload = "json"`` form of a reading: value, unit and the reading's time.
+
+    ``{"value":26.7,"unit":"celsius","ts":"2026-…Z"}``; no ``unit`` where none
+    is known; ``"clock":"unsynced"`` while the time is only the best known.
+    A payload that is not a number (an alert's JSON) is sent as it is.
+    """
+    try:
+        float(payload)
+    except ValueError:
+        return payload
+    unit = UNITS.get(topic.rsplit("/", 1)[-1])
+    parts = [f'"value":{payload}']
+    if unit is not None:
+        parts.append(f'"unit":"{unit}"')
+    parts.append(f'"ts":"{rfc3339_ms(stamp.wall_ns)}"')
+    if not stamp.synced:
+        parts.append('"clock":"unsynced"')
+    return "{" + ",".join(parts) + "}"
 
 
 def status_topic(prefix: str) -> str:

@@ -226,3 +226,36 @@ def test_gateway_writes_its_own_backlog_points(
         assert gw.terminate() == 0
     packets = [v for name, node, _, v, _ in tsdb.points(testid=test_id) if name == "packets"]
     assert max(packets) == 1.0
+
+
+def test_json_payload_carries_value_unit_and_the_readings_time(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    """`mqtt.payload = "json"`: a 3.1.1 subscriber can tell an old reading from a live one."""
+    from tests.conftest import DESIGN_EXAMPLE
+
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(DESIGN_EXAMPLE + b"\n")
+    cfg = base_config(tmp_path, test_id, broker.port, tsdb.url, ["unused"])
+    cfg["source"] = {"kind": "file", "path": str(capture)}
+    cfg["mqtt"]["payload"] = "json"
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    before = time.time()
+    gw = gateway_factory(cfg)
+    try:
+        assert sub.wait_for(lambda m: len([t for t, _ in m if "/gateway/" not in t]) >= 9, 30)
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    got = {t: json.loads(p) for t, p in sub.snapshot() if "/gateway/" not in t}
+    temp = got[f"{test_id}/node1/temperature"]
+    assert temp["value"] == 26.7
+    assert temp["unit"] == "celsius"
+    assert "unit" not in got[f"{test_id}/stats/packets_received"]
+    from datetime import datetime
+
+    ts = datetime.strptime(temp["ts"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    assert before - 1 <= ts <= time.time() + 1
+    assert temp["ts"].endswith("Z")
+    # Every message of the packet carries the same time, the packet's.
+    assert len({doc["ts"] for doc in got.values()}) == 1

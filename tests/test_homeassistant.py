@@ -8,11 +8,12 @@ MQTT discovery and of the sensor and binary sensor platforms.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from gateway.homeassistant import Discovery, config_filter, gateway_config, metric_config
-from tests.conftest import DESIGN_EXAMPLE, base_config, retained, wait_until
+from tests.conftest import DESIGN_EXAMPLE, REPO, base_config, retained, wait_until, write_config
 
 # Units Home Assistant accepts per device class (SensorDeviceClass documentation).
 UNITS_BY_CLASS = {
@@ -122,6 +123,7 @@ def test_configs_are_retained_on_the_broker_end_to_end(
     cfg["source"] = {"kind": "file", "path": str(capture)}
     cfg["mqtt"]["homeassistant"] = {"enabled": True, "discovery_prefix": "homeassistant"}
     gw = gateway_factory(cfg)
+    gw_config = write_config(tmp_path / "ha.toml", cfg)
     node = f"iiot-{test_id}"
     try:
         found: dict[str, str] = {}
@@ -139,3 +141,14 @@ def test_configs_are_retained_on_the_broker_end_to_end(
         config = check_sensor(topic, payload)
         assert str(config["state_topic"]).startswith(f"{test_id}/")
     assert f"homeassistant/binary_sensor/{node}/status/config" in found
+    # The operator takes the gateway out of Home Assistant: every config goes.
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "homeassistant", "--remove", "--config", str(gw_config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "removed 10 Home Assistant discovery config(s)" in out.stdout
+    assert retained(broker.port, f"homeassistant/+/{node}/+/config", 1.0) == {}

@@ -30,9 +30,9 @@ from gateway.buffer import DiskBuffer, Record
 from gateway.config import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
-from gateway.homeassistant import Discovery
+from gateway.homeassistant import Discovery, config_filter
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.records import split_record, status_topic
+from gateway.records import json_payload, split_record, status_topic
 from gateway.telemetry import Packet
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class MqttSink:
         self.dead_letters = dead_letters
         self.window = window
         self.discovery = discovery
+        self._json = cfg.payload == "json"
         self._discovery_wake = trio.Event()
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.connected = False
@@ -281,6 +282,8 @@ class MqttSink:
                 continue
             if oldest_ns is None:
                 oldest_ns = stamp.wall_ns
+            if self._json:
+                payload = json_payload(topic, payload, stamp)
             messages.append((topic, payload))
         if oldest_ns is not None:
             self.figures.oldest_age = max(0.0, (time.time_ns() - oldest_ns) / 1e9)
@@ -406,3 +409,41 @@ def describe_error(exc: BaseException) -> str:
 def _code(rc: object) -> int | None:
     value = getattr(rc, "value", rc)
     return value if isinstance(value, int) else None
+
+
+async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float = 2.0) -> int:
+    """Clear every retained Home Assistant discovery config of this gateway.
+
+    Subscribes to the gateway's config topics, collects the retained configs
+    the broker sends within ``settle`` seconds, and publishes an empty retained
+    message to each (which is how Home Assistant is told to drop an entity).
+    Needs a running trio-asyncio loop.
+
+    Returns:
+        How many configs were cleared.
+    """
+    topic_filter = config_filter(cfg.homeassistant.discovery_prefix, gateway_id)
+
+    async def run() -> int:
+        topics: set[str] = set()
+        async with aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=f"{cfg.client_id}-homeassistant",
+            username=cfg.username or None,
+            password=cfg.password or None,
+            timeout=cfg.connect_timeout,
+            tls_context=tls_context(cfg),
+        ) as client:
+            await client.subscribe(topic_filter, qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settle):
+                    async for message in client.messages:
+                        if message.retain and message.payload:
+                            topics.add(str(message.topic))
+            for topic in sorted(topics):
+                await client.publish(topic, b"", qos=1, retain=True)
+        return len(topics)
+
+    result: int = await trio_asyncio.aio_as_trio(run)()
+    return result

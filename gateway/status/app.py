@@ -40,6 +40,7 @@ from starlette.routing import Route
 from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.records import rfc3339_ms
 from gateway.status.health import health, snapshot
 from gateway.status.latest import LatestValues
 
@@ -159,10 +160,7 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
 
 
 def _rfc3339(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    t = time.gmtime(ns // 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1_000_000 % 1000:03d}Z"
+    return None if ns is None else rfc3339_ms(ns)
 
 
 def _json(data: Any, status: int = 200) -> Response:

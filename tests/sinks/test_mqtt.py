@@ -71,3 +71,21 @@ def test_only_a_connack_refusal_gets_the_credentials_hint() -> None:
     # paho's rc 4 on a publish means "not connected": no credentials hint.
     text = mqtt_sink.describe_error(aiomqtt.MqttCodeError(4, "Could not publish message"))
     assert "password" not in text
+
+
+def test_json_payload_format() -> None:
+    from gateway.records import RecordStamp, json_payload
+
+    ns = 1_795_773_905_582_000_000
+    assert (
+        json_payload("iiot/node1/temperature", "26.7", RecordStamp(ns))
+        == '{"value":26.7,"unit":"celsius","ts":"2026-11-27T10:05:05.582Z"}'
+    )
+    assert json_payload("iiot/stats/crc_errors", "0", RecordStamp(ns)) == (
+        '{"value":0,"ts":"2026-11-27T10:05:05.582Z"}'
+    )
+    unsynced = RecordStamp(ns, "abcd1234", 5)
+    assert json_payload("iiot/a/b", "-3", unsynced).endswith('"clock":"unsynced"}')
+    assert json_payload("iiot/alerts/x", '{"state":"firing"}', RecordStamp(ns)) == (
+        '{"state":"firing"}'
+    )

@@ -75,6 +75,9 @@ class SinkMetrics:
     delivered: int = 0
     dropped: int = 0
     dead_letters: int = 0
+    # Dead letters the bounded file (or the memory that holds them while the
+    # disk refuses) had to drop: the oldest go first.
+    dead_letters_dropped: int = 0
     connects: int = 0
     connect_failures: int = 0
     # Failed requests by status (InfluxDB: the HTTP status or "network").
@@ -235,6 +238,12 @@ class _Collector(Collector):
                 False,
             ),
             ("gateway_buffer_corrupt", "Corrupt buffers moved aside, by sink", "corrupt", True),
+            (
+                "gateway_dead_letters_dropped",
+                "Dead letters dropped by the dead-letter file's bound, by sink",
+                "dead_letters_dropped",
+                True,
+            ),
             (
                 "gateway_buffer_oldest_age_seconds",
                 "Age of the oldest buffered record",

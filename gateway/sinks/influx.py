@@ -440,6 +440,7 @@ class InfluxSink:
         await self.dead_letters.append([line] if line is not None else [r.value for r in batch])
         await self.buffer.ack(batch)
         self.figures.note_rejected(len(batch))
+        self.figures.dead_letters_dropped = self.dead_letters.dropped
         self._errlog.log(
             logging.ERROR,
             "dead",

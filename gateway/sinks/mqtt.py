@@ -293,6 +293,7 @@ class MqttSink:
         """Move messages no broker can take out of the queue; delivery goes on."""
         await self.dead_letters.append(records)
         self.figures.note_rejected(len(records))
+        self.figures.dead_letters_dropped = self.dead_letters.dropped
         self._errlog.log(
             logging.ERROR,
             "dead",

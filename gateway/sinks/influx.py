@@ -286,7 +286,7 @@ class InfluxSink:
             )
         self._end_hold()
         await self._write(points)
-        if not self.healthy:
+        if self.healthy is False:  # None: the first request since start-up
             log.info("influxdb: writes to %s succeed again", self.cfg.url)
         self.healthy = True
         self.figures.connected = True

@@ -500,7 +500,7 @@ def test_wheel_installs_every_module_not_editable(installed: Installed) -> None:
         for p in (REPO / "gateway").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     ]
-    assert Path("gateway/cli.py") in shipped
+    assert Path("gateway/cli/__init__.py") in shipped
     missing = [str(p) for p in shipped if not (installed.site_packages / p).is_file()]
     assert missing == [], missing
     # Not an editable install: no path hook back into the repository.

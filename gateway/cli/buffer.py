@@ -69,7 +69,7 @@ def _export_boots(store: StoreReader) -> None:
     A stamp taken while the clock was not known right names its boot; with the
     boot's offset an import or a replay elsewhere can still put it right.
     """
-    from gateway.replay import boot_line
+    from gateway.capture import boot_line
 
     for key, (boot_id, offset) in store.boots().items():
         if offset is not None:
@@ -112,7 +112,7 @@ def _write_store(
 
 def cmd_buffer_import(args: argparse.Namespace) -> int:
     """``gateway buffer import FILE``: an export's records back into the buffers, stamps kept."""
-    from gateway.replay import CaptureError, read_export
+    from gateway.capture import CaptureError, read_export
 
     if not args.file:
         _error("buffer import: give the export to import (a file, or - for stdin)")
@@ -147,7 +147,7 @@ def cmd_buffer_import(args: argparse.Namespace) -> int:
 
 def cmd_buffer_resend_dead(args: argparse.Namespace) -> int:
     """``gateway buffer resend-dead``: dead letters back into the buffers, once."""
-    from gateway.replay import dead_letter_path, read_dead_letters, set_aside
+    from gateway.capture import dead_letter_path, read_dead_letters, set_aside
 
     buffer_dir, bounds = _buffer_target(args)
     sinks = [args.sink] if args.sink else ["influx", "mqtt"]
@@ -249,7 +249,8 @@ def _buffer_read(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``gateway replay FILE``: a capture or an export to broker and database, stamps kept."""
-    from gateway.replay import DEAD_LETTER_FILES, CaptureError, read_capture, replay
+    from gateway.capture import DEAD_LETTER_FILES, CaptureError, read_capture
+    from gateway.replay import replay
 
     cfg = _load(args)
     source = "<stdin>" if args.file == "-" else args.file

@@ -1,0 +1,236 @@
+"""Checks on this machine: the source program, its files and device, the buffer directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gateway.buffer import STORE_FILE
+from gateway.check.common import (
+    SERVICE_DIR,
+    Line,
+    _failed,
+    _group,
+    _owner,
+    _user,
+)
+from gateway.config import (
+    SourceSection,
+)
+from gateway.deadletter import DEAD_LETTER_DIR
+
+# -- the source -------------------------------------------------------------------
+
+
+def check_source(cfg: SourceSection, environ: Mapping[str, str] | None = None) -> list[Line]:
+    """The source's lines: its program on PATH and its paths, or its serial device.
+
+    ``environ`` supplies PATH (default: this process's environment), which is
+    the one searched; ``sudo -u iiot-gateway gateway check`` searches about
+    the one the service has.
+    """
+    environ = os.environ if environ is None else environ
+    if cfg.kind == "command":
+        return _check_command(cfg.command, environ.get("PATH", os.defpath))
+    if cfg.kind == "serial":
+        return [_check_serial(cfg.port)]
+    if cfg.kind == "file":
+        # load_config has opened it already; only where it resolves is left.
+        problem = _relative(cfg.path, "source.path")
+        return [_failed("source", cfg.path, problem) if problem else Line("source", cfg.path)]
+    return [Line("source", cfg.kind)]
+
+
+def _relative(path: str, key: str) -> str | None:
+    if os.path.isabs(path):
+        return None
+    here = f" (from here: {Path(path).resolve()})" if os.path.exists(path) else ""
+    return (
+        f"{key} is a relative path and the service runs in {SERVICE_DIR}: "
+        f"give the absolute path{here}"
+    )
+
+
+def _path_arguments(argv: Sequence[str]) -> list[tuple[int, str]]:
+    """(index, path) of every argument after the program that names a file.
+
+    A file is an argument with a '/' in it or ending in ``.elf``, also as the
+    value of ``--option=value``. Text with blanks (a shell script for
+    ``sh -c``) and URLs are not paths.
+    """
+    found = []
+    for index, arg in enumerate(argv[1:], start=1):
+        value = arg.partition("=")[2] if arg.startswith("-") else arg
+        if not value or "://" in value or any(c.isspace() for c in value):
+            continue
+        if "/" in value or value.endswith(".elf"):
+            found.append((index, value))
+    return found
+
+
+def _check_command(argv: Sequence[str], search_path: str) -> list[Line]:
+    lines = [_check_program(argv[0], search_path)]
+    for index, path in _path_arguments(argv):
+        key = f"source.command[{index}]"
+        problem = _relative(path, key)
+        if problem:
+            lines.append(_failed("source", path, problem))
+        elif path.endswith(".elf"):
+            # Other absolute paths may be meant to be created: only said when relative.
+            problem = _check_firmware(path, key)
+            lines.append(_failed("source", path, problem) if problem else Line("source", path))
+    return lines
+
+
+def _check_program(program: str, search_path: str) -> Line:
+    key = "source.command[0]"
+    if "/" not in program:
+        found = shutil.which(program, path=search_path)
+        if found is None:
+            return _failed(
+                "source",
+                program,
+                f"{program} not found on PATH ({search_path}): install it to /usr/local/bin;"
+                " the service cannot see ~/.cargo/bin or anything else under /home",
+            )
+        if _in_home(found):
+            # The operator's PATH has it (~/.cargo/bin), the service's cannot.
+            return _failed(
+                "source",
+                found,
+                f"{program} is found in a home directory, which the service cannot see"
+                f" (ProtectHome=yes): install it to /usr/local/bin (sudo install -m 755"
+                f" {found} /usr/local/bin/)",
+            )
+        return Line("source", found)
+    problem = _relative(program, key)
+    if problem:
+        return _failed("source", program, problem)
+    if not os.path.exists(program):
+        return _failed("source", program, f"{program} does not exist: install it or fix {key}")
+    if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+        return _failed(
+            "source", program, f"user {_user()} cannot execute {program}: chmod 755 it or fix {key}"
+        )
+    return Line("source", program)
+
+
+def _in_home(path: str) -> bool:
+    """Under a directory that ProtectHome=yes hides from the service."""
+    homes = {"/home", "/root", "/run/user", os.path.expanduser("~")} - {"/", SERVICE_DIR}
+    return any(path.startswith(home.rstrip("/") + "/") for home in homes)
+
+
+def _check_firmware(path: str, key: str) -> str | None:
+    if not os.path.exists(path):
+        return (
+            f"firmware file {path} does not exist: build it (make -C firmware) and install it"
+            f" (ops/install.sh puts it in /usr/share/iiot-gateway), or fix {key}"
+        )
+    if not os.access(path, os.R_OK):
+        return f"user {_user()} cannot read {path}: chmod 644 it or fix {key}"
+    return None
+
+
+def _check_serial(port: str) -> Line:
+    try:
+        st = os.stat(port)
+    except FileNotFoundError:
+        return _failed(
+            "source",
+            port,
+            f"{port} does not exist: plug the board in, or fix source.port"
+            " (ls /dev/serial/by-id/ lists the serial devices there are)",
+        )
+    except OSError as exc:
+        return _failed("source", port, f"cannot look at {port}: {exc.strerror}: fix source.port")
+    if not stat.S_ISCHR(st.st_mode):
+        return _failed(
+            "source",
+            port,
+            f"{port} is not a serial device: fix source.port (ls /dev/serial/by-id/)",
+        )
+    if os.access(port, os.R_OK | os.W_OK):
+        return Line("source", port)
+    user, group = _user(), _group(st.st_gid)
+    if st.st_gid in {os.getgid(), *os.getgroups()}:
+        # In the group already: the device's mode is what keeps the user out.
+        return _failed(
+            "source",
+            port,
+            f"user {user} may not read and write {port} (mode {stat.S_IMODE(st.st_mode):04o},"
+            f" group {group}): give group {group} read and write (a udev rule with"
+            ' MODE="0660", as ops/install.sh installs)',
+        )
+    return _failed(
+        "source",
+        port,
+        f"user {user} may not read and write {port}: add the user to group {group}"
+        f" (sudo usermod -aG {group} {user}; it counts from the next login or service start)",
+    )
+
+
+# -- the buffer directory ---------------------------------------------------------
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat, None if it does not exist (or a parent is no directory)."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def check_buffer(directory: str) -> Line:
+    """Can this user create and write the buffer store in ``directory``?
+
+    Nothing is created: a directory that does not exist yet is judged by its
+    nearest existing parent, in which ``gateway run`` would create it.
+    """
+    path, user = Path(directory), _user()
+    fix = "set gateway.buffer_dir (or --buffer-dir of gateway run) to one it can write"
+    try:
+        st = _stat(path)
+        if st is None:
+            parent = path.parent
+            while (parent_st := _stat(parent)) is None and parent != parent.parent:
+                parent = parent.parent
+            if parent_st is not None and not stat.S_ISDIR(parent_st.st_mode):
+                return _failed(
+                    "buffer", directory, f"cannot be created: {parent} is not a directory: {fix}"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return _failed(
+                    "buffer",
+                    directory,
+                    f"does not exist and user {user} cannot create it in {parent}: create it"
+                    f" (sudo install -d -o {user} -m 700 {path}), or {fix}",
+                )
+            return Line("buffer", directory, "ok (will be created)")
+        if not stat.S_ISDIR(st.st_mode):
+            return _failed("buffer", directory, f"{directory} is not a directory: {fix}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            return _failed(
+                "buffer",
+                directory,
+                f"not writable by user {user} (owner {_owner(st)}, mode"
+                f" {stat.S_IMODE(st.st_mode):04o}): sudo chown {user} {path}, or {fix}",
+            )
+        # A store that another user (root, running `gateway buffer` by hand)
+        # made or touched cannot be opened for writing by this one.
+        for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm", DEAD_LETTER_DIR):
+            entry = path / name
+            entry_st = _stat(entry)
+            if entry_st is not None and not os.access(entry, os.W_OK):
+                return _failed(
+                    "buffer",
+                    directory,
+                    f"{entry} is not writable by user {user} (owner {_owner(entry_st)}):"
+                    f" sudo chown -R {user} {path}",
+                )
+    except OSError as exc:
+        return _failed("buffer", directory, f"cannot look at it: {exc}: {fix}")
+    return Line("buffer", directory)

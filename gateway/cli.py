@@ -270,7 +270,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
-    """The status document as a line and two tables; every value is plain text, not markup."""
+    """The status document as a line and tables; every value is plain text, not markup.
+
+    Active alerts, when there are any, come right after the first line.
+    """
     from rich.table import Column, Table
     from rich.text import Text
 
@@ -325,7 +328,20 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
                 cell(info["unit"]),
                 cell(info["age_s"]),
             )
-    return [line, sinks, values]
+    parts: list[Text | Table] = [line, sinks, values]
+    # Older gateways have no "alerts" field.
+    if doc.get("alerts"):
+        alerts = Table("alert", "metric", "value", "since", "firing for (s)", style="red")
+        for a in doc["alerts"]:
+            alerts.add_row(
+                cell(a["name"]),
+                cell(a["metric"]),
+                cell(a["value"]),
+                cell(a["since"]),
+                cell(a["firing_for_s"]),
+            )
+        parts.insert(1, alerts)
+    return parts
 
 
 def non_negative_float(text: str) -> float:

@@ -302,6 +302,7 @@ class Gateway:
             sinks={"mqtt": s.mqtt, "influx": s.influx},
             buffers=s.store.buffers,
             clock=self.clock,
+            alerts=s.alerts,
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -3,12 +3,20 @@ formats, alert records the buffers protect, the state that survives a restart.""
 
 from __future__ import annotations
 
+import http.server
 import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from prometheus_client import generate_latest
+from rich.console import Console
 
 from gateway import alerts
 from gateway.alerts import (
@@ -23,11 +31,13 @@ from gateway.alerts import (
     rfc3339,
 )
 from gateway.buffer import BufferStore
+from gateway.cli import _status_tables
 from gateway.clock import ClockTracker
 from gateway.config import AlertRule, AlertsSection, parse_config
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.records import packet_points, packet_records, split_point, split_record
+from gateway.status.app import alerts_document, page_html
 from gateway.telemetry import Packet
 
 HOT = AlertRule("greenhouse-hot", "node1/temperature", above=35.0, for_s=60.0, clear=33.0)
@@ -440,3 +450,140 @@ async def test_metrics_say_which_alerts_fire(autojump_clock: trio.testing.MockCl
     text = generate_latest(metrics.registry).decode()
     assert 'gateway_alerts_firing{name="frost"} 1.0' in text
     assert 'gateway_alerts_firing{name="greenhouse-hot"} 0.0' in text
+
+
+async def test_status_document_and_cli_show_active_alerts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Alerts(AlertsSection(0.0, (), (COLD,)))
+    engine.observe(Packet(wall(0), {}, {"node2": {"temperature": 3.5}}))
+    doc = alerts_document(engine, wall(90))
+    assert doc == [
+        {
+            "name": "frost",
+            "metric": "node2/temperature",
+            "value": 3.5,
+            "since": rfc3339(wall(0)),
+            "at": rfc3339(wall(0)),
+            "firing_for_s": 90.0,
+        }
+    ]
+    status: dict[str, Any] = {
+        "gateway": {"id": "gw"},
+        "healthy": True,
+        "reasons": [],
+        "source": {
+            "kind": "command",
+            "state": "running",
+            "packets": 1,
+            "last_packet_age_s": 1,
+            "restarts": {},
+        },
+        "sinks": {},
+        "values": {},
+        "alerts": doc,
+    }
+    console = Console(record=True, width=120)
+    for part in _status_tables(status):
+        console.print(part)
+    out = console.export_text()
+    assert "frost" in out
+    assert out.index("frost") < out.index("sink")  # right after the first line
+
+
+@pytest.fixture
+def fake_status_server() -> Iterator[int]:
+    """The status page and an /api/status document with one alert, on a free port."""
+    doc = {
+        "gateway": {"id": "gw-page"},
+        "healthy": True,
+        "reasons": [],
+        "source": {
+            "kind": "command",
+            "state": "running",
+            "pid": 1,
+            "restarts": {},
+            "packets": 3,
+            "last_packet_age_s": 0.5,
+        },
+        "sinks": {
+            name: {
+                "target": "x",
+                "connected": True,
+                "healthy": True,
+                "backlog": 0,
+                "max_records": 10,
+                "oldest_age_s": None,
+                "last_delivery_age_s": 1.0,
+                "delivered": 1,
+                "dropped": 0,
+                "dead_letters": 0,
+                "last_error": "",
+            }
+            for name in ("mqtt", "influx")
+        },
+        "values": {},
+        "alerts": [
+            {
+                "name": "stale-node1",
+                "metric": "node1",
+                "value": 300.0,
+                "since": "2026-11-27T08:00:00.000Z",
+                "at": "2026-11-27T08:05:00.000Z",
+                "firing_for_s": 42.0,
+            }
+        ],
+    }
+    page = page_html().encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, ctype = (
+                (json.dumps(doc).encode(), "application/json")
+                if self.path.startswith("/api/status")
+                else (page, "text/html")
+            )
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_status_page_shows_active_alerts_first(tmp_path: Path, fake_status_server: int) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed: run ops/install-deps.sh")
+    out = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"http://127.0.0.1:{fake_status_server}/",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    html = out.stdout.decode()
+    assert 'data-alert="stale-node1"' in html
+    assert "ALERT stale-node1" in html
+    assert html.index('data-alert="stale-node1"') < html.index('id="cards"')

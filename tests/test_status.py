@@ -306,6 +306,7 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
             doc = json.loads(raw)
             assert doc["healthy"] is True
             assert doc["gateway"]["id"] == "gw-status"
+            assert doc["alerts"] == []  # nothing silent, no rules
             src = doc["source"]
             assert src["state"] == "running"
             assert isinstance(src["pid"], int)

@@ -734,6 +734,13 @@ def test_alert_rules_load_in_file_order(tmp_path: Path) -> None:
     assert (frost.below, frost.for_s, frost.clear_at) == (2.0, 0.0, 2.0)  # no hysteresis
 
 
+def test_the_readme_example_rule_loads(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```toml\n[[alerts.rule]]\n", 1)[1].split("```", 1)[0]
+    cfg = load_config(write(tmp_path, "[[alerts.rule]]\n" + example), environ=NO_ENV)
+    assert [r.name for r in cfg.alerts.rules] == ["greenhouse-hot"]
+
+
 def test_the_example_config_has_no_rule_but_shows_one(tmp_path: Path) -> None:
     text = (REPO / "config.toml").read_text()
     assert Config().alerts.rules == ()

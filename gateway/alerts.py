@@ -226,6 +226,8 @@ class Alerts:
                 if self._watches(group) and self._room_for(group):
                     self.groups.setdefault(group, _Group(now, wall_ns))
                     self._gauge(STALE_PREFIX + group, False)
+                else:
+                    self._state[key] = None  # no longer watched: forget it
                 continue
             if not key.startswith(ACTIVE_KEY):
                 continue

@@ -308,6 +308,7 @@ async def test_restored_alerts_resolve_on_the_next_value(
         GROUP_KEY + "node1": "1",
     }
     h = Harness(engine(HOT, stale_after=300.0))
+    h.state = dict(kept)
     h.engine.restore(kept, wall(0))
     await nursery.start(h.engine.run, h.on_due)
     assert h.engine.metrics is not None
@@ -321,7 +322,7 @@ async def test_restored_alerts_resolve_on_the_next_value(
         (20.0, "greenhouse-hot", "resolved", 32.0),
     ]
     assert h.events[1][1].since_ns == since  # the episode that began before the restart
-    assert h.state == {}  # what the store holds: nothing active (node1's row was there)
+    assert h.state == {GROUP_KEY + "node1": "1"}  # nothing active any more
 
 
 async def test_a_restart_resolves_alerts_no_longer_configured(
@@ -335,8 +336,10 @@ async def test_a_restart_resolves_alerts_no_longer_configured(
             "stale-node3", "node3", 300.0, wall(-9), wall(-5)
         ).to_state(),
         ACTIVE_KEY + "broken": "not json",
+        GROUP_KEY + "node3": "1",
     }
     h = Harness(engine(stale_after=0.0))
+    h.state = dict(kept)
     h.engine.restore(kept, wall(0))
     await nursery.start(h.engine.run, h.on_due)
     await trio.sleep(1)
@@ -344,7 +347,7 @@ async def test_a_restart_resolves_alerts_no_longer_configured(
         (0.0, "old-rule", "resolved"),
         (0.0, "stale-node3", "resolved"),
     ]
-    assert h.state == {}  # the unreadable row is deleted too
+    assert h.state == {}  # the unreadable row and the unwatched group are forgotten too
     assert h.engine.metrics is not None
     assert h.engine.metrics.alerts_firing == {}
 

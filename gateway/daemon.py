@@ -7,7 +7,8 @@ start-up failure surfaces before "ready":
 2. the buffer store (opened, or held in memory when the disk refuses), and the
    clock tracker (is the wall clock right? what offset did this boot learn?),
 3. the sinks (ready before they have connected: a server being down is normal),
-4. the status endpoint, the systemd notifier/watchdog and the stats reporter,
+4. the status endpoint, the systemd notifier/watchdog, the stats reporter and
+   the alert timers (with the active alerts the store kept),
 5. the source, which feeds :meth:`gateway.pipeline.Pipeline.ingest`.
 
 Shutdown (SIGTERM/SIGINT or :meth:`Gateway.request_stop`) runs in reverse: the
@@ -31,9 +32,10 @@ from typing import Any
 import trio
 import trio_asyncio
 
+from gateway import alerts
 from gateway.buffer import BufferStore
 from gateway.clock import ClockTracker
-from gateway.config import Config
+from gateway.config import HEARTBEAT_S, Config
 from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile
 from gateway.errors import leaf
 from gateway.homeassistant import Discovery
@@ -61,6 +63,7 @@ class Stages:
     influx: influx.InfluxSink
     source: Source
     dead_letters: tuple[DeadLetterFile, ...]
+    alerts: alerts.Alerts
 
     @classmethod
     def build(
@@ -76,7 +79,8 @@ class Stages:
         dead = Path(cfg.gateway.buffer_dir) / DEAD_LETTER_DIR
         mqtt_dead = DeadLetterFile(dead / mqtt.DEAD_LETTER_FILE)
         influx_dead = DeadLetterFile(dead / influx.DEAD_LETTER_FILE)
-        pipeline = Pipeline(cfg, store, metrics, clock, observers)
+        engine = alerts.Alerts(cfg.alerts, metrics)
+        pipeline = Pipeline(cfg, store, metrics, clock, observers, alerts=engine)
         discovery = None
         if cfg.mqtt.homeassistant.enabled:
             discovery = Discovery(
@@ -99,6 +103,7 @@ class Stages:
             ),
             source=Source(cfg.source, pipeline.ingest, metrics),
             dead_letters=(mqtt_dead, influx_dead),
+            alerts=engine,
         )
 
 
@@ -141,6 +146,14 @@ class Gateway:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
+        stall = self.cfg.source.stall_timeout
+        if self.cfg.source.kind == "command" and 0 < stall <= HEARTBEAT_S:
+            log.warning(
+                "source.stall_timeout = %g s is not above Node 2's %g s heartbeat: "
+                "a quiet radio restarts probe-rs",
+                stall,
+                HEARTBEAT_S,
+            )
         # The signal watcher outlives everything else, so that a signal during
         # start-up or during the final buffer write is handled, never the
         # default action (a KeyboardInterrupt traceback, or death by SIGHUP).
@@ -173,6 +186,8 @@ class Gateway:
                 "influx": self.cfg.influxdb.buffer_max_points,
             },
             durability=g.durability,
+            # A full buffer drops readings, never alert events.
+            protect={"mqtt": alerts.MQTT_MARKER, "influx": alerts.INFLUX_MARKER},
         )
         for name in store.buffers:
             self.metrics.sink(name).corrupt += len(store.corrupt_moved)
@@ -254,6 +269,9 @@ class Gateway:
                     await ops.start(watchdog, self.metrics, cfg.status.unhealthy_after)
                     if cfg.gateway.stats_interval > 0:
                         ops.start_soon(s.pipeline.report_stats)
+                    kept = await trio.to_thread.run_sync(s.store.alert_state)
+                    s.alerts.restore(kept, self.clock.stamp().wall_ns)
+                    await ops.start(s.alerts.run, s.pipeline.commit_alerts)
                     async with trio.open_nursery() as source:
                         await source.start(s.source.run)
                         log.info(
@@ -293,6 +311,7 @@ class Gateway:
             sinks={"mqtt": s.mqtt, "influx": s.influx},
             buffers=s.store.buffers,
             clock=self.clock,
+            alerts=s.alerts,
         )
         try:
             async with trio.open_nursery() as nursery:

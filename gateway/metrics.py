@@ -132,6 +132,8 @@ class Metrics:
         self.clock_synchronized = False
         self.mqtt = SinkMetrics("mqtt")
         self.influx = SinkMetrics("influx")
+        # Alert name → firing now (gateway.alerts keeps it; names are bounded there).
+        self.alerts_firing: dict[str, bool] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
 
@@ -263,6 +265,12 @@ class _Collector(Collector):
         yield _gauge(
             "gateway_last_packet_age_seconds", "Seconds since the last packet", m.last_packet_age()
         )
+        alerts = GaugeMetricFamily(
+            "gateway_alerts_firing", "1 while the alert is firing, by name", labels=["name"]
+        )
+        for name, firing in sorted(m.alerts_firing.items()):
+            alerts.add_metric([name], float(firing))
+        yield alerts
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -10,6 +10,11 @@ the acknowledgements since the last commit, in one transaction
 (:class:`gateway.buffer.BufferStore`). When ``ingest`` returns, the records are
 committed and the sinks are woken: "committed before delivery".
 
+With an alert engine (:mod:`gateway.alerts`), each accepted packet is also
+evaluated against the alert rules and groups' freshness; the events it causes
+are committed in the same transaction as the packet, and the events the
+engine's timers cause go through :meth:`Pipeline.commit_alerts`.
+
 Everything rejected on the way is counted in :class:`gateway.metrics.Metrics`
 and logged, rate-limited by reason (never by a name from the data).
 """
@@ -21,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
+from gateway.alerts import AlertEvent, Alerts, alert_tags
 from gateway.buffer import BufferStore, DiskBuffer
 from gateway.clock import ClockTracker
 from gateway.config import Config
@@ -44,6 +50,7 @@ class Pipeline:
         clock: stamps every reading.
         observers: called with every accepted packet (e.g. the status page's
             latest values); they must not block.
+        alerts: the alert engine, if any: evaluated on every accepted packet.
     """
 
     def __init__(
@@ -53,8 +60,11 @@ class Pipeline:
         metrics: Metrics,
         clock: ClockTracker,
         observers: Sequence[PacketObserver] = (),
+        alerts: Alerts | None = None,
     ) -> None:
         self.cfg = cfg
+        self.alerts = alerts
+        self._alert_tags = alert_tags(cfg.influxdb.tags)
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -81,9 +91,31 @@ class Pipeline:
             text = stamp_text(stamp)
             messages += packet_records(packet, self._prefix, text)
             points += packet_points(packet, self._tags, text)
-        if messages:
-            # Both sinks' records, and the acks since the last packet: one transaction.
-            await self.commit({self.mqtt_buffer: messages, self.influx_buffer: points})
+            if self.alerts is not None:
+                self._encode_alerts(self.alerts.observe(packet), text, messages, points)
+        state = self.alerts.take_state() if self.alerts is not None else None
+        if messages or state:
+            # Both sinks' records, the alert state and the acks since the last
+            # packet: one transaction.
+            await self.commit({self.mqtt_buffer: messages, self.influx_buffer: points}, state=state)
+
+    async def commit_alerts(self) -> None:
+        """Commit what the alert engine's timers decided now (its ``run`` callback)."""
+        assert self.alerts is not None
+        stamp = self.clock.stamp()
+        messages: list[str] = []
+        points: list[str] = []
+        self._encode_alerts(self.alerts.tick(stamp.wall_ns), stamp_text(stamp), messages, points)
+        state = self.alerts.take_state()
+        if messages or state:
+            await self.commit({self.mqtt_buffer: messages, self.influx_buffer: points}, state=state)
+
+    def _encode_alerts(
+        self, events: list[AlertEvent], stamp: str, messages: list[str], points: list[str]
+    ) -> None:
+        for event in events:
+            messages.append(event.mqtt_record(self._prefix, stamp))
+            points.append(event.point(self._alert_tags, stamp))
 
     def _accept(self, line: bytes, received_ns: int) -> Packet | None:
         """Parse one line; count and log what is rejected; None if nothing is left."""
@@ -140,11 +172,16 @@ class Pipeline:
             self.metrics.node_resets += 1
             log.warning("Node 2 restarted (seq went backwards)")
 
-    async def commit(self, batches: Mapping[DiskBuffer, list[str]]) -> None:
-        """Commit records to their buffers in one transaction; count what that dropped."""
+    async def commit(
+        self,
+        batches: Mapping[DiskBuffer, list[str]],
+        *,
+        state: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Commit records (and alert state) in one transaction; count what that dropped."""
         errors_before = {buf: buf.write_errors for buf in self.store.buffers.values()}
         recreated_before = self.store.recreated
-        dropped = await self.store.commit(batches)
+        dropped = await self.store.commit(batches, state=state)
         recreated = self.store.recreated - recreated_before
         for buf in self.store.buffers.values():
             figures = self.metrics.sink(buf.name)

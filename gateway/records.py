@@ -18,6 +18,10 @@ Then, separated by single spaces (names never contain spaces):
   added when the point is sent: ``temperature,node=node1,unit=celsius value=26.7
   1795773905582000000``.
 
+Alert events use the same two formats (:mod:`gateway.alerts`): topic
+``{prefix}/alerts/{name}`` with a JSON payload, measurement ``alerts`` with
+tags ``name`` and ``state``.
+
 :data:`FORMAT_VERSION` is the version of these formats (the store records it).
 """
 
@@ -112,6 +116,11 @@ def json_payload(topic: str, payload: str, stamp: RecordStamp) -> str:
 def status_topic(prefix: str) -> str:
     """The retained presence topic."""
     return f"{prefix}/gateway/status"
+
+
+def alerts_topic(prefix: str, name: str = "") -> str:
+    """An alert's retained topic, ``{prefix}/alerts/{name}`` (with no name: the level's prefix)."""
+    return f"{prefix}/alerts/{name}"
 
 
 def packet_records(packet: Packet, prefix: str, stamp: str) -> list[str]:

@@ -1,11 +1,14 @@
-"""systemd integration: readiness notification and a progress-aware watchdog.
+"""systemd integration: readiness notification and a watchdog that means "wedged".
 
 The unit (``ops/iiot-gateway.service``) is ``Type=notify`` with ``WatchdogSec``:
 systemd waits for ``READY=1`` and restarts the daemon when ``WATCHDOG=1`` stops
-coming. The watchdog is fed only while the pipeline makes progress
-(:func:`gateway.status.health.making_progress`), so a hung event loop *and* a daemon
-that runs but moves nothing are both restarted. Without ``$NOTIFY_SOCKET``
-(not run by systemd) everything here does nothing.
+coming. The pings come from a task of the event loop, so a hung loop starves
+the watchdog by itself; besides, they stop while a sink is wedged
+(:func:`gateway.status.health.wedged`: connected, records waiting, nothing
+delivered for ``unhealthy_after``), the one stuck state a restart can fix. A
+silent sensor, a broker that is down or a database that refuses never starve
+it: a restart would not bring them back, and the buffers hold what arrives.
+Without ``$NOTIFY_SOCKET`` (not run by systemd) everything here does nothing.
 
 The protocol is one datagram to an AF_UNIX socket (sd_notify(3)); a leading
 ``@`` names a socket in the abstract namespace.
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 import trio
 
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.status.health import health, making_progress, snapshot
+from gateway.status.health import snapshot, wedged
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ async def watchdog(
     environ: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Say ``READY=1``, then feed the watchdog while the pipeline makes progress.
+    """Say ``READY=1``, then feed the watchdog unless the daemon is wedged.
 
     Start it once every stage is running. Returns at once without
     ``$NOTIFY_SOCKET``; runs until cancelled otherwise, and says
@@ -99,16 +102,14 @@ async def watchdog(
     starving = RateLimitedLog(log, interval=60.0)
     try:
         while True:
-            snap = snapshot(metrics)
-            now = time.monotonic()
-            if making_progress(snap, now, unhealthy_after):
+            reasons = wedged(snapshot(metrics), time.monotonic(), unhealthy_after)
+            if not reasons:
                 notify("WATCHDOG=1", environ=environ)
             else:
-                _, reasons = health(snap, now, unhealthy_after)
                 starving.log(
                     logging.ERROR,
                     "starve",
-                    "no progress, not feeding the systemd watchdog: %s",
+                    "wedged, not feeding the systemd watchdog: %s",
                     "; ".join(reasons),
                 )
             await trio.sleep(interval)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer
+from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, StoreReader
 from gateway.buffer import queue as buffer_module
 
 
@@ -340,3 +340,120 @@ async def test_records_dropped_in_flight_are_not_acknowledged_as_delivered(
     assert await buf.ack(window) == 4  # r6..r9: published; r0..r5 were dropped
     assert [r.value for r in await buf.peek(10)] == [f"s{i}" for i in range(6)]
     buf.close()
+
+
+# -- protected records (alert events): the bound counts them, the drop skips them -----
+
+
+MARK = "!alert"
+
+
+def alert(n: int) -> str:
+    return f"1 p/alerts/a{n} {MARK}{n}"
+
+
+async def open_store(path: Path, bound: int) -> BufferStore:
+    return await BufferStore.open(path, {"mqtt": bound}, ack_delay=0, protect={"mqtt": MARK})
+
+
+def texts(store: BufferStore) -> list[str]:
+    return [r.value for r in store.buffers["mqtt"].iter_all()]
+
+
+async def test_a_full_buffer_drops_unprotected_records_first(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, 5)
+    buf = store.buffers["mqtt"]
+    assert await store.commit({buf: ["r1", alert(1), "r2"]}) == {"mqtt": 0}
+    dropped = 0
+    for i in range(3, 13):
+        dropped += (await store.commit({buf: [f"r{i}", *([alert(2)] if i == 6 else [])]}))["mqtt"]
+    # The bound counts protected records; the drop skips them; the order kept holds.
+    assert texts(store) == [alert(1), alert(2), "r10", "r11", "r12"]
+    assert dropped == buf.dropped_total == 9
+    assert buf.count.value == 5
+    # A sink sees them first, in order, and acknowledges them like any record.
+    batch = await buf.peek(2)
+    assert [r.value for r in batch] == [alert(1), alert(2)]
+    await buf.ack(batch)
+    assert texts(store) == ["r10", "r11", "r12"]
+    store.close()
+    # On disk as in memory.
+    store = await open_store(tmp_path, 5)
+    assert texts(store) == ["r10", "r11", "r12"]
+    store.close()
+
+
+async def test_protection_survives_a_reopen(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, 4)
+    buf = store.buffers["mqtt"]
+    for record in ["r1", alert(1), "r2", "r3", "r4", "r5"]:
+        await store.commit({buf: [record]})
+    assert texts(store) == [alert(1), "r3", "r4", "r5"]
+    store.close()
+    store = await open_store(tmp_path, 4)
+    buf = store.buffers["mqtt"]
+    assert texts(store) == [alert(1), "r3", "r4", "r5"]
+    for i in range(6, 20):
+        await store.commit({buf: [f"r{i}"]})
+    assert texts(store) == [alert(1), "r17", "r18", "r19"]
+    store.close()
+    with StoreReader(tmp_path) as reader:
+        # What `gateway buffer export` reads; the alert state is no buffer.
+        assert reader.tables == ["mqtt"]
+        assert [r.value for r in reader.records("mqtt")] == [alert(1), "r17", "r18", "r19"]
+
+
+async def test_a_buffer_of_protected_records_only_drops_the_oldest(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, 3)
+    buf = store.buffers["mqtt"]
+    dropped = (await store.commit({buf: [alert(i) for i in range(5)]}))["mqtt"]
+    assert (dropped, texts(store)) == (2, [alert(2), alert(3), alert(4)])
+    store.close()
+
+
+async def test_protected_records_beyond_the_memory_cache(tmp_path: Path) -> None:
+    # More than CACHE_RECORDS: the head is read back from disk, where the
+    # relocated alert must be found.
+    store = await open_store(tmp_path, 5000)
+    buf = store.buffers["mqtt"]
+    await store.commit({buf: [alert(1)]})
+    for start in range(0, 8000, 200):
+        await store.commit({buf: [f"r{i}" for i in range(start, start + 200)]})
+    head = await buf.peek(3)
+    assert [r.value for r in head] == [alert(1), "r3001", "r3002"]
+    store.close()
+    store = await open_store(tmp_path, 5000)
+    assert [r.value for r in await store.buffers["mqtt"].peek(2)] == [alert(1), "r3001"]
+    store.close()
+
+
+def test_a_relocation_during_a_write_is_written_by_the_next_one(tmp_path: Path) -> None:
+    store = BufferStore(tmp_path, {"mqtt": 3}, ack_delay=0, protect={"mqtt": MARK})
+    buf = store.buffers["mqtt"]
+    buf._add(["r1", alert(1), "r2"])
+    in_flight = store._plan()  # a write under way, with the slots' old values ...
+    buf._add(["r3", "r4"])  # ... while a commit moves the alert up
+    store._write_sync(in_flight)
+    store._wrote(in_flight, {})
+    assert buf._pending()
+    plan = store._plan()
+    store._write_sync(plan)
+    store._wrote(plan, {})
+    assert not buf._pending()
+    store.close()
+    store = BufferStore(tmp_path, {"mqtt": 3}, ack_delay=0, protect={"mqtt": MARK})
+    assert texts(store) == [alert(1), "r3", "r4"]
+    store.close()
+
+
+async def test_alert_state_is_written_with_the_events(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, 10)
+    buf = store.buffers["mqtt"]
+    await store.commit({buf: [alert(1)]}, state={"active:a1": "{}", "group:node1": "1"})
+    await store.commit({buf: []}, state={"active:a1": None})
+    assert store.alert_state() == {"group:node1": "1"}
+    store.close()
+    store = await open_store(tmp_path, 10)
+    assert store.alert_state() == {"group:node1": "1"}
+    assert texts(store) == [alert(1)]
+    store.close()

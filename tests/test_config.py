@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -705,3 +706,108 @@ def test_explicit_client_id_wins(tmp_path: Path) -> None:
 def test_parse_config_derives_the_client_id_too() -> None:
     cfg = parse_config({"gateway": {"id": "gw-x"}}, environ=NO_ENV)
     assert cfg.mqtt.client_id == "iiot-gateway-gw-x"
+
+
+# -- [alerts] ---------------------------------------------------------------------------
+
+RULE = '[[alerts.rule]]\nname = "hot"\nmetric = "node1/temperature"\n'
+
+
+def test_alert_rules_load_in_file_order(tmp_path: Path) -> None:
+    text = (
+        '[alerts]\nstale_after = 120\nstale_groups = ["node1"]\n'
+        + RULE
+        + "above = 35.0\nfor = 60\nclear = 33\n"
+        + '[[alerts.rule]]\nname = "frost"\nmetric = "node2/temperature"\nbelow = 2\n'
+    )
+    alerts = load_config(write(tmp_path, text), environ=NO_ENV).alerts
+    assert (alerts.stale_after, alerts.stale_groups) == (120.0, ("node1",))
+    hot, frost = alerts.rules
+    assert (hot.name, hot.group, hot.field, hot.above, hot.for_s, hot.clear_at) == (
+        "hot",
+        "node1",
+        "temperature",
+        35.0,
+        60.0,
+        33.0,
+    )
+    assert (frost.below, frost.for_s, frost.clear_at) == (2.0, 0.0, 2.0)  # no hysteresis
+
+
+def test_the_readme_example_rule_loads(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```toml\n[[alerts.rule]]\n", 1)[1].split("```", 1)[0]
+    cfg = load_config(write(tmp_path, "[[alerts.rule]]\n" + example), environ=NO_ENV)
+    assert [r.name for r in cfg.alerts.rules] == ["greenhouse-hot"]
+
+
+def test_the_example_config_has_no_rule_but_shows_one(tmp_path: Path) -> None:
+    text = (REPO / "config.toml").read_text()
+    assert Config().alerts.rules == ()
+    uncommented = re.sub(
+        r"^# (\[\[alerts\.rule\]\]|(name|metric|above|for|clear) = )",
+        r"\1",
+        text,
+        flags=re.MULTILINE,
+    )
+    cfg = load_config(write(tmp_path, uncommented), environ=NO_ENV)
+    assert [r.metric for r in cfg.alerts.rules] == ["node1/temperature"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (RULE + "above = 1\nwhen = 2\n", "alerts.rule[0].when"),
+        (RULE + "above = 1\nbelow = 0\n", "alerts.rule[0].below"),
+        (RULE, "alerts.rule[0]"),
+        (RULE + "above = 1\nclear = 2\n", "alerts.rule[0].clear"),
+        (RULE + "below = 1\nclear = 0\n", "alerts.rule[0].clear"),
+        ('[[alerts.rule]]\nname = "a b"\nmetric = "n/t"\nabove = 1\n', "alerts.rule[0].name"),
+        ('[[alerts.rule]]\nname = ""\nmetric = "n/t"\nabove = 1\n', "alerts.rule[0].name"),
+        ('[[alerts.rule]]\nname = "stale-x"\nmetric = "n/t"\nabove = 1\n', "alerts.rule[0].name"),
+        ('[[alerts.rule]]\nmetric = "n/t"\nabove = 1\n', "alerts.rule[0].name"),
+        ('[[alerts.rule]]\nname = "a"\nabove = 1\n', "alerts.rule[0].metric"),
+        ('[[alerts.rule]]\nname = "a"\nmetric = "nt"\nabove = 1\n', "alerts.rule[0].metric"),
+        ('[[alerts.rule]]\nname = "a"\nmetric = "n/t/x"\nabove = 1\n', "alerts.rule[0].metric"),
+        ('[[alerts.rule]]\nname = "a"\nmetric = "n/"\nabove = 1\n', "alerts.rule[0].metric"),
+        ('[[alerts.rule]]\nname = 3\nmetric = "n/t"\nabove = 1\n', "alerts.rule[0].name"),
+        (RULE + "above = nan\n", "alerts.rule[0].above"),
+        (RULE + "below = -inf\n", "alerts.rule[0].below"),
+        (RULE + "above = 1\nclear = inf\n", "alerts.rule[0].clear"),
+        (RULE + "above = 1\nfor = nan\n", "alerts.rule[0].for"),
+        (RULE + "above = 1\nfor = -1\n", "alerts.rule[0].for"),
+        (RULE + "above = 1\nfor = 1e9\n", "alerts.rule[0].for"),
+        (RULE + 'above = "35"\n', "alerts.rule[0].above"),
+        (RULE + "above = 1\n" + RULE + "below = 1\n", "alerts.rule[1].name"),
+        ('[alerts]\nstale_groups = ["node/1"]\n', "alerts.stale_groups[0]"),
+        ("[alerts]\nstale_groups = [1]\n", "alerts.stale_groups[0]"),
+        ("[alerts]\nstale_after = -1\n", "alerts.stale_after"),
+        ("[alerts]\nrules = []\n", "alerts.rules"),
+        ("[alerts]\nrule = 3\n", "alerts.rule"),
+        ("[alerts]\nrule = [3]\n", "alerts.rule[0]"),
+        ("[alerts]\nwhatever = 3\n", "alerts.whatever"),
+    ],
+)
+def test_a_bad_alert_rule_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).key == key
+
+
+def test_a_duplicate_rule_name_says_where_the_first_one_is(tmp_path: Path) -> None:
+    err = config_error(tmp_path, RULE + "above = 1\n" + RULE + "below = 1\n")
+    assert str(err) == "alerts.rule[1].name: duplicate rule name 'hot' (also alerts.rule[0])"
+
+
+def test_cli_bad_alert_rule_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, RULE + "above = 35\nclear = 36\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert (
+        out.stderr.strip().splitlines()[-1].endswith("alerts.rule[0].clear: must be <= above (35)")
+    )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 from gateway.simulate import NodeSimulator
 from gateway.telemetry import UNITS, format_value
 from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
+from tests.faults.proxy import Proxy
+from tests.services import free_port
 
 ESC = "\x1b"
 
@@ -259,3 +263,240 @@ def test_json_payload_carries_value_unit_and_the_readings_time(
     assert temp["ts"].endswith("Z")
     # Every message of the packet carries the same time, the packet's.
     assert len({doc["ts"] for doc in got.values()}) == 1
+
+
+# -- alerts -----------------------------------------------------------------------------
+
+# Node 2 as the firmware behaves: a packet line per frame while `mode` says
+# "full"; with "heartbeat", Node 1 is silent and Node 2 prints only its own
+# reading and its stats (packets_received unchanged), here every 0.5 s.
+HEARTBEAT_CHILD = """
+import json, os, sys, time
+from gateway.simulate import NodeSimulator
+mode_file = sys.argv[1]
+sim = NodeSimulator(seed=11, crc_error_rate=0.0)
+while True:
+    with open(mode_file) as f:
+        mode = f.read().strip()
+    if mode == "heartbeat":
+        sim.seq += 1
+        obj = {"v": 1, "seq": sim.seq, "uptime_ms": sim.seq * 500,
+               "node2": {"temperature": 23.1, "pressure": 1013.2},
+               "stats": {"packets_received": sim.packets_received, "crc_errors": 0}}
+    else:
+        obj = sim.packet()
+    print(json.dumps(obj), flush=True)
+    time.sleep(0.5 if mode == "heartbeat" else 0.2)
+"""
+
+# Packets whose node1 temperature is whatever `temperature` holds, every 0.1 s.
+THRESHOLD_CHILD = """
+import json, sys, time
+path, n = sys.argv[1], 0
+while True:
+    n += 1
+    with open(path) as f:
+        t = float(f.read())
+    print(json.dumps({"v": 1, "seq": n, "node1": {"temperature": t}, "node2": {"pressure": 990.0}}),
+          flush=True)
+    time.sleep(0.1)
+"""
+
+
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics of a running gateway: (sample name, labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def firing(port: int, name: str) -> float | None:
+    return scrape(port).get(("gateway_alerts_firing", (("name", name),)))
+
+
+def restarts(port: int) -> float:
+    return sum(v for (n, _), v in scrape(port).items() if n == "gateway_source_restarts_total")
+
+
+def alert_points(tsdb: Any, test_id: str, name: str) -> list[tuple[str, float]]:
+    """(state, value) of every `alerts` point of alert ``name``, oldest first."""
+    out: list[tuple[int, str, float]] = []
+    for series in tsdb.export(testid=test_id, name=name):
+        labels = series["metric"]
+        if labels["__name__"] != "alerts_value":
+            continue
+        for value, ts in zip(series["values"], series["timestamps"], strict=True):
+            out.append((ts, labels["state"], value))
+    return [(state, value) for _, state, value in sorted(out)]
+
+
+def alert_messages(sub: Subscriber, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(p) for t, p in sub.snapshot() if t == topic]
+
+
+def test_a_silent_node1_raises_stale_while_heartbeats_keep_the_source_up(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    mode = tmp_path / "mode"
+    mode.write_text("full")
+    child = tmp_path / "node2.py"
+    child.write_text(HEARTBEAT_CHILD)
+    cfg = base_config(
+        tmp_path, test_id, broker.port, tsdb.url, [sys.executable, str(child), str(mode)]
+    )
+    # Heartbeats every 0.5 s are lines: a 2 s stall watchdog never fires on them.
+    cfg["source"]["stall_timeout"] = 2.0
+    cfg["alerts"] = {"stale_after": 3.0}
+    # Alerts are retained whatever mqtt.retain says.
+    cfg["mqtt"]["retain"] = False
+    status_port = free_port()
+    cfg["status"] = {"listen": f"127.0.0.1:{status_port}"}
+    topic = f"{test_id}/alerts/stale-node1"
+    sub = Subscriber(broker.port, f"{test_id}/alerts/#")
+    gw = gateway_factory(cfg)
+    try:
+        assert wait_until(lambda: _packets(status_port) >= 10, 30), gw.log_text()
+        assert firing(status_port, "stale-node1") == 0.0
+
+        # Node 1 falls silent; Node 2 goes on with heartbeats.
+        mode.write_text("heartbeat")
+        assert sub.wait_for(lambda _: len(alert_messages(sub, topic)) >= 1, 30), gw.log_text()
+        fired = alert_messages(sub, topic)[0]
+        assert (fired["state"], fired["metric"]) == ("firing", "node1")
+        assert fired["value"] >= 3.0  # seconds since node1 was last seen
+        assert RFC3339_MS.fullmatch(fired["since"]), fired
+        assert RFC3339_MS.fullmatch(fired["at"]), fired
+        assert firing(status_port, "stale-node1") == 1.0
+        # Heartbeats keep Node 2's groups fresh and the source up.
+        assert firing(status_port, "stale-node2") == 0.0
+        assert firing(status_port, "stale-stats") == 0.0
+        assert restarts(status_port) == 0
+        # /healthz: what arrives is delivered; a silent group alone is an alert, not a 503.
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/healthz", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/api/status", timeout=5) as r:
+            active = [a["name"] for a in json.load(r)["alerts"]]
+        assert "stale-node1" in active
+        assert wait_until(
+            lambda: ("firing", fired["value"]) in alert_points(tsdb, test_id, "stale-node1"), 30
+        ), gw.log_text()
+        kept = retained(broker.port, f"{test_id}/#")
+        assert json.loads(kept[topic]) == fired
+        assert f"{test_id}/node2/pressure" not in kept  # readings follow mqtt.retain
+
+        # Node 1 is back.
+        mode.write_text("full")
+        assert sub.wait_for(lambda _: len(alert_messages(sub, topic)) >= 2, 30), gw.log_text()
+        resolved = alert_messages(sub, topic)[1]
+        assert (resolved["state"], resolved["since"]) == ("resolved", fired["since"])
+        assert wait_until(
+            lambda: (
+                [s for s, _ in alert_points(tsdb, test_id, "stale-node1")] == ["firing", "resolved"]
+            ),
+            30,
+        ), gw.log_text()
+        assert firing(status_port, "stale-node1") == 0.0
+        assert restarts(status_port) == 0
+    finally:
+        code = gw.terminate()
+        sub.close()
+    assert code == 0, gw.log_text()
+    assert json.loads(retained(broker.port, topic)[topic])["state"] == "resolved"
+    assert "alert stale-node1 firing" in gw.log_text()
+
+
+def _packets(port: int) -> float:
+    try:
+        return scrape(port).get(("gateway_packets_total", ()), 0.0)
+    except OSError:
+        return 0.0  # not listening yet
+
+
+def test_an_alert_raised_while_the_broker_is_down_arrives_in_order_after_it_heals(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    temperature = tmp_path / "temperature"
+    temperature.write_text("25.0")
+    child = tmp_path / "node.py"
+    child.write_text(THRESHOLD_CHILD)
+    proxy = Proxy(broker.port).start()  # lets the test hold the gateway off a healed broker
+    cfg = base_config(
+        tmp_path, test_id, proxy.port, tsdb.url, [sys.executable, str(child), str(temperature)]
+    )
+    cfg["alerts"] = {
+        "stale_after": 0.0,
+        "rule": [
+            {
+                "name": "greenhouse-hot",
+                "metric": "node1/temperature",
+                "above": 30.0,
+                "for": 1.0,
+                "clear": 28.0,
+            }
+        ],
+    }
+    bound = 30  # 20 messages a second: full within two seconds of the outage
+    cfg["mqtt"]["buffer_max_messages"] = bound
+    status_port = free_port()
+    cfg["status"] = {"listen": f"127.0.0.1:{status_port}"}
+    topic = f"{test_id}/alerts/greenhouse-hot"
+    gw = gateway_factory(cfg)
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    try:
+        assert sub.wait_for(lambda m: (f"{test_id}/node1/temperature", "25.0") in m, 30)
+        sub.close()
+
+        def dropped() -> float:
+            return scrape(status_port).get(("gateway_mqtt_dropped_total", ()), 0.0)
+
+        broker.stop()
+        assert wait_until(lambda: scrape(status_port)[("gateway_mqtt_connected", ())] == 0.0, 30), (
+            gw.log_text()
+        )
+        # It gets hot, then cools down again, all while the broker is away; the
+        # buffer overflows after each, so readings are dropped around the events.
+        temperature.write_text("35.0")
+        assert wait_until(lambda: firing(status_port, "greenhouse-hot") == 1.0, 30)
+        mark = dropped()
+        assert wait_until(lambda: dropped() > mark + 2 * bound, 30)
+        temperature.write_text("20.0")
+        assert wait_until(lambda: firing(status_port, "greenhouse-hot") == 0.0, 30)
+        mark = dropped()
+        assert wait_until(lambda: dropped() > mark + 2 * bound, 30)
+
+        # The broker returns; a subscriber is listening before the gateway reconnects.
+        proxy.set_mode("refuse")
+        broker.start()
+        sub = Subscriber(broker.port, f"{test_id}/#")
+        proxy.set_mode("heal")
+        assert sub.wait_for(lambda _: len(alert_messages(sub, topic)) >= 2, 30), gw.log_text()
+        fired, resolved = alert_messages(sub, topic)[:2]
+        assert (fired["state"], fired["metric"], fired["value"]) == (
+            "firing",
+            "node1/temperature",
+            35.0,
+        )
+        assert (resolved["state"], resolved["value"]) == ("resolved", 20.0)
+        assert resolved["since"] == fired["since"] <= fired["at"] <= resolved["at"]
+        assert wait_until(
+            lambda: (
+                alert_points(tsdb, test_id, "greenhouse-hot")
+                == [("firing", 35.0), ("resolved", 20.0)]
+            ),
+            30,
+        ), gw.log_text()
+    finally:
+        code = gw.terminate()
+        sub.close()
+        proxy.close()
+    assert code == 0, gw.log_text()
+    assert json.loads(retained(broker.port, topic)[topic])["state"] == "resolved"

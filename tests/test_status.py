@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import parse_config
 from gateway.daemon import Gateway
-from gateway.status.health import SinkProgress, Snapshot, health, making_progress
+from gateway.status.health import SinkProgress, Snapshot, health, making_progress, wedged
 from gateway.status.latest import LatestValues
 from gateway.telemetry import Packet
 from tests.services import Broker, Tsdb
@@ -90,16 +90,54 @@ def test_both_reasons_at_once() -> None:
     assert [r.split(":")[0] for r in reasons] == ["source", "mqtt", "influx"]
 
 
-def test_making_progress_is_packets_or_deliveries() -> None:
-    # Source silent, but a sink still replays its backlog: alive.
-    replaying = Snapshot(0.0, 100.0, sinks((1000, 500.0, 999.0)))
-    assert making_progress(replaying, 1000.0, 60.0)
-    # Broker down while packets arrive: alive (the buffer absorbs them).
-    buffering = Snapshot(0.0, 999.0, sinks((1000, 500.0, 500.0)))
-    assert making_progress(buffering, 1000.0, 60.0)
-    # Nothing in, nothing out: no progress.
-    dead = Snapshot(0.0, 100.0, sinks((1000, 500.0, 500.0)))
-    assert not making_progress(dead, 1000.0, 60.0)
+def progress(
+    backlog: int,
+    waiting_since: float | None,
+    last_delivery: float | None,
+    *,
+    connected: bool = True,
+    holding: bool = False,
+    name: str = "mqtt",
+) -> SinkProgress:
+    return SinkProgress(name, backlog, waiting_since, last_delivery, None, connected, holding)
+
+
+def test_the_watchdog_starves_only_for_a_wedged_sink() -> None:
+    # Connected, records waiting, nothing delivered past unhealthy_after: the
+    # one stuck state a restart can fix.
+    stuck = Snapshot(0.0, 999.0, (progress(50, 900.0, 880.0),))
+    assert wedged(stuck, 1000.0, 60.0) == [
+        "mqtt: connected with 50 record(s) waiting, nothing delivered for 100 s (limit 60 s)"
+    ]
+    assert not making_progress(stuck, 1000.0, 60.0)
+    # Not yet past the limit; or delivering again.
+    assert making_progress(stuck, 950.0, 60.0)
+    assert making_progress(Snapshot(0.0, 999.0, (progress(50, 900.0, 990.0),)), 1000.0, 60.0)
+
+
+def test_the_world_being_down_never_starves_the_watchdog() -> None:
+    cases = {
+        # A silent source (Node 2 or the probe gone), nothing waiting.
+        "silent source": Snapshot(0.0, 100.0, (progress(0, None, 500.0),)),
+        # Not even one packet since start-up.
+        "no packet yet": Snapshot(0.0, None, (progress(0, None, None),)),
+        # A broker that is down while packets fill the buffer.
+        "broker down": Snapshot(0.0, 999.0, (progress(1000, 500.0, 500.0, connected=False),)),
+        # A database that refuses every write.
+        "database refuses": Snapshot(
+            0.0, 999.0, (progress(900, 100.0, None, connected=False, name="influx"),)
+        ),
+        # InfluxDB holding its points until the clock is right.
+        "holding": Snapshot(0.0, 999.0, (progress(900, 100.0, None, holding=True, name="influx"),)),
+        # Silent source and broker down together.
+        "both": Snapshot(0.0, 100.0, (progress(1000, 500.0, 500.0, connected=False),)),
+    }
+    for what, snap in cases.items():
+        assert wedged(snap, 1000.0, 60.0) == [], what
+        assert making_progress(snap, 1000.0, 60.0), what
+    # /healthz still says what is wrong with each (it means "delivering what arrives").
+    for what in ("silent source", "no packet yet", "broker down", "database refuses", "both"):
+        assert not health(cases[what], 1000.0, 60.0)[0], what
 
 
 # -- LatestValues -----------------------------------------------------------------------
@@ -274,6 +312,7 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
             assert doc["clock"]["points_held"] == 0
             assert doc["clock"]["since"].endswith("Z")
             assert doc["gateway"]["id"] == "gw-status"
+            assert doc["alerts"] == []  # nothing silent, no rules
             src = doc["source"]
             assert src["state"] == "running"
             assert isinstance(src["pid"], int)

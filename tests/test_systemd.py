@@ -1,20 +1,27 @@
-"""sd_notify against a real AF_UNIX datagram socket, the watchdog, and the unit file."""
+"""sd_notify against a real AF_UNIX datagram socket, the watchdog ("wedged"), the unit file."""
 
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from trio_util import AsyncValue
 
 from gateway.metrics import Metrics
 from gateway.systemd import notify, watchdog, watchdog_interval
+from tests.conftest import GatewayProcess, base_config, wait_until
+from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "ops" / "iiot-gateway.service"
@@ -59,10 +66,11 @@ async def test_watchdog_without_notify_socket_returns() -> None:
             await nursery.start(watchdog, Metrics(), 1.0)
 
 
-async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
+async def test_watchdog_feeds_unless_a_sink_is_wedged(tmp_path: Path) -> None:
     path = str(tmp_path / "notify.sock")
     received: list[tuple[float, str]] = []
-    metrics = Metrics()  # no sinks busy yet; the packet clock is moved by hand
+    ping_count = AsyncValue(0)
+    metrics = Metrics()  # no packet ever: the source is silent throughout
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}  # ping every 0.05 s
     with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         await server.bind(path)
@@ -70,9 +78,15 @@ async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
         async def listen() -> None:
             while True:
                 received.append((time.monotonic(), (await server.recv(4096)).decode()))
+                if received[-1][1] == "WATCHDOG=1":
+                    ping_count.value += 1
 
         def pings_since(t: float) -> int:
             return sum(1 for at, msg in received if msg == "WATCHDOG=1" and at >= t)
+
+        async def pings_arrive() -> None:
+            target = ping_count.value + 3
+            await ping_count.wait_value(lambda n: n >= target)
 
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
@@ -84,24 +98,86 @@ async def test_watchdog_feeds_only_while_progressing(tmp_path: Path) -> None:
                         await watchdog(metrics, 0.5, environ=env, task_status=task_status)
 
                 await nursery.start(run_watchdog)
-                # Start-up grace: fed before any packet.
-                await trio.sleep(0.3)
+                # A silent source, long past unhealthy_after: still fed.
+                await trio.sleep(0.8)
                 assert received[0][1] == "READY=1"
-                assert pings_since(0) >= 2
-                # No packet past unhealthy_after: starving.
-                await trio.sleep(0.5)
+                await pings_arrive()
+                # MQTT connected with a backlog that never moves: wedged, starving.
+                mq = metrics.mqtt
+                mq.connected = True
+                mq.set_backlog(5, now=time.monotonic() - 10.0)
+                await trio.sleep(0.1)  # a ping already on its way may still land
                 quiet_from = time.monotonic()
                 await trio.sleep(0.5)
                 assert pings_since(quiet_from) == 0
-                # Packets again: fed again.
-                metrics.last_packet_at = time.monotonic()
-                resumed = time.monotonic()
-                await trio.sleep(0.3)
-                assert pings_since(resumed) >= 2
+                # It delivers again: fed again.
+                mq.note_delivery(5, 0)
+                await pings_arrive()
                 scope.cancel()
                 await trio.sleep(0.1)
                 nursery.cancel_scope.cancel()
     assert received[-1][1] == "STOPPING=1"
+
+
+SILENT_CHILD = "import time; time.sleep(3600)"  # Node 2 or the probe gone: not a line
+
+
+def test_a_silent_source_and_servers_that_are_down_never_starve_the_watchdog(
+    tmp_path: Path, test_id: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """``gateway run`` under a fake systemd for over five watchdog intervals."""
+    interval = 1.5  # WATCHDOG_USEC / 2: what the daemon pings at
+    deadline = 2 * interval  # what systemd would wait before killing it
+    cfg = base_config(
+        tmp_path,
+        test_id,
+        free_port(),  # no broker: MQTT is down throughout
+        f"http://127.0.0.1:{free_port()}",  # no database: every write refused
+        [sys.executable, "-c", SILENT_CHILD],
+    )
+    cfg["status"]["unhealthy_after"] = 0.5  # the old rule would starve it after 0.5 s
+    sock_path = tmp_path / "notify.sock"
+    received: list[tuple[float, str]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(sock_path))
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def listen() -> None:
+            while not stop.is_set():
+                try:
+                    data = server.recv(4096)
+                except TimeoutError:
+                    continue
+                received.append((time.monotonic(), data.decode()))
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(int(deadline * 1e6))}
+        gw = gateway_factory(cfg, env)
+        try:
+
+            def pings() -> list[float]:
+                ready = [at for at, msg in received if msg == "READY=1"]
+                return [at for at, msg in received if msg == "WATCHDOG=1" and ready]
+
+            assert wait_until(lambda: len(pings()) >= 6, 60), gw.log_text()
+            assert gw.alive(), gw.log_text()
+        finally:
+            code = gw.terminate()
+            stop.set()
+            listener.join(5)
+    assert code == 0, gw.log_text()
+    messages = [msg for _, msg in received]
+    assert messages[0] == "READY=1"
+    assert messages[-1] == "STOPPING=1"
+    ready_at = received[0][0]
+    times = [ready_at, *pings()]
+    # Fed throughout: never a gap systemd would have killed it for.
+    assert max(b - a for a, b in itertools.pairwise(times)) < deadline, times
+    log = gw.log_text()
+    assert "not feeding the systemd watchdog" not in log
+    assert "mqtt:" in log  # the broker really was down
 
 
 def unit() -> configparser.ConfigParser:

@@ -14,6 +14,13 @@ The lifecycle of a record:
 3. Beyond ``max_records`` the oldest records are dropped and counted, so the
    source is never blocked by a sink that is down.
 
+A buffer may be given a *marker*: a record whose text contains it is
+*protected* (alert events, :mod:`gateway.alerts`). The bound counts protected
+records, but the drop skips them: the oldest unprotected records go instead,
+and the protected ones among them move up to the slots just below the new
+head, in their order, so that the FIFO order of everything kept is unchanged.
+Only a buffer holding nothing but protected records drops protected ones.
+
 Recent records are also kept in memory, so a sink that keeps up never reads
 SQLite; when the disk refuses writes, live delivery goes on from memory.
 """
@@ -61,10 +68,13 @@ class DiskBuffer:
     its own (tests, tools), :meth:`open` makes a one-table store.
     """
 
-    def __init__(self, store: BufferStore, name: str, max_records: int) -> None:
+    def __init__(
+        self, store: BufferStore, name: str, max_records: int, marker: str | None = None
+    ) -> None:
         self.store = store
         self.name = name
         self.max_records = max_records
+        self.marker = marker
         self.table = table_name(name)
         self.dropped_total = 0
         self.write_errors = 0
@@ -80,6 +90,11 @@ class DiskBuffer:
         self._cache_start = 1
         # Wakes the sink; the value is how many records it may deliver now.
         self.count: AsyncValue[int] = AsyncValue(0)
+        # Protected records in [head, tail): seq → text, and their seqs in order.
+        self._protected: dict[int, str] = {}
+        self._protected_seqs: deque[int] = deque()
+        # Rows the drop moved protected records into, still to be written.
+        self._rewrites: dict[int, str] = {}
 
     @classmethod
     async def open(
@@ -123,10 +138,15 @@ class DiskBuffer:
 
     def _add(self, records: Sequence[str]) -> int:
         self._cache.extend(records)
+        if self.marker is not None:
+            for seq, value in enumerate(records, self.tail):
+                if self.marker in value:
+                    self._protected[seq] = value
+                    self._protected_seqs.append(seq)
         self.tail += len(records)
         dropped = max(0, self.tail - self.head - self.max_records)
         if dropped:
-            self.head += dropped
+            self._drop(dropped)
             self.dropped_total += dropped
         self._trim()
         # The head may have moved past every written record: the count a sink
@@ -134,9 +154,59 @@ class DiskBuffer:
         self._publish_count()
         return dropped
 
+    def _drop(self, n: int) -> None:
+        """Drop the ``n`` oldest records, skipping protected ones (see module doc)."""
+        end = self.head + n
+        moved: list[str] = []
+        seqs = self._protected_seqs
+        # Every protected record inside the range widens it by one unprotected record.
+        while seqs and seqs[0] < end:
+            moved.append(self._protected.pop(seqs.popleft()))
+            end += 1
+        if end > self.tail:
+            # Too few unprotected records: the oldest protected ones go too.
+            del moved[: end - self.tail]
+            end = self.tail
+        self.head = end - len(moved)
+        for seq, value in enumerate(moved, self.head):
+            self._protected[seq] = value
+            # The slot may be on disk already, or in a write under way: rewrite it.
+            self._rewrites[seq] = value
+            if seq >= self._cache_start:
+                self._cache[seq - self._cache_start] = value
+        seqs.extendleft(reversed(range(self.head, end)))
+
+    def _overlay(self, records: list[Record]) -> list[Record]:
+        """Records read from disk, with any protected record the drop moved into their slot."""
+        if not self._protected:
+            return records
+        return [
+            Record(r.key, self._protected[r.key]) if r.key in self._protected else r
+            for r in records
+        ]
+
+    def _written(self, rows: Sequence[tuple[int, str]]) -> None:
+        """``rows`` reached the disk: rewrites among them are done."""
+        if self._rewrites:
+            for seq, value in rows:
+                if self._rewrites.get(seq) == value:
+                    del self._rewrites[seq]
+
+    def _adopt_protected(self, on_disk: Sequence[tuple[int, str]], shift: int) -> None:
+        """Opening: the file's protected records, then those held in memory (moved by ``shift``)."""
+        held = [(seq + shift, value) for seq, value in self._protected.items()]
+        self._rewrites = {seq + shift: value for seq, value in self._rewrites.items()}
+        self._protected = dict([*on_disk, *held])
+        self._protected_seqs = deque(sorted(self._protected))
+
     def _trim(self) -> None:
         # Acknowledged or dropped records are never needed again; written ones
         # beyond CACHE_RECORDS are read back from disk when needed.
+        seqs = self._protected_seqs
+        while seqs and seqs[0] < self.head:
+            del self._protected[seqs.popleft()]
+        if self._rewrites:
+            self._rewrites = {k: v for k, v in self._rewrites.items() if k >= self.head}
         keep_from = max(self.head, min(self.disk_tail, self.tail - CACHE_RECORDS))
         for _ in range(min(keep_from - self._cache_start, len(self._cache))):
             self._cache.popleft()
@@ -145,10 +215,15 @@ class DiskBuffer:
     def _unwritten(self) -> list[tuple[int, str]]:
         start = max(self.disk_tail, self.head)
         values = itertools.islice(self._cache, start - self._cache_start, None)
-        return list(zip(itertools.count(start), values, strict=False))
+        rewrites = [(seq, v) for seq, v in self._rewrites.items() if seq < start]
+        return rewrites + list(zip(itertools.count(start), values, strict=False))
 
     def _pending(self) -> bool:
-        return self.disk_head < self.head or max(self.disk_tail, self.head) < self.tail
+        return (
+            self.disk_head < self.head
+            or max(self.disk_tail, self.head) < self.tail
+            or bool(self._rewrites)
+        )
 
     def _from_cache(self, start: int, end: int) -> list[Record]:
         start = max(start, self._cache_start)
@@ -177,7 +252,7 @@ class DiskBuffer:
         out: list[Record] = []
         if start < min(self._cache_start, end):
             try:
-                out = await self.store.read(self, start, min(self._cache_start, end))
+                out = self._overlay(await self.store.read(self, start, min(self._cache_start, end)))
             except (sqlite3.Error, OSError) as exc:
                 # Never skip over records that cannot be read: try again later.
                 self.store.failed(f"{self.name}: read", exc, [self])
@@ -230,14 +305,16 @@ class DiskBuffer:
         """Every waiting record, oldest first."""
         out: list[Record] = []
         if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
-            out = self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
+            out = self._overlay(
+                self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
+            )
         start = out[-1].key + 1 if out else self.head
         return out + self._from_cache(start, self.tail)
 
     def oldest(self) -> Record | None:
         """The oldest waiting record, or None."""
         if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
-            rows = self.store.read_sync(self, self.head, self.head + 1)
+            rows = self._overlay(self.store.read_sync(self, self.head, self.head + 1))
             if rows:
                 return rows[0]
         rows = self._from_cache(self.head, self.head + 1)

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer.queue import Record, table_name
-from gateway.buffer.store import BOOTS_TABLE, FORMAT_VERSION, STORE_FILE, _is_corruption
+from gateway.buffer.store import (
+    ALERT_STATE_TABLE,
+    BOOTS_TABLE,
+    FORMAT_VERSION,
+    STORE_FILE,
+    _is_corruption,
+)
 
 
 class StoreError(Exception):
@@ -61,7 +67,9 @@ class StoreReader:
                 for (name,) in self.con.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid"
                 )
-                if name.isidentifier() and name.isascii() and name != BOOTS_TABLE
+                if name.isidentifier()
+                and name.isascii()
+                and name not in (BOOTS_TABLE, ALERT_STATE_TABLE)
             ]
         except StoreError:
             self.close()

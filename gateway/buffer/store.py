@@ -17,7 +17,13 @@ The lifecycle of a record:
    between delivers those records again (delivery is at-least-once), it never
    loses one.
 3. Beyond ``max_records`` the oldest records are dropped and counted, so the
-   source is never blocked by a sink that is down.
+   source is never blocked by a sink that is down. Records that contain their
+   buffer's marker (``protect``: alert events) are skipped by that drop
+   (:mod:`gateway.buffer.queue`).
+
+Beside the buffers the store keeps two small tables: ``boots`` (each boot's
+clock offset) and ``alert_state`` (the alert engine's active alerts, written
+in the same transaction as the events that changed them).
 
 Recent records are also kept in memory, so a sink that keeps up never reads
 SQLite. When the disk refuses writes (full, read-only, gone) the records stay
@@ -56,7 +62,12 @@ from gateway.metrics import RateLimitedLog
 log = logging.getLogger(__name__)
 
 Durability = Literal["full", "normal"]
-_Opened = tuple[sqlite3.Connection, dict[str, tuple[int | None, int | None]]]
+_Opened = tuple[
+    sqlite3.Connection,
+    dict[str, tuple[int | None, int | None]],
+    dict[str, list[tuple[int, str]]],
+]
+_Plan = list[tuple[DiskBuffer, int, int, list[tuple[int, str]]]]
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 STORE_FILE = "buffer.db"
@@ -66,6 +77,7 @@ PAGE_SIZE = 1024
 # The store's layout and its records' formats (gateway.records) together.
 FORMAT_VERSION = records.FORMAT_VERSION
 BOOTS_TABLE = "boots"  # one row per boot: its id and the clock offset it learned
+ALERT_STATE_TABLE = "alert_state"  # key → text, owned by gateway.alerts
 ACK_DELAY = 1.0  # seconds an acknowledgement may wait to ride with the next commit
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refused
@@ -111,6 +123,10 @@ def _connect(
             f"CREATE TABLE IF NOT EXISTS {BOOTS_TABLE}"
             " (key TEXT PRIMARY KEY, boot_id TEXT NOT NULL, offset_ns INTEGER)"
         )
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {ALERT_STATE_TABLE}"
+            " (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
         if 0 < version < FORMAT_VERSION:
             upgrade(con, version)
         if version < FORMAT_VERSION:
@@ -149,6 +165,8 @@ class BufferStore:
         ack_delay: how long acknowledgements may wait for the next commit
             before :meth:`run` writes them alone; 0 writes each one at once.
         import_old: import buffers left by the earlier diskcache format.
+        protect: buffer name → marker; records containing it are never
+            dropped by the bound while unprotected ones can go instead.
 
     The constructor blocks; in Trio use :meth:`open`. Run :meth:`run` in the
     nursery when ``ack_delay`` > 0.
@@ -162,12 +180,18 @@ class BufferStore:
         durability: Durability = "full",
         ack_delay: float = ACK_DELAY,
         import_old: bool = True,
+        protect: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STORE_FILE
         self.durability = durability
         self.ack_delay = ack_delay
-        self.buffers = {name: DiskBuffer(self, name, bound) for name, bound in sinks.items()}
+        markers = protect or {}
+        self.buffers = {
+            name: DiskBuffer(self, name, bound, markers.get(name)) for name, bound in sinks.items()
+        }
+        # alert_state rows to write with the next transaction (None: delete).
+        self._state: dict[str, str | None] = {}
         self.corrupt_moved: list[Path] = []
         self.degraded = True  # until the file is open and the last write worked
         self._lock = trio.Lock()
@@ -195,10 +219,13 @@ class BufferStore:
         *,
         durability: Durability = "full",
         ack_delay: float = ACK_DELAY,
+        protect: Mapping[str, str] | None = None,
     ) -> BufferStore:
         """Open (or create, or replace a corrupt) store without blocking Trio."""
         return await trio.to_thread.run_sync(
-            lambda: cls(directory, sinks, durability=durability, ack_delay=ack_delay)
+            lambda: cls(
+                directory, sinks, durability=durability, ack_delay=ack_delay, protect=protect
+            )
         )
 
     # -- opening -------------------------------------------------------------------
@@ -218,7 +245,16 @@ class BufferStore:
                 name: con.execute(f'SELECT MIN(seq), MAX(seq) FROM "{buf.table}"').fetchone()
                 for name, buf in self.buffers.items()
             }
-            return con, ranges
+            # One scan at open: the drop must know where protected records are.
+            protected = {
+                name: con.execute(
+                    f'SELECT seq, value FROM "{buf.table}" WHERE instr(value, ?) > 0 ORDER BY seq',
+                    (buf.marker,),
+                ).fetchall()
+                for name, buf in self.buffers.items()
+                if buf.marker
+            }
+            return con, ranges, protected
         except (sqlite3.Error, OSError) as exc:
             self._retry_at = time.monotonic() + REOPEN_INTERVAL
             _errlog.log(
@@ -233,9 +269,9 @@ class BufferStore:
 
     def _install(self, opened: _Opened) -> None:
         """Take over an opened file: what it holds comes before records held in memory."""
-        self.con, ranges = opened
+        self.con, ranges, protected = opened
         for name, (first, last) in ranges.items():
-            self._adopt(self.buffers[name], first, last)
+            self._adopt(self.buffers[name], first, last, protected.get(name, []))
         self.degraded = False
         self._identity = _file_identity(self.path)
 
@@ -261,7 +297,9 @@ class BufferStore:
         self.corrupt_moved.append(aside)
 
     @staticmethod
-    def _adopt(buf: DiskBuffer, first: int | None, last: int | None) -> None:
+    def _adopt(
+        buf: DiskBuffer, first: int | None, last: int | None, protected: list[tuple[int, str]]
+    ) -> None:
         """Take over what the file holds; records kept in memory come after it."""
         if last is None:
             buf.disk_head = buf.disk_tail = buf.head
@@ -272,6 +310,7 @@ class BufferStore:
         buf._cache_start += shift
         buf.head = buf.disk_head = first
         buf.disk_tail = last + 1
+        buf._adopt_protected(protected, shift)
 
     def _import_old_formats(self) -> None:
         for buf in self.buffers.values():
@@ -289,7 +328,9 @@ class BufferStore:
                 )
                 continue
             buf._add(values)
-            self._write_sync(self._plan())
+            plan = self._plan()
+            self._write_sync(plan)
+            self._wrote(plan, {})
             shutil.rmtree(old, ignore_errors=True)
             log.warning(
                 "%s: imported %d record(s) from the earlier buffer format at %s",
@@ -300,7 +341,7 @@ class BufferStore:
 
     # -- writing -------------------------------------------------------------------
 
-    def _plan(self) -> list[tuple[DiskBuffer, int, int, list[tuple[int, str]]]]:
+    def _plan(self) -> _Plan:
         """What is not yet on disk: (buffer, delete below, written up to, rows)."""
         return [
             (buf, buf.head, buf.tail, buf._unwritten())
@@ -308,7 +349,7 @@ class BufferStore:
             if buf._pending()
         ]
 
-    def _write_sync(self, plan: list[tuple[DiskBuffer, int, int, list[tuple[int, str]]]]) -> None:
+    def _write_sync(self, plan: _Plan, state: Mapping[str, str | None] | None = None) -> None:
         con = self.con
         assert con is not None
         con.execute("BEGIN IMMEDIATE")
@@ -317,6 +358,13 @@ class BufferStore:
                 con.execute(f'DELETE FROM "{buf.table}" WHERE seq < ?', (head,))
                 # OR REPLACE: a commit that reported an error may still have landed.
                 con.executemany(f'INSERT OR REPLACE INTO "{buf.table}" VALUES (?, ?)', rows)
+            for key, value in (state or {}).items():
+                if value is None:
+                    con.execute(f"DELETE FROM {ALERT_STATE_TABLE} WHERE key = ?", (key,))
+                else:
+                    con.execute(
+                        f"INSERT OR REPLACE INTO {ALERT_STATE_TABLE} VALUES (?, ?)", (key, value)
+                    )
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -326,13 +374,33 @@ class BufferStore:
             buf.disk_head = max(buf.disk_head, head)
             buf.disk_tail = max(buf.disk_tail, tail)
 
-    async def commit(self, batches: Mapping[DiskBuffer, Sequence[str]]) -> dict[str, int]:
+    def _wrote(self, plan: _Plan, state: Mapping[str, str | None]) -> None:
+        """After a write that worked, in Trio's thread (commits change the same state)."""
+        for buf, _, _, rows in plan:
+            buf._written(rows)
+        for key, value in state.items():
+            # A newer change of the same key waits for the next write.
+            if key in self._state and self._state[key] == value:
+                del self._state[key]
+
+    async def commit(
+        self,
+        batches: Mapping[DiskBuffer, Sequence[str]],
+        *,
+        state: Mapping[str, str | None] | None = None,
+    ) -> dict[str, int]:
         """Commit each buffer's records, with pending acks, in one transaction.
+
+        ``state`` (key → text, or None to delete) goes to the ``alert_state``
+        table in that same transaction: the alert engine's record of what is
+        active changes together with the events that changed it.
 
         Returns how many old records each buffer dropped to stay in its bound.
         Never raises: records the disk refuses wait in memory (see module doc).
         """
         dropped = {buf.name: buf._add(records) for buf, records in batches.items() if records}
+        if state:
+            self._state.update(state)
         await self.sync()
         for buf in batches:
             dropped.setdefault(buf.name, 0)
@@ -353,13 +421,14 @@ class BufferStore:
                 log.warning("buffer store %s can be opened again", self.path)
             if self._file_was_replaced():
                 await trio.to_thread.run_sync(self._recreate_sync)
-            plan, path = self._plan(), self.path
-            if plan:
+            plan, path, state = self._plan(), self.path, dict(self._state)
+            if plan or state:
                 try:
-                    await trio.to_thread.run_sync(self._write_sync, plan)
+                    await trio.to_thread.run_sync(self._write_sync, plan, state)
                 except (sqlite3.Error, OSError) as exc:
                     self.failed("write", exc, [p[0] for p in plan], degrade=True)
                     return False
+                self._wrote(plan, state)
                 if self.degraded:
                     log.warning("buffer store %s: records held in memory are on disk now", path)
             self.degraded = False
@@ -393,7 +462,7 @@ class BufferStore:
         self._note_pending()
 
     def _has_pending(self) -> bool:
-        return any(buf._pending() for buf in self.buffers.values())
+        return bool(self._state) or any(buf._pending() for buf in self.buffers.values())
 
     def _note_pending(self) -> None:
         if self._pending_since is None:
@@ -464,7 +533,7 @@ class BufferStore:
         if opened is None:
             self.degraded = True
             return
-        con, _ = opened
+        con, _, _ = opened
         # The new file is empty: every record is written again by the caller's plan.
         self.con = con
         self._identity = _file_identity(self.path)
@@ -497,6 +566,20 @@ class BufferStore:
                 _errlog.log(logging.ERROR, "boot", "buffer store %s: %s", self.path, exc)
                 return False
             return True
+
+    # -- the alert engine's state ---------------------------------------------------------
+
+    def alert_state(self) -> dict[str, str]:
+        """Every ``alert_state`` row, with changes not yet written applied (blocking)."""
+        rows: dict[str, str] = {}
+        if self.con is not None:
+            rows = dict(self.con.execute(f"SELECT key, value FROM {ALERT_STATE_TABLE}").fetchall())
+        for key, value in self._state.items():
+            if value is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = value
+        return rows
 
     # -- reading -------------------------------------------------------------------
 
@@ -547,10 +630,11 @@ class BufferStore:
             if opened is not None:
                 self._install(opened)
         if self.con is not None:
-            plan = self._plan()
-            if plan:
+            plan, state = self._plan(), dict(self._state)
+            if plan or state:
                 try:
-                    self._write_sync(plan)
+                    self._write_sync(plan, state)
+                    self._wrote(plan, state)
                 except (sqlite3.Error, OSError) as exc:
                     log.error("buffer store %s: final write failed (%s)", self.path, exc)
         lost = sum(buf.in_memory for buf in self.buffers.values())

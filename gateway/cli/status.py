@@ -122,4 +122,17 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
                     f"{clock.get('points_held', 0)} InfluxDB point(s) held until it is",
                 )
             )
-    return [*parts, sinks, values]
+    tables: list[Text | Table] = [*parts, sinks, values]
+    # Older gateways have no "alerts" field.
+    if doc.get("alerts"):
+        alerts = Table("alert", "metric", "value", "since", "firing for (s)", style="red")
+        for a in doc["alerts"]:
+            alerts.add_row(
+                cell(a["name"]),
+                cell(a["metric"]),
+                cell(a["value"]),
+                cell(a["since"]),
+                cell(a["firing_for_s"]),
+            )
+        tables.insert(1, alerts)  # active alerts right after the first line
+    return tables

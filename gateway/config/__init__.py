@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config.checks import check_listen, check_ranges, check_tls, check_url, valid_host
+from gateway.config.checks import (
+    RULE_FOR,
+    check_listen,
+    check_ranges,
+    check_tls,
+    check_url,
+    valid_host,
+)
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -40,7 +47,15 @@ DEFAULT_MQTT_BUFFER_MAX = 1000
 DEFAULT_INFLUX_BUFFER_MAX = 100_000
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
+# Above Node 2's heartbeat (a line every HEARTBEAT_S seconds without a frame),
+# so a quiet radio never restarts probe-rs; only a gone Node 2 or probe does.
 DEFAULT_STALL_TIMEOUT = 60.0
+HEARTBEAT_S = 30.0
+# Seconds without a value before a group that had values raises stale-<group>.
+DEFAULT_STALE_AFTER = 300.0
+# A rule's name is its alert's name and topic level; "stale-" names the freshness alerts.
+STALE_PREFIX = "stale-"
+MAX_ALERT_NAME_CHARS = 64
 DEFAULT_MAX_LINE_BYTES = 65536
 # gateway.id when the host name has nothing usable in it.
 FALLBACK_GATEWAY_ID = "gateway"
@@ -188,6 +203,57 @@ class StatusSection:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    """One ``[[alerts.rule]]``: a threshold on one metric, with a hold time and hysteresis.
+
+    Fires when the value is above ``above`` (or below ``below``) for ``for_s``
+    seconds without a break; resolves when it is back at or past ``clear``
+    (the threshold itself unless given).
+    """
+
+    name: str
+    metric: str  # "group/metric"
+    above: float | None = None
+    below: float | None = None
+    for_s: float = 0.0  # TOML key "for"
+    clear: float | None = None
+
+    @property
+    def group(self) -> str:
+        """The group part of ``metric``."""
+        return self.metric.split("/", 1)[0]
+
+    @property
+    def field(self) -> str:
+        """The metric part of ``metric``."""
+        return self.metric.split("/", 1)[1]
+
+    @property
+    def threshold(self) -> float:
+        """``above`` or ``below``, whichever is set."""
+        value = self.above if self.above is not None else self.below
+        assert value is not None
+        return value
+
+    @property
+    def clear_at(self) -> float:
+        """Where the alert resolves: ``clear``, else the threshold."""
+        return self.threshold if self.clear is None else self.clear
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    """``[alerts]``: freshness of every group and threshold rules (see README "Alerts")."""
+
+    # Seconds without a value before a group that had values is stale; 0 = off.
+    stale_after: float = DEFAULT_STALE_AFTER
+    # Only these groups go stale; empty: every group that has sent values.
+    stale_groups: tuple[str, ...] = ()
+    # The [[alerts.rule]] tables, in file order.
+    rules: tuple[AlertRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -196,6 +262,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     influxdb: InfluxSection = field(default_factory=InfluxSection)
     status: StatusSection = field(default_factory=StatusSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
     # metric → (min, max); empty when plausibility checks are disabled.
     plausibility: dict[str, tuple[float, float]] = field(
         default_factory=lambda: dict(DEFAULT_PLAUSIBILITY)
@@ -306,6 +373,86 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
             raise ConfigError(dotted, "unknown key")
         kwargs[key] = _coerce(dotted, value, hints[key])
     return cls(**kwargs)
+
+
+_RULE_KEYS = ("name", "metric", "above", "below", "for", "clear")
+
+
+def _valid_name(text: str) -> bool:
+    return 0 < len(text) <= MAX_ALERT_NAME_CHARS and set(text) <= _NAME_CHARS
+
+
+def _alert_rule(key: str, table: Any) -> AlertRule:
+    """One ``[[alerts.rule]]`` table (``key`` is ``alerts.rule[i]``), checked."""
+    if not isinstance(table, dict):
+        raise ConfigError(key, f"expected a table, got {table!r}")
+    for name in table:
+        if name not in _RULE_KEYS:
+            raise ConfigError(_join(key, name), "unknown key")
+    for required in ("name", "metric"):
+        if required not in table:
+            raise ConfigError(f"{key}.{required}", "is required")
+    name = _coerce(f"{key}.name", table["name"], str)
+    if not _valid_name(name):
+        raise ConfigError(f"{key}.name", f"must be 1..{MAX_ALERT_NAME_CHARS} of [A-Za-z0-9_-]")
+    if name.startswith(STALE_PREFIX):
+        raise ConfigError(f"{key}.name", f"{STALE_PREFIX!r} names the freshness alerts")
+    metric = _coerce(f"{key}.metric", table["metric"], str)
+    parts = metric.split("/")
+    if len(parts) != 2 or not all(_valid_name(p) for p in parts):
+        raise ConfigError(f"{key}.metric", f'expected "group/metric", got {metric!r}')
+    numbers = {
+        k: _coerce(f"{key}.{k}", table[k], float)
+        for k in ("above", "below", "for", "clear")
+        if k in table
+    }
+    if "above" in numbers and "below" in numbers:
+        raise ConfigError(f"{key}.below", "give above or below, not both")
+    if "above" not in numbers and "below" not in numbers:
+        raise ConfigError(key, "needs above or below")
+    hold = numbers.get("for", 0.0)
+    if not RULE_FOR.admits(hold):
+        raise ConfigError(f"{key}.for", f"must be {RULE_FOR.describe()}, got {hold!r}")
+    rule = AlertRule(
+        name, metric, numbers.get("above"), numbers.get("below"), hold, numbers.get("clear")
+    )
+    # Hysteresis: the alert must resolve on the safe side of where it fires.
+    if rule.clear is not None:
+        if rule.above is not None and rule.clear > rule.above:
+            raise ConfigError(f"{key}.clear", f"must be <= above ({rule.above:g})")
+        if rule.below is not None and rule.clear < rule.below:
+            raise ConfigError(f"{key}.clear", f"must be >= below ({rule.below:g})")
+    return rule
+
+
+def _alerts_section(value: Any) -> AlertsSection:
+    """``[alerts]`` and its ``[[alerts.rule]]`` tables."""
+    if not isinstance(value, dict):
+        raise ConfigError("alerts", f"expected a table, got {value!r}")
+    rest = dict(value)
+    tables = rest.pop("rule", [])
+    if "rules" in rest:
+        raise ConfigError("alerts.rules", "unknown key (rules are [[alerts.rule]] tables)")
+    section: AlertsSection = _section(AlertsSection, "alerts", rest)
+    for i, group in enumerate(section.stale_groups):
+        if not _valid_name(group):
+            raise ConfigError(
+                f"alerts.stale_groups[{i}]", f"must be 1..{MAX_ALERT_NAME_CHARS} of [A-Za-z0-9_-]"
+            )
+    if not isinstance(tables, list):
+        raise ConfigError("alerts.rule", "expected [[alerts.rule]] tables")
+    rules: list[AlertRule] = []
+    seen: dict[str, str] = {}
+    for i, table in enumerate(tables):
+        key = f"alerts.rule[{i}]"
+        rule = _alert_rule(key, table)
+        if rule.name in seen:
+            raise ConfigError(
+                f"{key}.name", f"duplicate rule name {rule.name!r} (also {seen[rule.name]})"
+            )
+        seen[rule.name] = key
+        rules.append(rule)
+    return dataclasses.replace(section, rules=tuple(rules))
 
 
 def _strip_newline(text: str) -> str:
@@ -470,6 +617,8 @@ def parse_config(
     for key, value in data.items():
         if key in sections:
             kwargs[key] = _section(sections[key], key, value)
+        elif key == "alerts":
+            kwargs[key] = _alerts_section(value)
         elif key == "plausibility":
             if value is False:
                 kwargs[key] = {}

@@ -42,6 +42,8 @@ MIN_BAUD = 50
 MAX_BAUD = 4_000_000
 MIN_LINE_BYTES = 64
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# A group's freshness; below a second every gap between two packets would be "stale".
+MIN_STALE_AFTER = 1.0
 # Records a disk buffer may hold; beyond 10^8 the SQLite file outgrows a gateway's disk.
 MAX_BUFFER_RECORDS = 100_000_000
 # Points per write; InfluxDB advises about 5000, ten times that still fits a request.
@@ -96,7 +98,10 @@ RANGES: dict[str, Range] = {
     "influxdb.backoff_max": Range(MIN_DELAY, MAX_DELAY),
     "influxdb.timeout": Range(MIN_TIMEOUT, MAX_TIMEOUT),
     "status.unhealthy_after": Range(MIN_TIMEOUT, MAX_WINDOW),
+    "alerts.stale_after": Range(MIN_STALE_AFTER, MAX_WINDOW, zero_is_off=True),
 }
+# An [[alerts.rule]]'s `for`: 0 fires on the first value past the threshold.
+RULE_FOR = Range(0.0, MAX_WINDOW)
 
 
 def check_ranges(cfg: Config) -> None:

@@ -1,5 +1,9 @@
 """The MQTT sink: the MQTT buffer's ``{prefix}/{group}/{metric}`` messages → the broker.
 
+Messages are retained as ``mqtt.retain`` says, except alert events
+(``{prefix}/alerts/{name}``), which are always retained: the topic is the
+alert's current state, and a client that subscribes later must see it.
+
 Records wait in a :class:`~gateway.buffer.DiskBuffer` and leave it only after
 the broker's PUBACK. Delivery runs in windows: the whole window is queued on
 paho at once (it pipelines them) and one event fires when every message of it
@@ -17,7 +21,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiomqtt
 import trio
@@ -32,7 +36,7 @@ from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
 from gateway.homeassistant import Discovery, config_filter
 from gateway.metrics import Metrics, RateLimitedLog
-from gateway.records import json_payload, split_record, status_topic
+from gateway.records import alerts_topic, json_payload, split_record, status_topic
 from gateway.telemetry import Packet
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,11 @@ class MqttSink:
         self._errlog = RateLimitedLog(log, interval=30.0)
         self._tls = tls_context(cfg)
         self._secrets = (cfg.password,)
+        self._alerts_level = alerts_topic(cfg.topic_prefix)
+
+    def retain(self, topic: str) -> bool:
+        """Whether a message to ``topic`` is retained: ``mqtt.retain``, and alerts always."""
+        return self.cfg.retain or topic.startswith(self._alerts_level)
 
     @property
     def healthy(self) -> bool:
@@ -319,7 +328,7 @@ class MqttSink:
         dispatch, waits for it. aiomqtt has no public batch API: this uses its
         paho client and pending-publish map (checked at import: _WINDOW_API).
         """
-        qos, retain = self.cfg.qos, self.cfg.retain
+        qos, retain = self.cfg.qos, self.retain
         limit = max(30.0, 3.0 * self.cfg.keepalive)  # seconds for the whole window
         if not _WINDOW_API:
             await trio_asyncio.aio_as_trio(_publish_each)(client, messages, qos, retain, limit)
@@ -332,7 +341,7 @@ class MqttSink:
         try:
             for topic, payload in messages:
                 try:
-                    info = client._client.publish(topic, payload, qos, retain)
+                    info = client._client.publish(topic, payload, qos, retain(topic))
                 except ValueError as exc:  # paho's verdict on the message itself
                     refused.append(f"{topic} {payload} ({exc})")
                     ack.set()
@@ -357,13 +366,13 @@ async def _publish_each(
     client: aiomqtt.Client,
     messages: Sequence[tuple[str, str]],
     qos: int,
-    retain: bool,
+    retain: Callable[[str], bool],
     limit: float,
 ) -> None:
     # Inside asyncio, with aiomqtt's public API only: one publish() per message.
     await asyncio.gather(
         *(
-            client.publish(topic, payload, qos=qos, retain=retain, timeout=limit)
+            client.publish(topic, payload, qos=qos, retain=retain(topic), timeout=limit)
             for topic, payload in messages
         )
     )

@@ -6,8 +6,8 @@ the endpoint lives and dies with the daemon and reads its state directly:
 - ``/metrics``: :class:`gateway.metrics.Metrics` in the Prometheus text format.
 - ``/healthz``: 200 while the pipeline makes progress, 503 with the reasons when
   it does not (:mod:`gateway.status.health`).
-- ``/api/status``: source, sinks and the latest value of every metric with a
-  short history. Its field names are an interface (the page, ``gateway status``
+- ``/api/status``: the active alerts, source, sinks and the latest value of
+  every metric with a short history. Its field names are an interface (the page, ``gateway status``
   and users' scripts read them). Secrets never reach it: error texts are
   scrubbed where they enter the sinks' state.
 - ``/``: ``page.html``, a self-contained page for a technician that polls
@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from gateway.alerts import Alerts, rfc3339
 from gateway.clock import ClockTracker
 from gateway.config import Config
 from gateway.metrics import Metrics
@@ -85,6 +86,7 @@ class StatusContext:
     sinks: Mapping[str, SinkView]
     buffers: Mapping[str, BufferView]
     clock: ClockTracker
+    alerts: Alerts | None = None
 
 
 def page_html() -> str:
@@ -143,6 +145,7 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
     clock = ctx.clock
     return {
         "gateway": {"id": cfg.gateway.id, "uptime_s": _age(now, snap.started_at)},
+        "alerts": alerts_document(ctx.alerts, time.time_ns()),
         "clock": {
             "synchronized": bool(clock.synchronised.value),
             "policy": cfg.gateway.clock_sync,
@@ -157,6 +160,23 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "sinks": sinks,
         "values": ctx.latest.to_json(time.time_ns()),
     }
+
+
+def alerts_document(engine: Alerts | None, now_ns: int) -> list[dict[str, Any]]:
+    """The active alerts, oldest first: what fired, on what value, since when."""
+    if engine is None:
+        return []
+    return [
+        {
+            "name": a.name,
+            "metric": a.metric,
+            "value": a.value,
+            "since": rfc3339(a.since_ns),
+            "at": rfc3339(a.at_ns),
+            "firing_for_s": round(max(0.0, (now_ns - a.at_ns) / 1e9), 3),
+        }
+        for a in engine.active()
+    ]
 
 
 def _rfc3339(ns: int | None) -> str | None:

@@ -1,7 +1,20 @@
-"""The health policy: is the pipeline making progress?
+"""The health policy: is the pipeline delivering? Is the daemon wedged?
 
-One policy, read by ``/healthz`` and by the systemd watchdog. It needs no
-polling of its own: the stages record what happens as it happens in
+Two questions, two answers:
+
+- :func:`health` (``/healthz``, the status page): is what arrives being
+  delivered? A source that produces nothing, a sink that holds records and
+  delivers none, or a server that rejects everything is unhealthy: someone
+  should look. A silent *group* (Node 1 gone while Node 2's heartbeats still
+  arrive) is not a health matter: it is an alert (:mod:`gateway.alerts`).
+- :func:`wedged` (the systemd watchdog): is this daemon stuck in a way a
+  restart can fix? Only a sink that is connected, has records waiting and has
+  delivered none of them for longer than ``unhealthy_after`` is. A silent
+  sensor, a broker that is down or a database that refuses are the world's
+  state, not the daemon's: restarting would not help, so they never starve
+  the watchdog. Neither do InfluxDB points held for a right clock.
+
+It needs no polling of its own: the stages record what happens as it happens in
 :class:`gateway.metrics.Metrics` (a packet arrived, a backlog became non-empty,
 a sink delivered, a record was rejected for good) and :func:`snapshot` reads
 those marks. All times are ``time.monotonic()`` seconds.
@@ -23,6 +36,8 @@ class SinkProgress:
     waiting_since: float | None  # when the backlog last became non-empty
     last_delivery: float | None  # the last acknowledged delivery
     last_rejected: float | None = None  # the last record rejected for good
+    connected: bool = False  # the server answers (MQTT: connected; InfluxDB: writes succeed)
+    holding: bool = False  # the backlog waits on purpose (InfluxDB: for a right clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +55,15 @@ def snapshot(metrics: Metrics) -> Snapshot:
         metrics.started_at,
         metrics.last_packet_at,
         tuple(
-            SinkProgress(s.name, s.backlog, s.waiting_since, s.last_delivery_at, s.last_rejected_at)
+            SinkProgress(
+                s.name,
+                s.backlog,
+                s.waiting_since,
+                s.last_delivery_at,
+                s.last_rejected_at,
+                s.connected,
+                s.holding,
+            )
             for s in metrics.sinks
         ),
     )
@@ -87,20 +110,30 @@ def health(snapshot: Snapshot, now: float, unhealthy_after: float) -> tuple[bool
     return not reasons, reasons
 
 
-def making_progress(snapshot: Snapshot, now: float, unhealthy_after: float) -> bool:
-    """Whether the systemd watchdog should be fed.
+def wedged(snapshot: Snapshot, now: float, unhealthy_after: float) -> list[str]:
+    """Why the daemon is wedged (empty: it is not, feed the watchdog).
 
-    True when :func:`health` is ok, or when packets arrive, or when at least
-    one sink delivered within ``unhealthy_after`` (a silent source with a sink
-    still replaying its backlog, or a dead sink while packets keep arriving,
-    is progress: the daemon is alive and restarting it would not help).
+    A sink is wedged when it is connected, has records waiting (not held on
+    purpose) and delivered none of them for longer than ``unhealthy_after``
+    (counted from start-up, from when the backlog appeared, or from its last
+    delivery, whichever is latest). Nothing about the source counts: a quiet
+    sensor is the world's state, and the source's own stall watchdog restarts
+    a probe that is gone.
     """
-    ok, _ = health(snapshot, now, unhealthy_after)
-    if ok:
-        return True
-    if snapshot.last_packet_at is not None and now - snapshot.last_packet_at <= unhealthy_after:
-        return True
-    return any(
-        s.last_delivery is not None and now - s.last_delivery <= unhealthy_after
-        for s in snapshot.sinks
-    )
+    reasons: list[str] = []
+    for sink in snapshot.sinks:
+        if not sink.connected or sink.holding or sink.backlog <= 0:
+            continue
+        marks = [snapshot.started_at, sink.waiting_since, sink.last_delivery]
+        stuck = now - max(m for m in marks if m is not None)
+        if stuck > unhealthy_after:
+            reasons.append(
+                f"{sink.name}: connected with {sink.backlog} record(s) waiting, nothing "
+                f"delivered for {stuck:.0f} s (limit {unhealthy_after:g} s)"
+            )
+    return reasons
+
+
+def making_progress(snapshot: Snapshot, now: float, unhealthy_after: float) -> bool:
+    """Whether the systemd watchdog should be fed: the daemon is not :func:`wedged`."""
+    return not wedged(snapshot, now, unhealthy_after)

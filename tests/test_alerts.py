@@ -31,7 +31,7 @@ from gateway.alerts import (
     rfc3339,
 )
 from gateway.buffer import BufferStore
-from gateway.cli import _status_tables
+from gateway.cli.status import _status_tables
 from gateway.clock import ClockTracker
 from gateway.config import AlertRule, AlertsSection, parse_config
 from gateway.metrics import Metrics

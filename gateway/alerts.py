@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ import trio
 
 from gateway.config import STALE_PREFIX, AlertRule, AlertsSection
 from gateway.metrics import Metrics
-from gateway.records import alerts_topic, tag_suffix
+from gateway.records import alerts_topic, rfc3339_ms, tag_suffix
 from gateway.telemetry import Packet
 
 log = logging.getLogger(__name__)
@@ -67,10 +66,8 @@ GROUP_KEY = "group:"  # group:<group> → "1": the group had values (it can go s
 _OWN_TAGS = frozenset({"name", "state"})
 
 
-def rfc3339(ns: int) -> str:
-    """``ns`` since the epoch as RFC 3339 UTC with milliseconds: ``2026-11-27T08:15:02.125Z``."""
-    t = time.gmtime(ns // 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns // 1_000_000 % 1000:03d}Z"
+# One way to write a time for people and consumers (RFC 3339 UTC, milliseconds).
+rfc3339 = rfc3339_ms
 
 
 def alert_tags(tags: Mapping[str, str]) -> str:

@@ -20,8 +20,6 @@ acknowledged is already on disk. A second signal stops at once.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import logging
 import signal
 from collections.abc import Sequence
@@ -165,7 +163,7 @@ class Gateway:
                 async with trio_asyncio.open_loop() as loop:
                     # trio-asyncio raises what asyncio would only log: filter
                     # the one known harmless case, report the rest.
-                    loop.set_exception_handler(_asyncio_exception)
+                    loop.set_exception_handler(mqtt.asyncio_exception)
                     self.stages = Stages.build(
                         self.cfg, store, self.metrics, self.clock, offsets, self.observers
                     )
@@ -363,19 +361,3 @@ class Gateway:
 async def _run_in(scope: trio.CancelScope, fn: Any) -> None:
     with scope:
         await fn()
-
-
-def _asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
-    """asyncio's exception handler inside trio-asyncio.
-
-    The known harmless case: a broker socket that died under aiomqtt's
-    add_writer (``OSError`` EBADF) while the sink is already reconnecting.
-    Everything else is reported at WARNING, never swallowed silently.
-    """
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        return
-    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
-        log.debug("asyncio: %s (%r)", context.get("message"), exc)
-        return
-    log.warning("asyncio: %s (%r)", context.get("message"), exc)

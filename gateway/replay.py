@@ -7,9 +7,7 @@ format: :mod:`gateway.capture`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import errno
 import functools
 import logging
 import operator
@@ -18,7 +16,6 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import trio
@@ -146,18 +143,6 @@ def replay_mqtt_section(cfg: MqttSection) -> MqttSection:
     )
 
 
-def _asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
-    # As the daemon's handler: a broker socket that died under aiomqtt's
-    # add_writer (EBADF) while the sink reconnects is harmless; the rest is said.
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        return
-    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
-        log.debug("asyncio: %s (%r)", context.get("message"), exc)
-        return
-    log.warning("asyncio: %s (%r)", context.get("message"), exc)
-
-
 async def replay(
     cfg: Config,
     capture: Capture,
@@ -217,7 +202,7 @@ async def replay(
                         influx_cfg, buffers[name], metrics, dead, resolver=resolver
                     )
             async with trio_asyncio.open_loop() as loop:
-                loop.set_exception_handler(_asyncio_exception)
+                loop.set_exception_handler(mqtt.asyncio_exception)
                 async with trio.open_nursery() as nursery:
                     for name in wanted:
                         await nursery.start(sinks[name].run)

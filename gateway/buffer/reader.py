@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import sqlite3
@@ -17,6 +16,7 @@ from gateway.buffer.store import (
     FORMAT_VERSION,
     STORE_FILE,
     _is_corruption,
+    store_bytes,
 )
 
 
@@ -159,11 +159,7 @@ class StoreReader:
 
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
-        size = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        return size
+        return store_bytes(self.path)
 
     def close(self) -> None:
         """End the read transaction and close the file."""

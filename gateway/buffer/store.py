@@ -138,6 +138,15 @@ def _connect(
     return con
 
 
+def store_bytes(path: Path) -> int:
+    """Bytes of a store's files on disk (the file, its WAL and its index)."""
+    size = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            size += os.stat(f"{path}{suffix}").st_size
+    return size
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of ``path``; None when it does not exist."""
     try:
@@ -603,11 +612,7 @@ class BufferStore:
 
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
-        size = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        return size
+        return store_bytes(self.path)
 
     def integrity_check(self) -> str:
         """SQLite ``PRAGMA integrity_check`` result ("ok" when healthy)."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiomqtt
 import trio
@@ -457,3 +459,20 @@ async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float =
 
     result: int = await trio_asyncio.aio_as_trio(run)()
     return result
+
+
+def asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
+    """asyncio's exception handler inside trio-asyncio (``loop.set_exception_handler``).
+
+    trio-asyncio raises what asyncio would only log. The known harmless case:
+    a broker socket that died under aiomqtt's add_writer (``OSError`` EBADF)
+    while the sink is already reconnecting. Everything else is reported at
+    WARNING, never swallowed silently.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, asyncio.CancelledError):
+        return
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+        log.debug("asyncio: %s (%r)", context.get("message"), exc)
+        return
+    log.warning("asyncio: %s (%r)", context.get("message"), exc)

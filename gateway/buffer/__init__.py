@@ -13,7 +13,8 @@ import|resend-dead``).
 from gateway.buffer.importer import BufferFull, StoreInUse, import_records
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.reader import StoreError, StoreReader, read_store
-from gateway.buffer.store import FORMAT_VERSION, STORE_FILE, BufferStore
+from gateway.buffer.sqlite import FORMAT_VERSION, STORE_FILE
+from gateway.buffer.store import BufferStore
 
 __all__ = [
     "FORMAT_VERSION",

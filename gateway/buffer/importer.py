@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway import records
 from gateway.buffer.queue import table_name
-from gateway.buffer.store import BOOTS_TABLE, STORE_FILE, _connect
+from gateway.buffer.sqlite import BOOTS_TABLE, STORE_FILE, _connect
 
 
 class StoreInUse(Exception):

@@ -39,7 +39,8 @@ import trio
 from trio_util import AsyncValue
 
 if TYPE_CHECKING:
-    from gateway.buffer.store import BufferStore, Durability
+    from gateway.buffer.sqlite import Durability
+    from gateway.buffer.store import BufferStore
 
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 _READ_FAILED_PAUSE = 1.0

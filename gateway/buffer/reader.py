@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer.queue import Record, table_name
-from gateway.buffer.store import (
+from gateway.buffer.sqlite import (
     ALERT_STATE_TABLE,
     BOOTS_TABLE,
     FORMAT_VERSION,

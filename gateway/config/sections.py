@@ -1,0 +1,245 @@
+"""The configuration's sections as frozen dataclasses, with their defaults as named constants.
+
+:mod:`gateway.config` loads and checks them; ``config.toml`` is the commented
+reference of every key.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_CONFIG_FILE = "config.toml"
+CONFIG_ENV = "GATEWAY_CONFIG"
+MQTT_PASSWORD_ENV = "GATEWAY_MQTT_PASSWORD"
+INFLUX_TOKEN_ENV = "GATEWAY_INFLUXDB_TOKEN"
+
+DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
+# systemd-timesyncd touches this file once the clock is synchronised.
+DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
+DEFAULT_MQTT_BUFFER_MAX = 1000
+DEFAULT_INFLUX_BUFFER_MAX = 100_000
+DEFAULT_BATCH_SIZE = 10
+DEFAULT_FLUSH_INTERVAL = 1.0
+# Above Node 2's heartbeat (a line every HEARTBEAT_S seconds without a frame),
+# so a quiet radio never restarts probe-rs; only a gone Node 2 or probe does.
+DEFAULT_STALL_TIMEOUT = 60.0
+HEARTBEAT_S = 30.0
+# Seconds without a value before a group that had values raises stale-<group>.
+DEFAULT_STALE_AFTER = 300.0
+# A rule's name is its alert's name and topic level; "stale-" names the freshness alerts.
+STALE_PREFIX = "stale-"
+MAX_ALERT_NAME_CHARS = 64
+DEFAULT_MAX_LINE_BYTES = 65536
+# gateway.id when the host name has nothing usable in it.
+FALLBACK_GATEWAY_ID = "gateway"
+# The default mqtt.client_id is this plus gateway.id.
+CLIENT_ID_PREFIX = "iiot-gateway-"
+# A host-name-derived gateway.id is cut to this many characters.
+MAX_DERIVED_ID_CHARS = 64
+# MQTT strings (client id, topic) are at most this many UTF-8 bytes.
+MAX_MQTT_STRING_BYTES = 65535
+
+DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
+    "temperature": (-40.0, 85.0),
+    "humidity": (0.0, 100.0),
+    "pressure": (300.0, 1100.0),
+    "rssi": (-150.0, 0.0),
+    "snr": (-30.0, 30.0),
+}
+
+
+def default_gateway_id() -> str:
+    """This box's default ``gateway.id``: its host name reduced to ``[A-Za-z0-9_-]``.
+
+    Boxes installed from one recipe differ in host name, so their ids (and the
+    MQTT client ids made from them) do not collide. ``"gateway"`` when the host
+    name is empty or has no usable character.
+    """
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = ""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:MAX_DERIVED_ID_CHARS]
+    return cleaned or FALLBACK_GATEWAY_ID
+
+
+def default_client_id(gateway_id: str) -> str:
+    """The ``mqtt.client_id`` used when the config names none.
+
+    A broker disconnects the older of two clients with one id, so the id
+    follows ``gateway.id`` rather than being one fixed string.
+    """
+    return f"{CLIENT_ID_PREFIX}{gateway_id}"
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``: identity and buffer storage."""
+
+    id: str = field(default_factory=default_gateway_id)
+    buffer_dir: str = DEFAULT_BUFFER_DIR
+    # "full": SQLite synchronous=FULL, a commit survives power loss.
+    # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
+    durability: Literal["full", "normal"] = "full"
+    # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
+    stats_interval: float = 30.0
+    # When the wall clock counts as right (see README "Time and the clock"):
+    # "auto": the kernel's NTP status (adjtimex) or clock_sync_file exists;
+    # "file": only clock_sync_file; "none": always (a box with a real-time clock).
+    clock_sync: Literal["auto", "file", "none"] = "auto"
+    clock_sync_file: str = DEFAULT_CLOCK_SYNC_FILE
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    """``[source]``: where telemetry lines come from."""
+
+    kind: Literal["command", "stdin", "file", "serial"] = "command"
+    command: tuple[str, ...] = (
+        "probe-rs",
+        "attach",
+        "--chip",
+        "STM32F446RETx",
+        "firmware/build/nucleo-f446re/node2.elf",
+    )
+    path: str = ""
+    rate: float = 0.0
+    port: str = "/dev/ttyACM0"
+    baud: int = 115200
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    restart_initial: float = 1.0
+    restart_max: float = 30.0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+
+@dataclass(frozen=True)
+class HomeAssistantSection:
+    """``[mqtt.homeassistant]``: MQTT discovery for Home Assistant (opt-in)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """``[mqtt]``: the broker, topics and the MQTT buffer bound."""
+
+    host: str = "localhost"
+    port: int = 1883
+    # Unset in the file: derived from gateway.id (see parse_config).
+    client_id: str = field(default_factory=lambda: default_client_id(default_gateway_id()))
+    topic_prefix: str = "iiot"
+    qos: int = 1
+    retain: bool = True
+    keepalive: int = 30
+    connect_timeout: float = 5.0
+    username: str = ""
+    password_file: str = ""
+    buffer_max_messages: int = DEFAULT_MQTT_BUFFER_MAX
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # `payload = "json"`: {"value":…,"unit":…,"ts":…} instead of the bare number.
+    payload: Literal["plain", "json"] = "plain"
+    homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
+    # Resolved secret; never printed (repr=False).
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class InfluxSection:
+    """``[influxdb]``: the database, batching and the point buffer bound."""
+
+    url: str = "http://localhost:8086"
+    org: str = "my-org"
+    bucket: str = "telemetry"
+    token_file: str = ""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    buffer_max_points: int = DEFAULT_INFLUX_BUFFER_MAX
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    timeout: float = 10.0
+    # Static tags added to every point (e.g. site = "north-field").
+    tags: dict[str, str] = field(default_factory=dict)
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    """``[status]``: the HTTP status endpoint."""
+
+    listen: str = "127.0.0.1:9108"
+    unhealthy_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One ``[[alerts.rule]]``: a threshold on one metric, with a hold time and hysteresis.
+
+    Fires when the value is above ``above`` (or below ``below``) for ``for_s``
+    seconds without a break; resolves when it is back at or past ``clear``
+    (the threshold itself unless given).
+    """
+
+    name: str
+    metric: str  # "group/metric"
+    above: float | None = None
+    below: float | None = None
+    for_s: float = 0.0  # TOML key "for"
+    clear: float | None = None
+
+    @property
+    def group(self) -> str:
+        """The group part of ``metric``."""
+        return self.metric.split("/", 1)[0]
+
+    @property
+    def field(self) -> str:
+        """The metric part of ``metric``."""
+        return self.metric.split("/", 1)[1]
+
+    @property
+    def threshold(self) -> float:
+        """``above`` or ``below``, whichever is set."""
+        value = self.above if self.above is not None else self.below
+        assert value is not None
+        return value
+
+    @property
+    def clear_at(self) -> float:
+        """Where the alert resolves: ``clear``, else the threshold."""
+        return self.threshold if self.clear is None else self.clear
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    """``[alerts]``: freshness of every group and threshold rules (see README "Alerts")."""
+
+    # Seconds without a value before a group that had values is stale; 0 = off.
+    stale_after: float = DEFAULT_STALE_AFTER
+    # Only these groups go stale; empty: every group that has sent values.
+    stale_groups: tuple[str, ...] = ()
+    # The [[alerts.rule]] tables, in file order.
+    rules: tuple[AlertRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    source: SourceSection = field(default_factory=SourceSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    influxdb: InfluxSection = field(default_factory=InfluxSection)
+    status: StatusSection = field(default_factory=StatusSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    # metric → (min, max); empty when plausibility checks are disabled.
+    plausibility: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_PLAUSIBILITY)
+    )

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 import urllib3
@@ -162,6 +162,58 @@ class InfluxWriter:
         self.client.close()  # type: ignore[no-untyped-call]
 
 
+class Deadline:
+    """One watchdog thread that calls ``expire`` when an armed deadline passes.
+
+    A thread per request (``threading.Timer``) cost a thread start, and GIL
+    hand-overs, for every write: hundreds a second while a backlog drains.
+    This thread sleeps through the requests that end in time and only wakes
+    when one may not.
+    """
+
+    def __init__(self, expire: Callable[[], None]) -> None:
+        self._expire = expire
+        self._cond = threading.Condition()
+        self._due: float | None = None
+        self._waiting_forever = False
+        self._thread: threading.Thread | None = None
+        self.expired = False
+
+    def arm(self, seconds: float) -> None:
+        """Start the deadline of one request (from the worker thread)."""
+        with self._cond:
+            self._due = time.monotonic() + seconds
+            self.expired = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="influxdb-deadline", daemon=True
+                )
+                self._thread.start()
+            elif self._waiting_forever:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        """The request ended (the watchdog finds out at its next wake-up)."""
+        with self._cond:
+            self._due = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._due is None:
+                    self._waiting_forever = True
+                    self._cond.wait()
+                    self._waiting_forever = False
+                    continue
+                left = self._due - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._due = None
+                self.expired = True
+                self._expire()
+
+
 class InfluxSink:
     """Deliver the InfluxDB buffer, in batches, retrying forever.
 
@@ -201,6 +253,7 @@ class InfluxSink:
         # Cancelled by stop(): waiting for a batch costs no extra tasks this way.
         self._idle = trio.CancelScope()
         self._limiter = trio.CapacityLimiter(1)
+        self._deadline = Deadline(lambda: self.writer.abort())
         self._errlog = RateLimitedLog(log, interval=30.0)
 
     def stop(self) -> None:
@@ -392,29 +445,21 @@ class InfluxSink:
     async def _request(self, lines: list[str]) -> None:
         """One write on the worker thread, bounded in total by ``influxdb.timeout``.
 
-        The deadline runs on a real-time timer inside the worker (not on the
-        Trio clock, which tests replace): when it fires it aborts the writer's
-        sockets and the request fails as a network error. Cancellation
+        The deadline runs on a real-time watchdog thread (not on the Trio
+        clock, which tests replace): when it passes, the watchdog aborts the
+        writer's sockets and the request fails as a network error. Cancellation
         (shutdown) abandons the thread and aborts its sockets too, so neither
         waits for a server that never finishes its answer.
         """
         done = False
-        timed_out = False
-
-        def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            self.writer.abort()
 
         def write() -> None:
             nonlocal done
-            timer = threading.Timer(self.cfg.timeout + REQUEST_SLACK, expire)
-            timer.daemon = True
-            timer.start()
+            self._deadline.arm(self.cfg.timeout + REQUEST_SLACK)
             try:
                 self.writer.write(lines)
             except InfluxWriteError as exc:
-                if timed_out:
+                if self._deadline.expired:
                     raise InfluxWriteError(
                         f"network: no complete answer within influxdb.timeout="
                         f"{self.cfg.timeout:g} s",
@@ -423,7 +468,7 @@ class InfluxSink:
                     ) from exc
                 raise
             finally:
-                timer.cancel()
+                self._deadline.disarm()
                 done = True
 
         try:

@@ -27,7 +27,7 @@ from trio_util import wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
-from gateway.config import MqttSection
+from gateway.config import DEFAULT_MAX_INFLIGHT, MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
 from gateway.metrics import Metrics, RateLimitedLog
@@ -35,7 +35,7 @@ from gateway.records import split_record, status_topic
 
 log = logging.getLogger(__name__)
 
-WINDOW = 200  # messages per bridge crossing and in flight: hides Nagle-delayed PUBACKs
+WINDOW = DEFAULT_MAX_INFLIGHT  # messages per window unless mqtt.max_inflight says otherwise
 STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
 ONLINE, OFFLINE = "online", "offline"
 # What a broker, a network or TLS can cause: never fatal, always retried. Anything
@@ -62,7 +62,8 @@ class MqttSink:
         buffer: the sink's disk buffer.
         metrics: counters and gauges (this sink's are ``metrics.mqtt``).
         dead_letters: where messages that can never be published go.
-        window: messages per delivery window (also paho's in-flight limit).
+        window: messages per delivery window (also paho's in-flight limit);
+            default ``cfg.max_inflight``.
     """
 
     def __init__(
@@ -72,14 +73,14 @@ class MqttSink:
         metrics: Metrics,
         dead_letters: DeadLetterFile,
         *,
-        window: int = WINDOW,
+        window: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
         self.metrics = metrics
         self.figures = metrics.mqtt
         self.dead_letters = dead_letters
-        self.window = window
+        self.window = cfg.max_inflight if window is None else window
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.connected = False
         self.last_error = ""

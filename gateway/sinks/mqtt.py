@@ -29,9 +29,11 @@ from collections.abc import Sequence
 from typing import cast
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import trio
 import trio_asyncio
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.enums import MQTTErrorCode
 from trio_util import wait_any
 
 from gateway.backoff import Backoff
@@ -194,6 +196,8 @@ class MqttSink:
         # aiomqtt ignores a connection reset before CONNACK; only this bound ends it.
         with trio.fail_after(self.cfg.connect_timeout + 1):
             await trio_asyncio.aio_as_trio(client.__aenter__)()
+        if _WINDOW_API:
+            _cork_writes(client._client)
         try:
             await trio_asyncio.aio_as_trio(client.publish)(
                 status_topic(self.cfg.topic_prefix), ONLINE, qos=1, retain=True
@@ -466,6 +470,33 @@ async def _publish_each(
             for topic, payload in messages
         )
     )
+
+
+def _cork_writes(paho: mqtt.Client) -> None:
+    """Let the messages paho writes in one go leave in as few TCP segments as fit.
+
+    paho sends each packet with its own send(), and TCP_NODELAY (which a
+    window needs) makes each one a segment of its own: on loopback a tenth of
+    the CPU per message, on a radio link a packet per message. Corked for the
+    duration of one loop_write() (aiomqtt calls it when the socket can take
+    more), the kernel packs them and sends the lot when uncorked, at once.
+    """
+    cork = getattr(socket, "TCP_CORK", None)  # Linux
+    sock = paho.socket()
+    if cork is None or not isinstance(sock, socket.socket):  # (or a WebSocket)
+        return
+    write = paho.loop_write
+
+    def loop_write() -> MQTTErrorCode:
+        with contextlib.suppress(OSError):  # a closed socket: paho reports it
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        try:
+            return write()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+
+    paho.loop_write = loop_write  # type: ignore[method-assign]
 
 
 def _positive(n: int) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, StoreReader
+from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, Record, StoreReader
 from gateway.buffer import queue as buffer_module
 
 
@@ -77,6 +77,95 @@ async def test_stale_ack_after_the_buffer_emptied_keeps_new_records(tmp_path: Pa
     assert [r.key for r in await buf.peek(10)] == [stale[0].key + 1]
     await buf.ack(stale)
     assert values(await buf.peek(10)) == ["new"]
+    buf.close()
+
+
+async def test_read_hands_out_records_after_those_in_flight(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt")
+    await buf.append(["a", "b", "c", "d", "e", "f"])
+    assert values(await buf.read(2)) == ["a", "b"]
+    assert values(await buf.read(2)) == ["c", "d"]
+    # peek looks from the cursor and moves nothing.
+    assert values(await buf.peek(10)) == ["e", "f"]
+    assert (buf.count.value, buf.unread.value) == (6, 2)
+    # One ack for what landed: the head moves, the cursor stays ahead.
+    first = await buf.peek(1)
+    await buf.ack([Record(2, "b")])
+    assert (buf.count.value, buf.unread.value) == (4, 2)
+    assert values(await buf.read(10)) == ["e", "f"]
+    assert buf.unread.value == 0
+    assert await buf.read(10) == []
+    # A new connection: everything unacknowledged is handed out again, in order.
+    buf.rewind()
+    assert buf.unread.value == 4
+    assert values(await buf.read(10)) == ["c", "d", "e", "f"]
+    assert first[0].value == "e"
+    buf.close()
+
+
+async def test_read_and_rewind_across_disk_and_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buffer_module, "CACHE_RECORDS", 20)
+    buf = await open_buffer(tmp_path, max_records=10_000)
+    sent = [f"r{i}" for i in range(300)]
+    for start in range(0, 300, 45):
+        await buf.append(sent[start : start + 45])
+    got: list[str] = []
+    in_flight: list[Record] = []
+    rounds = 0
+    while buf.count.value:
+        in_flight += await buf.read(17)
+        # Acknowledge the older part of what is in flight; now and then the
+        # connection drops and the rest is handed out again.
+        half = len(in_flight) // 2 if buf.unread.value else len(in_flight)
+        landed, in_flight = in_flight[:half], in_flight[half:]
+        if landed:
+            got += values(landed)
+            await buf.ack(landed[-1:])
+        rounds += 1
+        if rounds % 5 == 0:
+            buf.rewind()
+            in_flight = []
+    assert got == sent
+    buf.close()
+
+
+async def test_overflow_past_the_read_cursor(tmp_path: Path) -> None:
+    buf = await open_buffer(tmp_path / "mqtt", max_records=3)
+    await buf.append(["a", "b", "c"])
+    in_flight = await buf.read(1)
+    await buf.append(["d", "e", "f", "g"])  # drops a..d, one of them in flight
+    assert buf.unread.value == 3
+    assert values(await buf.read(10)) == ["e", "f", "g"]
+    await buf.ack(in_flight)  # a dropped record: ignored
+    assert buf.count.value == 3
+    buf.close()
+
+
+async def test_renumbered_records_are_handed_out_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buffer_module, "CACHE_RECORDS", 1)
+    buf = await open_buffer(tmp_path / "mqtt")
+    await buf.append(["a", "b", "c"])
+    await buf.read(2)
+    generation = buf.generation
+    buf._renumbered()  # what the store does when it adopts a file's rows
+    assert buf.generation == generation + 1
+    assert buf.unread.value == 3
+    # A read that spans a renumbering hands out nothing and moves nothing.
+    read = buf.store.read
+
+    async def read_then_renumber(*args: object) -> list[Record]:
+        rows = await read(*args)  # type: ignore[arg-type]
+        buf._renumbered()
+        return rows
+
+    monkeypatch.setattr(buf.store, "read", read_then_renumber)
+    assert await buf.read(10) == []
+    monkeypatch.setattr(buf.store, "read", read)
+    assert values(await buf.read(10)) == ["a", "b", "c"]
     buf.close()
 
 

@@ -1,9 +1,10 @@
-"""DiskBuffer against a model: a bounded deque, through appends, peeks, acks, reopens and crashes.
+"""DiskBuffer against a model: a bounded deque, through appends, reads, acks, reopens and crashes.
 
 The model keeps two deques: what a sink may deliver now (``live``) and what a
 process starting after a crash would find (``durable``: the state of the last
-commit, since acknowledgements reach the disk only with a commit). A tiny
-memory cache makes peeks read both SQLite and memory.
+commit, since acknowledgements reach the disk only with a commit), and how
+many of ``live`` the read cursor has handed out (``handed``). A tiny memory
+cache makes peeks and reads use both SQLite and memory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class DiskBufferModel(RuleBasedStateMachine):
         self.live: deque[str] = deque()
         self.durable: deque[str] = deque()
         self.counter = 0
+        self.handed = 0  # live records read() handed out: the cursor is that far ahead
         # Sequence numbers restart when a store is opened empty: batches from
         # an earlier opening are never acked (a real sink never keeps one).
         self.epoch = 0
@@ -61,6 +63,7 @@ class DiskBufferModel(RuleBasedStateMachine):
         expected = max(0, len(self.live) - MAX_RECORDS)
         for _ in range(expected):
             self.live.popleft()
+        self.handed = max(0, self.handed - expected)  # dropped ones are never handed out
         assert dropped == expected
         self.durable = deque(self.live)
 
@@ -75,8 +78,20 @@ class DiskBufferModel(RuleBasedStateMachine):
     @rule(target=batches, limit=st.integers(1, MAX_RECORDS + 2))
     def peek(self, limit: int) -> tuple[int, list[Record]]:
         batch = trio.run(self.buffer.peek, limit)
-        assert [r.value for r in batch] == list(self.live)[:limit]
+        assert [r.value for r in batch] == list(self.live)[self.handed : self.handed + limit]
         return self.epoch, batch
+
+    @rule(target=batches, limit=st.integers(1, MAX_RECORDS + 2))
+    def read(self, limit: int) -> tuple[int, list[Record]]:
+        batch = trio.run(self.buffer.read, limit)
+        assert [r.value for r in batch] == list(self.live)[self.handed : self.handed + limit]
+        self.handed += len(batch)
+        return self.epoch, batch
+
+    @rule()
+    def rewind(self) -> None:
+        self.buffer.rewind()
+        self.handed = 0
 
     @rule(batch=batches, data=st.data())
     def ack(self, batch: tuple[int, list[Record]], data: st.DataObject) -> None:
@@ -91,12 +106,14 @@ class DiskBufferModel(RuleBasedStateMachine):
         acked = [i for i, value in enumerate(live) if value in {r.value for r in chosen}]
         if acked:
             self.live = deque(live[max(acked) + 1 :])
+            self.handed = max(0, self.handed - (max(acked) + 1))
 
     @rule()
     def reopen(self) -> None:
         self.buffer.close()  # a clean stop writes the pending acks
         self.buffer = self._open()
         self.durable = deque(self.live)
+        self.handed = 0
         self.epoch += 1
 
     @rule()
@@ -107,11 +124,13 @@ class DiskBufferModel(RuleBasedStateMachine):
         self.buffer.store.con = None
         self.buffer = self._open()
         self.live = deque(self.durable)
+        self.handed = 0
         self.epoch += 1
 
     @invariant()
     def same_contents(self) -> None:
         assert self.buffer.count.value == len(self.live)
+        assert self.buffer.unread.value == len(self.live) - self.handed
         assert [r.value for r in self.buffer.iter_all()] == list(self.live)
 
 

@@ -11,6 +11,11 @@ The lifecycle of a record:
    commit, or ``ack_delay`` seconds later when no commit comes. A crash in
    between delivers those records again (delivery is at-least-once), it never
    loses one.
+
+   A sink that keeps many records in flight ``read``\\ s instead: each read
+   hands out the records after the previous one (a read cursor ahead of the
+   unacknowledged head), and ``rewind`` hands the unacknowledged ones out
+   again, e.g. after a dropped connection.
 3. Beyond ``max_records`` the oldest records are dropped and counted, so the
    source is never blocked by a sink that is down.
 
@@ -64,9 +69,11 @@ class Record:
 class DiskBuffer:
     """One sink's bounded FIFO of text records inside a :class:`BufferStore`.
 
-    The sink reads it with :meth:`peek` and :meth:`ack`, and waits on
-    :attr:`count` (the number of records it may deliver now). For a buffer of
-    its own (tests, tools), :meth:`open` makes a one-table store.
+    The sink reads it with :meth:`peek` (or :meth:`read` and :meth:`rewind`)
+    and :meth:`ack`, and waits on :attr:`count` (the number of records it may
+    deliver now, acknowledged ones excluded) or :attr:`unread` (those of them
+    not handed out by :meth:`read` yet). For a buffer of its own (tests,
+    tools), :meth:`open` makes a one-table store.
     """
 
     def __init__(
@@ -85,6 +92,12 @@ class DiskBuffer:
         self.tail = 1
         self.disk_head = 1
         self.disk_tail = 1
+        # The next record read() hands out; below head it counts as head
+        # (records dropped or acknowledged are never handed out).
+        self.cursor = 1
+        # Bumped when the store renumbers the records (it adopted a file's
+        # rows): records handed out before carry keys that mean nothing now.
+        self.generation = 0
         # Records [cache_start, tail) in memory: every unwritten one, plus up
         # to CACHE_RECORDS written ones for the sink to read without SQLite.
         self._cache: deque[str] = deque()
@@ -96,6 +109,8 @@ class DiskBuffer:
         self._protected_seqs: deque[int] = deque()
         # Rows the drop moved protected records into, still to be written.
         self._rewrites: dict[int, str] = {}
+        # Of those, the ones read() has not handed out yet.
+        self.unread: AsyncValue[int] = AsyncValue(0)
 
     @classmethod
     async def open(
@@ -132,10 +147,21 @@ class DiskBuffer:
         # writes, live delivery goes on from memory.
         return self.tail if self.store.degraded else max(self.disk_tail, self.head)
 
+    def _next(self) -> int:
+        return max(self.cursor, self.head)
+
     def _publish_count(self) -> int:
-        count = max(0, self._visible_tail() - self.head)
+        visible = self._visible_tail()
+        count = max(0, visible - self.head)
         self.count.value = count
+        self.unread.value = max(0, visible - self._next())
         return count
+
+    def _renumbered(self) -> None:
+        """The store gave every record a new key: hand them all out again."""
+        self.generation += 1
+        self.cursor = self.head
+        self._publish_count()
 
     def _add(self, records: Sequence[str]) -> int:
         self._cache.extend(records)
@@ -176,6 +202,11 @@ class DiskBuffer:
             if seq >= self._cache_start:
                 self._cache[seq - self._cache_start] = value
         seqs.extendleft(reversed(range(self.head, end)))
+        if moved and self.cursor > self.head:
+            # Protected records now sit in slots a reader may have passed: like
+            # a renumbering, every unacknowledged record is handed out again.
+            self.generation += 1
+            self.cursor = self.head
 
     def _overlay(self, records: list[Record]) -> list[Record]:
         """Records read from disk, with any protected record the drop moved into their slot."""
@@ -242,13 +273,14 @@ class DiskBuffer:
         return (await self.store.commit({self: records}))[self.name]
 
     async def peek(self, limit: int) -> list[Record]:
-        """Return up to ``limit`` of the oldest deliverable records, without removing them.
+        """Return up to ``limit`` of the oldest deliverable records not yet handed out.
 
-        Always a Trio checkpoint, even when it answers from memory: a sink that
-        loops on peek() can never starve the event loop.
+        That is the oldest unacknowledged ones unless :meth:`read` moved the
+        cursor. Nothing moves. Always a Trio checkpoint, even when it answers
+        from memory: a sink that loops on peek() can never starve the event loop.
         """
         await trio.lowlevel.checkpoint()
-        start = self.head
+        start = self._next()
         end = min(self._visible_tail(), start + limit)
         out: list[Record] = []
         if start < min(self._cache_start, end):
@@ -263,16 +295,39 @@ class DiskBuffer:
                 return out  # rows were dropped meanwhile; the next peek goes on
             start = out[-1].key + 1 if out else start
         # The state may have moved while we read: take the rest as it is now.
-        end = min(self._visible_tail(), self.head + limit)
+        end = min(self._visible_tail(), self._next() + limit)
         if start >= self._cache_start:
-            out += self._from_cache(max(start, self.head), end)[: limit - len(out)]
+            out += self._from_cache(max(start, self._next()), end)[: limit - len(out)]
         return out
+
+    async def read(self, limit: int) -> list[Record]:
+        """Hand out up to ``limit`` records after those handed out already (FIFO).
+
+        Like :meth:`peek`, but the cursor moves past them: the next read goes
+        on from there while these are still in flight. They stay in the
+        buffer until acknowledged; :meth:`rewind` hands them out again.
+        """
+        generation = self.generation
+        records = await self.peek(limit)
+        if self.generation != generation:
+            return []  # renumbered meanwhile: these keys mean nothing now
+        if records:
+            self.cursor = max(self.cursor, records[-1].key + 1)
+            self._publish_count()
+        return records
+
+    def rewind(self) -> None:
+        """Hand out every unacknowledged record again, oldest first (a new connection)."""
+        self.cursor = self.head
+        self._publish_count()
 
     async def ack(self, records: Sequence[Record]) -> int:
         """Acknowledge ``records`` and every older one (delivery is FIFO).
 
         The head moves at once; the rows leave the disk with the next commit or
         within the store's ``ack_delay``. Records already dropped are ignored.
+        One call for many records costs what one for a single record does: a
+        sink with many in flight acknowledges all that landed in one call.
 
         Returns:
             How many of ``records`` this acknowledged: those dropped (by the

@@ -236,6 +236,7 @@ class BufferStore:
         buf.head = buf.disk_head = first
         buf.disk_tail = last + 1
         buf._adopt_protected(protected, shift)
+        buf._renumbered()  # what a sink has in flight carries the old keys
 
     def _import_old_formats(self) -> None:
         for buf in self.buffers.values():

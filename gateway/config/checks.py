@@ -46,6 +46,8 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 MIN_STALE_AFTER = 1.0
 # Records a disk buffer may hold; beyond 10^8 the SQLite file outgrows a gateway's disk.
 MAX_BUFFER_RECORDS = 100_000_000
+# MQTT packet identifiers are 16-bit (0 is not one): no more can be in flight at once.
+MAX_INFLIGHT = 65535
 # Points per write; InfluxDB advises about 5000, ten times that still fits a request.
 MAX_BATCH_SIZE = 50_000
 # Host names: RFC 1123 labels (plus '_', which resolvers accept), at most 253 characters.
@@ -89,6 +91,7 @@ RANGES: dict[str, Range] = {
     "mqtt.keepalive": Range(MIN_KEEPALIVE, MAX_KEEPALIVE),
     "mqtt.connect_timeout": Range(MIN_TIMEOUT, MAX_TIMEOUT),
     "mqtt.buffer_max_messages": Range(1, MAX_BUFFER_RECORDS),
+    "mqtt.max_inflight": Range(1, MAX_INFLIGHT),
     "mqtt.backoff_initial": Range(MIN_DELAY, MAX_DELAY),
     "mqtt.backoff_max": Range(MIN_DELAY, MAX_DELAY),
     "influxdb.batch_size": Range(1, MAX_BATCH_SIZE),

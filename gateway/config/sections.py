@@ -20,6 +20,8 @@ DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
 # systemd-timesyncd touches this file once the clock is synchronised.
 DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
 DEFAULT_MQTT_BUFFER_MAX = 1000
+# QoS1 messages the MQTT sink keeps in flight (see README "Performance").
+DEFAULT_MAX_INFLIGHT = 200
 DEFAULT_INFLUX_BUFFER_MAX = 100_000
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
@@ -139,6 +141,10 @@ class MqttSection:
     username: str = ""
     password_file: str = ""
     buffer_max_messages: int = DEFAULT_MQTT_BUFFER_MAX
+    # Messages sent and not yet acknowledged (PUBACK) at any time: over a link
+    # with round trip RTT, delivery is at most max_inflight / RTT messages/s.
+    # Also the most a dropped connection can deliver twice.
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     ca_file: str = ""

@@ -1,13 +1,20 @@
-"""The MQTT sink's window publish against a real broker, with and without aiomqtt internals.
+"""The MQTT sink's window against a real broker, with and without aiomqtt internals.
 
-The fast path queues a window on aiomqtt's paho client and waits on one event;
-the fallback (used if those internals ever disappear) publishes each message
-through aiomqtt's public API. Both must deliver everything, in order, and empty
-the buffer only through PUBACKs.
+The fast path keeps a sliding window of messages queued on aiomqtt's paho
+client; the fallback (used if those internals ever disappear) publishes each
+message through aiomqtt's public API. Both must deliver everything, in order,
+and empty the buffer only through PUBACKs. A proxy that holds the broker's
+PUBACKs until the test releases them shows the window slide: one PUBACK lets
+exactly one more message go, never more than the window is in flight, the
+buffer is acknowledged once per batch of PUBACKs, and a dropped connection
+sends the unacknowledged window again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -15,7 +22,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from gateway.buffer import DiskBuffer
+from gateway.buffer import DiskBuffer, Record
 from gateway.config import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
@@ -89,3 +96,196 @@ def test_json_payload_format() -> None:
     assert json_payload("iiot/alerts/x", '{"state":"firing"}', RecordStamp(ns)) == (
         '{"state":"firing"}'
     )
+
+
+PUBLISH, PUBACK = 0x30, 0x40
+
+
+def take_packets(data: bytearray) -> list[tuple[int, bytes]]:
+    """The whole MQTT packets at the start of ``data``, removed: (type, packet)."""
+    out = []
+    while len(data) >= 2:
+        length, shift, i = 0, 0, 1
+        while i < len(data) and data[i] & 0x80:
+            length += (data[i] & 0x7F) << shift
+            shift, i = shift + 7, i + 1
+        if i >= len(data):
+            break
+        length += data[i] << shift
+        end = i + 1 + length
+        if len(data) < end:
+            break
+        out.append((data[0] & 0xF0, bytes(data[:end])))
+        del data[:end]
+    return out
+
+
+class PubackGate:
+    """A proxy between a sink and the broker that holds the PUBACKs of one topic.
+
+    The test passes them on with :meth:`release`. The gate notes every message
+    of that topic the sink sends, and the most that were ever in flight on one
+    connection (sent, their PUBACK not passed on yet).
+    """
+
+    def __init__(self, broker_port: int, topic: str) -> None:
+        self.broker_port = broker_port
+        self.topic = topic
+        self.port = 0
+        self.sent: list[str] = []  # payloads, every connection
+        self.connections = 0
+        self.held: list[bytes] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._topics: dict[int, str] = {}  # mid → topic, this connection
+        self._client: trio.SocketStream | None = None
+        self._connection = trio.CancelScope()
+        self._changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds (it is checked at each packet)."""
+        with trio.fail_after(30):
+            while not predicate():
+                await self._changed.wait()
+
+    async def release(self, n: int) -> None:
+        """Pass on the ``n`` oldest PUBACKs held, in one write."""
+        assert self._client is not None
+        batch, self.held = self.held[:n], self.held[n:]
+        self._in_flight -= len(batch)
+        await self._client.send_all(b"".join(batch))
+
+    def drop(self) -> None:
+        """End the connection: the PUBACKs held never arrive."""
+        self._connection.cancel()
+
+    def _note(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.broker_port)
+        self._client, self.held, self._in_flight, self._topics = client, [], 0, {}
+        self.connections += 1
+        with trio.CancelScope() as self._connection, contextlib.suppress(*_CLOSED):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._to_broker, client, upstream)
+                nursery.start_soon(self._to_sink, upstream, client)
+        for stream in (client, upstream):
+            with contextlib.suppress(*_CLOSED):
+                await stream.aclose()
+        self._note()
+
+    async def _to_broker(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        pending = bytearray()
+        while data := await src.receive_some(65536):
+            pending += data
+            # Noted before the broker has them: their PUBACKs must be known as ours.
+            for kind, packet in take_packets(pending):
+                if kind == PUBLISH:
+                    body = packet[2:]  # short packets: one length byte
+                    (n,) = struct.unpack("!H", body[:2])
+                    topic = body[2 : 2 + n].decode()
+                    (mid,) = struct.unpack("!H", body[2 + n : 4 + n])
+                    self._topics[mid] = topic
+                    if topic == self.topic:
+                        self.sent.append(body[4 + n :].decode())
+                        self._in_flight += 1
+                        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            await dst.send_all(data)
+            self._note()
+
+    async def _to_sink(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        pending = bytearray()
+        while data := await src.receive_some(65536):
+            pending += data
+            out = b""
+            for kind, packet in take_packets(pending):
+                (mid,) = struct.unpack("!H", packet[2:4]) if kind == PUBACK else (0,)
+                if kind == PUBACK and self._topics.get(mid) == self.topic:
+                    self.held.append(packet)
+                else:
+                    out += packet
+            if out:
+                await dst.send_all(out)
+            self._note()
+
+
+_CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def test_the_window_slides_one_puback_one_message(
+    tmp_path: Path, broker, test_id: str
+) -> None:
+    window = 10
+    topic = f"{test_id}/t/n"
+    gate = PubackGate(broker.port, topic)
+    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    await buffer.append([f"{i} {topic} {i}" for i in range(1, 101)])
+    acks: list[int] = []
+    ack = buffer.ack
+
+    async def noted_ack(records: Sequence[Record]) -> None:
+        acks.append(max(r.key for r in records))
+        await ack(records)
+
+    buffer.ack = noted_ack  # type: ignore[method-assign]
+    try:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as servers:
+            await servers.start(gate.serve)
+            cfg = MqttSection(
+                host="127.0.0.1",
+                port=gate.port,
+                client_id=f"{test_id}-gw",
+                topic_prefix=test_id,
+                backoff_initial=0.05,
+                backoff_max=0.1,
+                max_inflight=window,
+            )
+            sink = MqttSink(cfg, buffer, Metrics(), DeadLetterFile(tmp_path / "dead"))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sink.run)
+                # A full window goes out, and no more while no PUBACK comes back.
+                await gate.until(lambda: len(gate.held) == window)
+                assert gate.sent == [str(i) for i in range(1, window + 1)]
+
+                # One PUBACK, one more message; three in one read: three more,
+                # and one acknowledgement in the buffer for the three.
+                await gate.release(1)
+                await gate.until(lambda: len(gate.sent) == window + 1)
+                await gate.release(3)
+                await gate.until(lambda: len(gate.held) == window)
+                assert gate.sent == [str(i) for i in range(1, window + 5)]
+                assert acks == [1, 4]
+
+                # The link drops with a full window in flight: it goes again.
+                dropped_at = len(gate.sent)
+                gate.drop()
+                await gate.until(lambda: gate.connections == 2 and len(gate.held) == window)
+                assert gate.sent[dropped_at:] == [str(i) for i in range(5, 5 + window)]
+
+                # Then everything lands, in order.
+                while buffer.count.value:
+                    await gate.until(lambda: bool(gate.held))
+                    left = buffer.count.value - len(gate.held)
+                    await gate.release(len(gate.held))
+                    with trio.fail_after(30):
+                        await buffer.count.wait_value(lambda n, left=left: n <= left)
+                sink.stop()
+            servers.cancel_scope.cancel()
+    finally:
+        buffer.close()
+    again = gate.sent[dropped_at : dropped_at + window]
+    assert gate.sent[:dropped_at] + gate.sent[dropped_at + window :] == [
+        str(i) for i in range(1, 101)
+    ]
+    assert again == gate.sent[4:dropped_at]  # the window in flight, nothing else
+    assert gate.max_in_flight == window
+    assert acks == sorted(acks)
+    assert acks[-1] == 100

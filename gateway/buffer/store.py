@@ -5,21 +5,8 @@ Every sink has a :class:`DiskBuffer`; all of them live as tables in one
 for *both* sinks, and the acknowledgements that arrived since the last packet,
 go to disk in one transaction: one fsync per packet instead of four.
 
-The lifecycle of a record:
-
-1. ``BufferStore.commit`` gives it the next sequence number of its buffer and
-   writes it in one transaction with everything else pending. Only then can a
-   sink see it ("committed before delivery").
-2. A sink ``peek``\\ s the oldest records, delivers them, and ``ack``\\ s them.
-   Acknowledging is FIFO: it acknowledges every older record too. The ack moves
-   the buffer's head in memory at once; the rows are deleted with the next
-   commit, or ``ack_delay`` seconds later when no commit comes. A crash in
-   between delivers those records again (delivery is at-least-once), it never
-   loses one.
-3. Beyond ``max_records`` the oldest records are dropped and counted, so the
-   source is never blocked by a sink that is down. Records that contain their
-   buffer's marker (``protect``: alert events) are skipped by that drop
-   (:mod:`gateway.buffer.queue`).
+A record's lifecycle (commit, peek or read, ack, the bound's drop) is told in
+:mod:`gateway.buffer.queue`; this module is the file underneath.
 
 Beside the buffers the store keeps two small tables: ``boots`` (each boot's
 clock offset) and ``alert_state`` (the alert engine's active alerts, written

@@ -423,11 +423,11 @@ class MqttSink:
         if not slots or not slots[0].acked:
             return
         newest = slots[0]
-        landed = 0
+        landed: list[_InFlight] = []
         dead: list[str] = []
         while slots and slots[0].acked:
             newest = slots.popleft()
-            landed += 1
+            landed.append(newest)
             if newest.dead is not None:
                 dead.append(newest.dead)
         window.progress_at = trio.current_time()
@@ -438,10 +438,11 @@ class MqttSink:
             await self._dead_letter(dead)
         if self.buffer.generation != window.generation:
             return  # renumbered meanwhile: _deliver starts over, nothing is acked
+        # Records the bound dropped while in flight (below the head now) count
+        # as dropped, not as published.
         head = self.buffer.head
+        published = sum(1 for slot in landed if slot.dead is None and slot.record.key >= head)
         await self.buffer.ack([newest.record])
-        # Records the bound dropped while in flight count as dropped, not as published.
-        published = max(0, min(landed, self.buffer.head - head) - len(dead))
         self.figures.note_delivery(published, self.buffer.count.value)
         self.last_delivery = trio.current_time()
 

@@ -14,9 +14,9 @@ import logging
 import os
 import signal
 import subprocess
-import termios
 from collections.abc import Awaitable, Callable
 
+import serial
 import trio
 
 from gateway.backoff import Backoff
@@ -317,23 +317,40 @@ class _Once:
 def open_serial(port: str, baud: int) -> int:
     """Open a serial device raw (8N1, no echo, no flow control); return the fd.
 
+    pyserial does the termios work and takes an exclusive lock on the device
+    (``flock``), so a second gateway or a terminal left open on the same port
+    is refused instead of splitting the lines between two readers. The
+    returned descriptor is a duplicate the caller owns; the lock lives as long
+    as it is open. pyserial discards input already waiting when it opens the
+    port: on a USB CDC device nothing is read while the port is closed, so
+    that is at most what arrived during the open itself.
+
     Raises:
-        OSError: the device is missing, busy or not a terminal; or the baud
-            rate is not one termios knows.
+        OSError: the device is missing, busy, locked by another reader or not a
+            terminal; or the baud rate is refused.
     """
-    speed = getattr(termios, f"B{baud}", None)
-    if speed is None:
-        raise OSError(errno.EINVAL, f"unsupported baud rate {baud}")
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
-        attrs = termios.tcgetattr(fd)
-        iflag, oflag, cflag, lflag = 0, 0, termios.CS8 | termios.CREAD | termios.CLOCAL, 0
-        cc = attrs[6]
-        cc[termios.VMIN] = 1
-        cc[termios.VTIME] = 0
-        # No tcflush: bytes already waiting are real readings, not noise.
-        termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
-    except (termios.error, OSError) as exc:
-        os.close(fd)
-        raise OSError(errno.ENOTTY, f"{port} is not a serial device: {exc}") from exc
-    return fd
+        device = serial.Serial(port, baud, timeout=0, exclusive=True)
+    except ValueError as exc:  # a baud rate pyserial refuses
+        raise OSError(errno.EINVAL, f"unsupported baud rate {baud}: {exc}") from exc
+    except serial.SerialException as exc:
+        text = exc.strerror if isinstance(exc.strerror, str) else str(exc)
+        raise OSError(_errno_of(exc), text) from exc
+    try:
+        return os.dup(device.fileno())
+    finally:
+        device.close()
+
+
+def _errno_of(exc: serial.SerialException) -> int:
+    """The system's error code behind pyserial's exception (EIO when none is told).
+
+    pyserial passes the code of a failed open() on, but wraps a failed
+    termios call (a file that is not a terminal) without one.
+    """
+    if isinstance(exc.errno, int):
+        return exc.errno
+    cause = exc.__context__
+    if cause is not None and cause.args and isinstance(cause.args[0], int):
+        return cause.args[0]
+    return errno.EIO

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ import trio.testing
 
 from gateway.config import SourceSection
 from gateway.metrics import Metrics
-from gateway.source import Source
+from gateway.source import Source, open_serial
 from tests.conftest import CHUNKY_CHILD
 
 
@@ -209,6 +211,44 @@ async def test_serial_port_vanishing_and_returning(tmp_path: Path):
         b'{"v":1,"seq":1,"node2":{"pressure":1000.5}}',
         b'{"v":1,"seq":2,"node2":{"pressure":1000.6}}',
     ]
+
+
+def test_open_serial_sets_raw_8n1_and_locks_the_device_against_a_second_reader(
+    tmp_path: Path,
+):
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    try:
+        fd = open_serial(name, 115200)
+        try:
+            iflag, _oflag, cflag, lflag, ispeed, ospeed, _ = termios.tcgetattr(fd)
+            assert (ispeed, ospeed) == (termios.B115200, termios.B115200)
+            assert cflag & termios.CSIZE == termios.CS8
+            assert not cflag & (termios.PARENB | termios.CSTOPB | termios.CRTSCTS)
+            assert not lflag & (termios.ICANON | termios.ECHO)  # raw: lines as sent
+            assert not iflag & (termios.IXON | termios.ICRNL)
+            # A second reader (another gateway, a terminal) is refused while we hold it.
+            with pytest.raises(OSError, match="lock"):
+                os.close(open_serial(name, 115200))
+            os.write(master, b"line\n")
+            assert os.read(fd, 100) == b"line\n"
+        finally:
+            os.close(fd)
+        os.close(open_serial(name, 115200))  # released with our descriptor
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_open_serial_refuses_a_file_that_is_not_a_terminal(tmp_path: Path):
+    plain = tmp_path / "ttyUSB0"
+    plain.write_bytes(b"")
+    with pytest.raises(OSError, match="configure port") as caught:
+        open_serial(str(plain), 115200)
+    assert caught.value.errno == errno.ENOTTY
+    with pytest.raises(OSError, match="could not open port") as missing:
+        open_serial(str(tmp_path / "absent"), 115200)
+    assert missing.value.errno == errno.ENOENT
 
 
 async def test_file_replay_at_a_rate(tmp_path: Path, autojump_clock: trio.testing.MockClock):

@@ -8,6 +8,8 @@ import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serial.tools import list_ports
+
 from gateway.buffer import STORE_FILE
 from gateway.check.common import (
     SERVICE_DIR,
@@ -135,6 +137,15 @@ def _check_firmware(path: str, key: str) -> str | None:
     return None
 
 
+def _serial_devices() -> str:
+    """The USB and other real serial devices there are, for a hint (pyserial's list)."""
+    # Legacy 8250 ports (ttyS*) without hardware behind them show as "n/a".
+    found = [p for p in list_ports.comports() if p.hwid != "n/a"]
+    if not found:
+        return "no serial device is plugged in"
+    return "serial devices here: " + ", ".join(f"{p.device} ({p.description})" for p in found)
+
+
 def _check_serial(port: str) -> Line:
     try:
         st = os.stat(port)
@@ -143,7 +154,7 @@ def _check_serial(port: str) -> Line:
             "source",
             port,
             f"{port} does not exist: plug the board in, or fix source.port"
-            " (ls /dev/serial/by-id/ lists the serial devices there are)",
+            f" ({_serial_devices()}; /dev/serial/by-id/ has names that survive a replug)",
         )
     except OSError as exc:
         return _failed("source", port, f"cannot look at {port}: {exc.strerror}: fix source.port")

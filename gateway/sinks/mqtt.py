@@ -406,14 +406,11 @@ class MqttSink:
             return None
         key = (stamp.wall_ns, stamp.synced, retained)
         if key != self._props_key:  # a packet's messages share a stamp: build once
-            props = _properties(PacketTypes.PUBLISH)
             user = [("ts", rfc3339_ms(stamp.wall_ns)), ("gw", self.gateway_id)]
             if not stamp.synced:
                 user.append(("clock", "unsynced"))
-            props.UserProperty = user
-            if self.cfg.message_expiry and not retained:
-                props.MessageExpiryInterval = self.cfg.message_expiry
-            self._props_key, self._props = key, props
+            expiry = self.cfg.message_expiry if not retained else 0
+            self._props_key, self._props = key, _PackedProperties(user, expiry)
         return self._props
 
     def observe(self, packet: Packet) -> None:
@@ -722,6 +719,29 @@ def _note_refusals(paho: mqtt.Client, pending: dict[int, _InFlight]) -> None:
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+class _PackedProperties(Properties):
+    """A PUBLISH's user properties (and expiry), encoded once.
+
+    paho encodes a message's properties each time it writes the message,
+    about 11 µs for ``ts`` and ``gw`` (a fifth of the sink's time per
+    message on loopback); the messages of one packet share one object.
+    Not to be changed once built.
+    """
+
+    def __init__(self, user: list[tuple[str, str]], expiry: int) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.UserProperty = user
+        if expiry:
+            self.MessageExpiryInterval = expiry
+        # Properties refuses attributes that are no MQTT property: set past it.
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        """The encoded properties (what paho puts on the wire)."""
+        packed: bytes = self.__dict__["_packed"]
+        return packed
 
 
 def _refused_letter(record: str, code: ReasonCode) -> str:

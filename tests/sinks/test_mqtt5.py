@@ -18,6 +18,8 @@ import pytest
 import trio
 import trio_asyncio
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.buffer import DiskBuffer
 from gateway.config import MqttSection
@@ -322,6 +324,11 @@ def test_message_properties_carry_the_readings_time_and_expire_only_if_not_retai
     assert props is not None
     assert props.UserProperty == [("ts", "2026-11-27T10:05:05.582Z"), ("gw", "gw-7")]
     assert props.MessageExpiryInterval == 60
+    # Encoded once, as paho would encode it each time.
+    fresh = Properties(PacketTypes.PUBLISH)
+    fresh.UserProperty = [("ts", "2026-11-27T10:05:05.582Z"), ("gw", "gw-7")]
+    fresh.MessageExpiryInterval = 60
+    assert props.pack() == fresh.pack()
     retained = sink.message_properties(RecordStamp(ns), retained=True)
     assert retained is not None
     assert not hasattr(retained, "MessageExpiryInterval")  # it would delete the value

@@ -39,7 +39,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import aiomqtt
@@ -625,7 +625,7 @@ class MqttSink:
                     await buffer.unread.wait_value(_positive)
             if self._stop.is_set():
                 return
-            batch = await buffer.read(self.window)
+            batch = await buffer.read(self.effective_window)
             if not batch:
                 continue
             messages, bad = self._decode(batch)
@@ -692,7 +692,7 @@ async def _publish_each(
     )
 
 
-def _note_refusals(paho: mqtt.Client, pending: dict[int, _InFlight]) -> None:
+def _note_refusals(paho: mqtt.Client, pending: Mapping[int, object]) -> None:
     """Mark a message the broker refused (PUBACK reason code ≥ 0x80) before aiomqtt sees it.
 
     aiomqtt's on_publish drops the reason code and would count the refusal
@@ -709,8 +709,10 @@ def _note_refusals(paho: mqtt.Client, pending: dict[int, _InFlight]) -> None:
         properties: Properties,
     ) -> None:
         if reason_code.is_failure:
+            # Only the window's messages: presence and discovery publishes
+            # wait on aiomqtt's own events in the same map.
             slot = pending.get(mid)
-            if slot is not None:
+            if isinstance(slot, _InFlight):
                 slot.refused = reason_code
         forward(client, userdata, mid, reason_code, properties)
 

@@ -318,3 +318,24 @@ def test_mqtt5_a_topic_the_acl_denies_is_refused_dead_lettered_and_shown(
     log = gw.log_text()
     assert "window 20 (mqtt.max_inflight 200, capped by the broker's Receive Maximum 20)" in log
     assert "can never be published" in log
+
+
+def test_mqtt5_while_the_clock_is_not_known_right_ts_is_the_best_known_and_says_so(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    cfg = file_config(tmp_path, test_id, broker.port, tsdb.url)
+    # The clock counts as right only while this file exists: it never does.
+    cfg["gateway"]["clock_sync"] = "file"
+    cfg["gateway"]["clock_sync_file"] = str(tmp_path / "synchronized")
+    sub = V5Subscriber(broker.port, f"{test_id}/#")
+    before = rfc3339_ms(time.time_ns())
+    gw = gateway_factory(cfg)
+    try:
+        assert sub.wait_for(lambda m: len(m) >= 9, 30), gw.log_text()
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    for m in sub.data():
+        assert m.properties["clock"] == "unsynced"
+        assert m.properties["ts"] >= before  # the best-known time: this machine's clock
+        assert m.properties["gw"] == test_id

@@ -10,7 +10,8 @@ that adds 50 ms of round trip (tests.faults.slowlink, with the InfluxDB link
 behind one too); and the tests' tuned broker on loopback, for comparison.
 `mosquitto_pub -q 1 -l` takes the same path in the same run.
 ``python -m bench drain`` runs only the drain; ``python -m bench window``
-measures the drain for several ``mqtt.max_inflight`` (the default's basis).
+measures the drain for several ``mqtt.max_inflight`` (the default's basis);
+``python -m bench protocol`` the stock-broker drain with MQTT 5 and 3.1.1.
 """
 
 from __future__ import annotations
@@ -337,7 +338,11 @@ def reference_mosquitto_pub(port: int, sub_port: int, n: int, workdir: Path) -> 
 
 
 def bench_drain(
-    path: DrainPath, max_inflight: int | None = None, *, reference: bool = True
+    path: DrainPath,
+    max_inflight: int | None = None,
+    *,
+    reference: bool = True,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Buffer 18,000 messages and points with the servers unreachable, then heal the link.
 
@@ -371,6 +376,8 @@ def bench_drain(
         }
         if max_inflight is not None:
             mqtt["max_inflight"] = max_inflight
+        if protocol is not None:
+            mqtt["protocol"] = protocol
         cfg = run.config(
             ["unused"],
             source={"kind": "file", "path": str(capture)},
@@ -510,6 +517,23 @@ def window_sweep(runs: int = DRAIN_RUNS) -> None:
 
 
 # -- 2. sustained ingest ------------------------------------------------------------
+
+
+def protocol_table(runs: int = DRAIN_RUNS) -> None:
+    """`python -m bench protocol`: the drain with mqtt.protocol 5 and 3.1.1, stock broker.
+
+    A stock Mosquitto 2 announces Receive Maximum 20 under MQTT 5, which caps
+    the window (mqtt.max_inflight 200); 3.1.1 has no such limit. Not part of
+    `make bench`. Prints median (min–max) messages per second and seconds.
+    """
+    path = DRAIN_PATHS[0]
+    print(f"| path | protocol | MQTT drain of 18,000 msgs, msg/s | seconds | ({runs} runs) |")
+    print("|---|---|---|---|---|")
+    for protocol in ("5", "3.1.1"):
+        drains = [bench_drain(path, reference=False, protocol=protocol) for _ in range(runs)]
+        rates = [d["gateway_rate"] for d in drains]
+        seconds = [d["gateway_s"] for d in drains]
+        print(f"| {path.name} | {protocol} | {spread(rates, 0)} | {spread(seconds, 1)} | |")
 
 
 def bench_sustained(rate: float, seconds: float = SUSTAINED_SECONDS) -> dict[str, Any]:
@@ -668,9 +692,13 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`make bench`; ``drain``: the drain rows only; ``window``: the window sweep."""
+    """`make bench`; ``drain``: the drain rows only; ``window``: the window sweep;
+    ``protocol``: the drain with MQTT 5 and 3.1.1."""
     if "window" in argv:
         window_sweep()
+        return 0
+    if "protocol" in argv:
+        protocol_table()
         return 0
     started = time.time()
     rows: list[Row] = []

@@ -85,7 +85,12 @@ class Stages:
                 cfg.mqtt.homeassistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.gateway.id
             )
         mqtt_sink = mqtt.MqttSink(
-            cfg.mqtt, store.buffers["mqtt"], metrics, mqtt_dead, discovery=discovery
+            cfg.mqtt,
+            store.buffers["mqtt"],
+            metrics,
+            mqtt_dead,
+            discovery=discovery,
+            gateway_id=cfg.gateway.id,
         )
         pipeline.observers.append(mqtt_sink.observe)
         return cls(

@@ -90,6 +90,12 @@ class SinkMetrics:
     holding: bool = False
     # InfluxDB: points delivered with their best-known time, tagged clock=unsynced.
     unsynced: int = 0
+    # MQTT: messages in flight at most on this connection (mqtt.max_inflight,
+    # under MQTT 5 capped by the broker's Receive Maximum).
+    window: int = 0
+    protocol: str = ""  # MQTT: "5" or "3.1.1", as spoken on the last connection
+    # MQTT 5: messages the broker refused in its PUBACK, by reason code ("0x87").
+    refused: LabelledCounter = field(default_factory=lambda: LabelledCounter("code"))
     last_delivery_at: float | None = None
     last_rejected_at: float | None = None  # the last record sent to the dead letters
     # When the backlog last went from empty to non-empty.
@@ -197,6 +203,16 @@ class _Collector(Collector):
         )
         yield _counter(
             "gateway_mqtt_dead_letter", "Messages that can never be published", mq.dead_letters
+        )
+        yield _labelled(
+            "gateway_mqtt_refused",
+            "Messages the broker refused in its PUBACK (MQTT 5), by reason code",
+            mq.refused,
+        )
+        yield _gauge(
+            "gateway_mqtt_window",
+            "Messages in flight at most (max_inflight, capped by the broker's Receive Maximum)",
+            mq.window,
         )
         yield _counter("gateway_mqtt_connects", "Successful broker connections", mq.connects)
         yield _counter(

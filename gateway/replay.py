@@ -196,7 +196,9 @@ async def replay(
             for name in wanted:
                 dead = DeadLetterFile(dead_letter_dir / DEAD_LETTER_FILES[name])
                 if name == "mqtt":
-                    sinks[name] = mqtt.MqttSink(mqtt_cfg, buffers[name], metrics, dead)
+                    sinks[name] = mqtt.MqttSink(
+                        mqtt_cfg, buffers[name], metrics, dead, gateway_id=cfg.gateway.id
+                    )
                 else:
                     sinks[name] = influx.InfluxSink(
                         influx_cfg, buffers[name], metrics, dead, resolver=resolver

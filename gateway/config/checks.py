@@ -48,6 +48,8 @@ MIN_STALE_AFTER = 1.0
 MAX_BUFFER_RECORDS = 100_000_000
 # MQTT packet identifiers are 16-bit (0 is not one): no more can be in flight at once.
 MAX_INFLIGHT = 65535
+# MQTT 5's Message Expiry Interval is a four-byte integer (seconds).
+MAX_MESSAGE_EXPIRY = 2**32 - 1
 # Points per write; InfluxDB advises about 5000, ten times that still fits a request.
 MAX_BATCH_SIZE = 50_000
 # Host names: RFC 1123 labels (plus '_', which resolvers accept), at most 253 characters.
@@ -92,6 +94,7 @@ RANGES: dict[str, Range] = {
     "mqtt.connect_timeout": Range(MIN_TIMEOUT, MAX_TIMEOUT),
     "mqtt.buffer_max_messages": Range(1, MAX_BUFFER_RECORDS),
     "mqtt.max_inflight": Range(1, MAX_INFLIGHT),
+    "mqtt.message_expiry": Range(0, MAX_MESSAGE_EXPIRY),
     "mqtt.backoff_initial": Range(MIN_DELAY, MAX_DELAY),
     "mqtt.backoff_max": Range(MIN_DELAY, MAX_DELAY),
     "influxdb.batch_size": Range(1, MAX_BATCH_SIZE),

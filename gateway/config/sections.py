@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 DEFAULT_CONFIG_FILE = "config.toml"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -22,6 +22,8 @@ DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
 DEFAULT_MQTT_BUFFER_MAX = 1000
 # QoS1 messages the MQTT sink keeps in flight (see README "Performance").
 DEFAULT_MAX_INFLIGHT = 200
+# MQTT 5 unless the broker refuses it (then 3.1.1, see gateway.sinks.mqtt).
+DEFAULT_MQTT_PROTOCOL: Final = "5"
 DEFAULT_INFLUX_BUFFER_MAX = 100_000
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_FLUSH_INTERVAL = 1.0
@@ -152,6 +154,12 @@ class MqttSection:
     key_file: str = ""
     # `payload = "json"`: {"value":…,"unit":…,"ts":…} instead of the bare number.
     payload: Literal["plain", "json"] = "plain"
+    # "5": user properties ts and gw on every message, PUBACK reason codes,
+    # the broker's Receive Maximum; "3.1.1" for brokers or consumers without 5.
+    protocol: Literal["3.1.1", "5"] = DEFAULT_MQTT_PROTOCOL
+    # MQTT 5 Message Expiry Interval in seconds on non-retained messages
+    # (expiry would delete a retained value); 0 = none.
+    message_expiry: int = 0
     homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
     # Resolved secret; never printed (repr=False).
     password: str = field(default="", repr=False)

@@ -132,7 +132,13 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
     sinks = {
         "mqtt": sink(
             "mqtt",
-            {"target": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "connected": m.mqtt.connected},
+            {
+                "target": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                "connected": m.mqtt.connected,
+                "protocol": m.mqtt.protocol,
+                "window": m.mqtt.window,
+                "refused": int(m.mqtt.refused.total()),
+            },
         ),
         "influx": sink(
             "influx",

@@ -120,6 +120,39 @@ def take_packets(data: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
+CONNECT = 0x10
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at ``data[i]``: (value, index after it)."""
+    value, shift = 0, 0
+    while data[i] & 0x80:
+        value += (data[i] & 0x7F) << shift
+        shift, i = shift + 7, i + 1
+    return value + (data[i] << shift), i + 1
+
+
+def protocol_level(connect: bytes) -> int:
+    """The protocol level of a CONNECT packet (4: 3.1.1, 5: MQTT 5)."""
+    _, i = _varint(connect, 1)
+    (n,) = struct.unpack("!H", connect[i : i + 2])
+    return connect[i + 2 + n]
+
+
+def publish_fields(packet: bytes, *, v5: bool) -> tuple[str, int, bytes, bytes]:
+    """A QoS 1/2 PUBLISH packet's (topic, packet id, properties, payload)."""
+    _, i = _varint(packet, 1)
+    (n,) = struct.unpack("!H", packet[i : i + 2])
+    topic = packet[i + 2 : i + 2 + n].decode()
+    (mid,) = struct.unpack("!H", packet[i + 2 + n : i + 4 + n])
+    i += 4 + n
+    props = b""
+    if v5:
+        length, j = _varint(packet, i)
+        props, i = packet[j : j + length], j + length
+    return topic, mid, props, packet[i:]
+
+
 class PubackGate:
     """A proxy between a sink and the broker that holds the PUBACKs of one topic.
 
@@ -138,6 +171,7 @@ class PubackGate:
         self.max_in_flight = 0
         self._in_flight = 0
         self._topics: dict[int, str] = {}  # mid → topic, this connection
+        self._v5 = False  # this connection's protocol
         self._client: trio.SocketStream | None = None
         self._connection = trio.CancelScope()
         self._changed = trio.Event()
@@ -188,14 +222,13 @@ class PubackGate:
             pending += data
             # Noted before the broker has them: their PUBACKs must be known as ours.
             for kind, packet in take_packets(pending):
+                if kind == CONNECT:
+                    self._v5 = protocol_level(packet) == 5
                 if kind == PUBLISH:
-                    body = packet[2:]  # short packets: one length byte
-                    (n,) = struct.unpack("!H", body[:2])
-                    topic = body[2 : 2 + n].decode()
-                    (mid,) = struct.unpack("!H", body[2 + n : 4 + n])
+                    topic, mid, _, payload = publish_fields(packet, v5=self._v5)
                     self._topics[mid] = topic
                     if topic == self.topic:
-                        self.sent.append(body[4 + n :].decode())
+                        self.sent.append(payload.decode())
                         self._in_flight += 1
                         self.max_in_flight = max(self.max_in_flight, self._in_flight)
             await dst.send_all(data)

@@ -27,13 +27,12 @@ head, in their order, so that the FIFO order of everything kept is unchanged.
 Only a buffer holding nothing but protected records drops protected ones.
 
 Recent records are also kept in memory, so a sink that keeps up never reads
-SQLite; when the disk refuses writes, live delivery goes on from memory.
+the file; when the disk refuses writes, live delivery goes on from memory.
 """
 
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,19 +42,14 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from gateway.buffer.cachefile import STORE_ERRORS, check_name
+
 if TYPE_CHECKING:
-    from gateway.buffer.sqlite import Durability
+    from gateway.buffer.cachefile import Durability
     from gateway.buffer.store import BufferStore
 
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 _READ_FAILED_PAUSE = 1.0
-
-
-def table_name(name: str) -> str:
-    """The SQLite table of buffer ``name`` (an ASCII identifier, checked)."""
-    if not name.isidentifier() or not name.isascii():
-        raise ValueError(f"invalid buffer name {name!r}")
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +67,7 @@ class DiskBuffer:
     and :meth:`ack`, and waits on :attr:`count` (the number of records it may
     deliver now, acknowledged ones excluded) or :attr:`unread` (those of them
     not handed out by :meth:`read` yet). For a buffer of its own (tests,
-    tools), :meth:`open` makes a one-table store.
+    tools), :meth:`open` makes a store of one buffer.
     """
 
     def __init__(
@@ -83,7 +77,7 @@ class DiskBuffer:
         self.name = name
         self.max_records = max_records
         self.marker = marker
-        self.table = table_name(name)
+        check_name(name)  # it prefixes the keys of the buffer's records
         self.dropped_total = 0
         self.write_errors = 0
         # Sequence numbers: live records are exactly [head, tail). Rows below
@@ -92,6 +86,8 @@ class DiskBuffer:
         self.tail = 1
         self.disk_head = 1
         self.disk_tail = 1
+        # Rows at or above it were never written, not even by a write that failed.
+        self._tried_tail = 1
         # The next record read() hands out; below head it counts as head
         # (records dropped or acknowledged are never handed out).
         self.cursor = 1
@@ -99,7 +95,7 @@ class DiskBuffer:
         # rows): records handed out before carry keys that mean nothing now.
         self.generation = 0
         # Records [cache_start, tail) in memory: every unwritten one, plus up
-        # to CACHE_RECORDS written ones for the sink to read without SQLite.
+        # to CACHE_RECORDS written ones for the sink to read without the file.
         self._cache: deque[str] = deque()
         self._cache_start = 1
         # Wakes the sink; the value is how many records it may deliver now.
@@ -122,7 +118,7 @@ class DiskBuffer:
         name: str = "buffer",
         ack_delay: float = 0.0,
     ) -> DiskBuffer:
-        """A buffer with a store of its own in ``directory`` (acks written at once)."""
+        """A buffer with a store of its own in ``directory``."""
         from gateway.buffer.store import BufferStore
 
         store = await BufferStore.open(
@@ -286,7 +282,7 @@ class DiskBuffer:
         if start < min(self._cache_start, end):
             try:
                 out = self._overlay(await self.store.read(self, start, min(self._cache_start, end)))
-            except (sqlite3.Error, OSError) as exc:
+            except STORE_ERRORS as exc:
                 # Never skip over records that cannot be read: try again later.
                 self.store.failed(f"{self.name}: read", exc, [self])
                 await trio.sleep(_READ_FAILED_PAUSE)
@@ -360,7 +356,7 @@ class DiskBuffer:
     def iter_all(self) -> list[Record]:
         """Every waiting record, oldest first."""
         out: list[Record] = []
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
+        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
             out = self._overlay(
                 self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
             )
@@ -369,7 +365,7 @@ class DiskBuffer:
 
     def oldest(self) -> Record | None:
         """The oldest waiting record, or None."""
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
+        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
             rows = self._overlay(self.store.read_sync(self, self.head, self.head + 1))
             if rows:
                 return rows[0]
@@ -377,7 +373,7 @@ class DiskBuffer:
         return rows[0] if rows else None
 
     def integrity_check(self) -> str:
-        """SQLite ``PRAGMA integrity_check`` of the store ("ok" when healthy)."""
+        """SQLite's ``PRAGMA integrity_check`` of the store's file ("ok" when healthy)."""
         return self.store.integrity_check()
 
     def close(self) -> int:

@@ -82,6 +82,10 @@ def _create(path: Path) -> None:
     con = sqlite3.connect(path, isolation_level=None)
     try:
         con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        # diskcache's own default (FULL), which it can no longer set once the
+        # header below exists; freed pages are given back at each commit
+        # (measured: fewer bytes per packet than with none).
+        con.execute("PRAGMA auto_vacuum = FULL")
         # Setting WAL writes the header: the page size is fixed from now on.
         con.execute("PRAGMA journal_mode = WAL")
     finally:

@@ -586,3 +586,143 @@ async def test_a_boot_is_stored_once_not_per_record(tmp_path: Path) -> None:
     store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
     assert store.boot_offsets() == {"0123abcd": (boot, 42)}
     store.close()
+
+
+# -- write-behind (write_delay > 0): records acked in time never touch the disk -------
+
+
+async def settled(store: BufferStore) -> None:
+    """Let the store's writer finish what it started: real time, not mock."""
+    for _ in range(100):
+        await trio.testing.wait_all_tasks_blocked()
+        if not store._lock.locked():
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+
+
+def count_transactions(store: BufferStore) -> list[int]:
+    transactions: list[int] = []
+    transact = store.cache.transact
+
+    def counted() -> object:
+        transactions.append(1)
+        return transact()
+
+    store.cache.transact = counted
+    return transactions
+
+
+async def write_behind(directory: Path, **kwargs: object) -> BufferStore:
+    store = await BufferStore.open(
+        directory,
+        {"mqtt": 100, "influx": 100},
+        ack_delay=1.0,
+        write_delay=2.0,
+        protect={"mqtt": MARK},
+        **kwargs,  # type: ignore[arg-type]
+    )
+    for buf in store.buffers.values():
+        buf.set_delivering(True)
+    return store
+
+
+async def test_write_behind_records_acked_in_time_never_touch_the_disk(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    transactions = count_transactions(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        for n in range(5):
+            await store.commit({mqtt: [f"m{n}"], influx: [f"p{n}"]})
+            # Deliverable at once, before any write.
+            assert values(await mqtt.peek(10)) == [f"m{n}"]
+            mock_clock.jump(1.0)
+            await mqtt.ack(await mqtt.peek(10))
+            await influx.ack(await influx.peek(10))
+            mock_clock.jump(0.5)
+            await settled(store)
+        mock_clock.jump(10)
+        await settled(store)
+        assert transactions == []
+        nursery.cancel_scope.cancel()
+    assert store.close() == 0
+    assert disk_values(tmp_path, "mqtt") == disk_values(tmp_path, "influx") == []
+
+
+async def test_write_behind_writes_a_record_not_acked_within_write_delay_with_all_pending(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await store.commit({mqtt: ["m1"], influx: ["p1"]})
+        mock_clock.jump(1.0)
+        await store.commit({mqtt: ["m2"], influx: ["p2"]})
+        await influx.ack(await influx.peek(10))  # p1 and p2 delivered in time
+        mock_clock.jump(0.9)
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == []
+        mock_clock.jump(0.2)  # m1 is 2.1 s old: it and everything pending go to disk
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
+        assert disk_values(tmp_path, "influx") == []
+        # FIFO across disk and memory: what is written and what is not, in order.
+        await store.commit({mqtt: ["m3"]})
+        assert values(await mqtt.peek(10)) == ["m1", "m2", "m3"]
+        nursery.cancel_scope.cancel()
+    crash(store)  # kill -9: m3, younger than write_delay, is the only loss
+    again = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100})
+    assert values(await again.buffers["mqtt"].peek(10)) == ["m1", "m2"]
+    again.close()
+
+
+async def test_write_behind_writes_at_once_for_a_sink_that_does_not_deliver(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await store.commit({mqtt: ["m1"], influx: ["p1"]})
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == []
+        influx.set_delivering(False)  # e.g. the database is down, or points are held
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == ["m1"]
+        assert disk_values(tmp_path, "influx") == ["p1"]
+        await store.commit({mqtt: ["m2"], influx: ["p2"]})
+        assert disk_values(tmp_path, "influx") == ["p1", "p2"]
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_write_behind_commits_alert_events_at_once(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt = store.buffers["mqtt"]
+    await store.commit({mqtt: ["r1"]})
+    assert disk_values(tmp_path, "mqtt") == []
+    await store.commit({mqtt: [alert(1)]})
+    assert disk_values(tmp_path, "mqtt") == ["r1", alert(1)]
+    await store.commit({mqtt: []}, state={"group:node1": "1"})
+    assert store.alert_state() == {"group:node1": "1"}
+    crash(store)
+    again = await BufferStore.open(tmp_path, {"mqtt": 100}, protect={"mqtt": MARK})
+    assert again.alert_state() == {"group:node1": "1"}
+    again.close()
+
+
+async def test_write_behind_close_writes_everything_held(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt = store.buffers["mqtt"]
+    await store.commit({mqtt: ["a", "b", "c"]})
+    await mqtt.ack(await mqtt.peek(1))
+    assert disk_values(tmp_path, "mqtt") == []
+    assert store.close() == 0  # SIGTERM: nothing is lost
+    assert disk_values(tmp_path, "mqtt") == ["b", "c"]

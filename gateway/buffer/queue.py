@@ -33,6 +33,7 @@ the file; when the disk refuses writes, live delivery goes on from memory.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ class DiskBuffer:
         self._rewrites: dict[int, str] = {}
         # Of those, the ones read() has not handed out yet.
         self.unread: AsyncValue[int] = AsyncValue(0)
+        # Write-behind (the store's write_delay > 0): (tail after a commit, its
+        # Trio time) for each commit with records not on disk yet, oldest first.
+        self._commits: deque[tuple[int, float]] = deque()
+        # Whether the sink delivers now (connected, not holding): only then may
+        # records wait in memory for their acknowledgement (see set_delivering).
+        self.delivering = False
 
     @classmethod
     async def open(
@@ -117,12 +124,17 @@ class DiskBuffer:
         durability: Durability = "full",
         name: str = "buffer",
         ack_delay: float = 0.0,
+        write_delay: float = 0.0,
     ) -> DiskBuffer:
         """A buffer with a store of its own in ``directory``."""
         from gateway.buffer.store import BufferStore
 
         store = await BufferStore.open(
-            directory, {name: max_records}, durability=durability, ack_delay=ack_delay
+            directory,
+            {name: max_records},
+            durability=durability,
+            ack_delay=ack_delay,
+            write_delay=write_delay,
         )
         return store.buffers[name]
 
@@ -140,8 +152,34 @@ class DiskBuffer:
 
     def _visible_tail(self) -> int:
         # Records become deliverable once written; when the disk refuses
-        # writes, live delivery goes on from memory.
-        return self.tail if self.store.degraded else max(self.disk_tail, self.head)
+        # writes, live delivery goes on from memory, and with write-behind
+        # they are deliverable before they are written.
+        if self.store.degraded or self.store.write_delay > 0:
+            return self.tail
+        return max(self.disk_tail, self.head)
+
+    def set_delivering(self, delivering: bool) -> None:
+        """The sink says whether it delivers now (connected, its server answering, not holding).
+
+        With write-behind, records wait in memory only while their sink
+        delivers them: when it stops, every one of them is written at once.
+        """
+        if delivering != self.delivering:
+            self.delivering = delivering
+            if not delivering:
+                self.store._wake.set()
+
+    def _records_due(self, write_delay: float) -> float | None:
+        """Write-behind: when the oldest unwritten, unacknowledged record must be written."""
+        start = max(self.disk_tail, self.head)
+        commits = self._commits
+        while commits and commits[0][0] <= start:
+            commits.popleft()
+        if start >= self.tail and not self._rewrites:
+            return None
+        if not self.delivering or self._rewrites or not commits:
+            return -math.inf  # now
+        return commits[0][1] + write_delay
 
     def _next(self) -> int:
         return max(self.cursor, self.head)
@@ -235,6 +273,9 @@ class DiskBuffer:
             del self._protected[seqs.popleft()]
         if self._rewrites:
             self._rewrites = {k: v for k, v in self._rewrites.items() if k >= self.head}
+        written = max(self.disk_tail, self.head)
+        while self._commits and self._commits[0][0] <= written:
+            self._commits.popleft()
         keep_from = max(self.head, min(self.disk_tail, self.tail - CACHE_RECORDS))
         for _ in range(min(keep_from - self._cache_start, len(self._cache))):
             self._cache.popleft()
@@ -246,9 +287,13 @@ class DiskBuffer:
         rewrites = [(seq, v) for seq, v in self._rewrites.items() if seq < start]
         return rewrites + list(zip(itertools.count(start), values, strict=False))
 
+    def _deletes_pending(self) -> bool:
+        """Acknowledged (or dropped) rows that may be on disk still: to delete."""
+        return self.disk_head < min(self.head, self._tried_tail)
+
     def _pending(self) -> bool:
         return (
-            self.disk_head < self.head
+            self._deletes_pending()
             or max(self.disk_tail, self.head) < self.tail
             or bool(self._rewrites)
         )

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,14 @@ class BufferStore:
         durability: "full" (synchronous=FULL: survives power loss) or "normal".
         ack_delay: how long acknowledgements may wait for the next commit
             before :meth:`run` writes them alone; 0 writes each one at once.
+        write_delay: write-behind: how long a record may live only in memory
+            while its sink delivers it (see :meth:`commit`); 0 writes every
+            record before it can be delivered.
         protect: buffer name → marker; records containing it are never
             dropped by the bound while unprotected ones can go instead.
 
     The constructor blocks; in Trio use :meth:`open`. Run :meth:`run` in the
-    nursery when ``ack_delay`` > 0.
+    nursery when ``ack_delay`` or ``write_delay`` > 0.
     """
 
     def __init__(
@@ -106,12 +110,14 @@ class BufferStore:
         *,
         durability: Durability = "full",
         ack_delay: float = ACK_DELAY,
+        write_delay: float = 0.0,
         protect: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STORE_FILE
         self.durability = durability
         self.ack_delay = ack_delay
+        self.write_delay = write_delay
         markers = protect or {}
         self.buffers = {
             name: DiskBuffer(self, name, bound, markers.get(name)) for name, bound in sinks.items()
@@ -148,12 +154,18 @@ class BufferStore:
         *,
         durability: Durability = "full",
         ack_delay: float = ACK_DELAY,
+        write_delay: float = 0.0,
         protect: Mapping[str, str] | None = None,
     ) -> BufferStore:
         """Open (or create, or replace a corrupt) store without blocking Trio."""
         return await trio.to_thread.run_sync(
             lambda: cls(
-                directory, sinks, durability=durability, ack_delay=ack_delay, protect=protect
+                directory,
+                sinks,
+                durability=durability,
+                ack_delay=ack_delay,
+                write_delay=write_delay,
+                protect=protect,
             )
         )
 
@@ -276,6 +288,7 @@ class BufferStore:
         buf.head = buf.disk_head = first
         buf.disk_tail = last + 1
         buf._tried_tail = last + 1
+        buf._commits = deque((tail + shift, at) for tail, at in buf._commits)
         buf._adopt_protected(protected, shift)
         buf._renumbered()  # what a sink has in flight carries the old keys
 
@@ -283,6 +296,11 @@ class BufferStore:
 
     def _plan(self) -> _Plan:
         """What is not yet on disk: (buffer, delete below, written up to, rows, protected)."""
+        for buf in self.buffers.values():
+            if not buf._deletes_pending():
+                # Acknowledged before they were written (write-behind, or held
+                # while the disk refused): nothing on disk to delete.
+                buf.disk_head = max(buf.disk_head, buf.head)
         return [
             (
                 buf,
@@ -345,8 +363,15 @@ class BufferStore:
         """Commit each buffer's records, with pending acks, in one transaction.
 
         ``state`` (key → text, or None to delete) goes to the ``alert_state``
-        table in that same transaction: the alert engine's record of what is
+        document in that same transaction: the alert engine's record of what is
         active changes together with the events that changed it.
+
+        With write-behind (``write_delay`` > 0) the records are deliverable at
+        once and written only when one of them is not acknowledged within
+        ``write_delay`` (:meth:`run`), then with everything else pending,
+        oldest first. They are written at once when a sink of theirs is not
+        delivering, when they hold protected records (alert events) or when
+        ``state`` changes. Acknowledged in time, they never touch the disk.
 
         Returns how many old records each buffer dropped to stay in its bound.
         Never raises: records the disk refuses wait in memory (see module doc).
@@ -354,6 +379,22 @@ class BufferStore:
         dropped = {buf.name: buf._add(records) for buf, records in batches.items() if records}
         if state:
             self._state.update(state)
+        if self.write_delay > 0:
+            now = trio.current_time()
+            for buf, records in batches.items():
+                if records:
+                    buf._commits.append((buf.tail, now))
+            if not state and all(
+                buf.delivering and not (buf.marker and any(buf.marker in r for r in records))
+                for buf, records in batches.items()
+                if records
+            ):
+                for buf in batches:
+                    dropped.setdefault(buf.name, 0)
+                    buf._publish_count()
+                self._wake.set()  # run() writes them when they are due
+                await trio.lowlevel.checkpoint()
+                return dropped
         await self.sync()
         for buf in batches:
             dropped.setdefault(buf.name, 0)
@@ -415,7 +456,28 @@ class BufferStore:
         self._note_pending()
 
     def _has_pending(self) -> bool:
+        """Acks, state or (without write-behind) records waiting for a write."""
+        if self.write_delay > 0:
+            # Records have due times of their own (_next_due).
+            return bool(self._state) or any(
+                buf._deletes_pending() or bool(buf._rewrites) for buf in self.buffers.values()
+            )
         return bool(self._state) or any(buf._pending() for buf in self.buffers.values())
+
+    def _next_due(self) -> float | None:
+        """The Trio time of the next write :meth:`run` owes; None: nothing owed."""
+        dues = []
+        if self._pending_since is not None:
+            if self._has_pending() or self.degraded:
+                dues.append(self._pending_since + self.ack_delay)
+            else:
+                self._pending_since = None
+        if self.write_delay > 0:
+            for buf in self.buffers.values():
+                due = buf._records_due(self.write_delay)
+                if due is not None:
+                    dues.append(due)
+        return min(dues, default=None)
 
     def _note_pending(self) -> None:
         if self._pending_since is None:
@@ -430,19 +492,26 @@ class BufferStore:
             self._note_pending()
 
     async def run(self) -> None:
-        """Write acks that no commit took along within ``ack_delay``; retry refused writes."""
+        """Write what is owed: acks no commit took along within ``ack_delay``,
+        write-behind records not acknowledged within ``write_delay``, and
+        writes the disk refused (retried every ``REOPEN_INTERVAL``)."""
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._pending_since is not None:
-                due = self._pending_since + self.ack_delay
-                if self.degraded:
-                    due = max(due, self._retry_due)
-                if trio.current_time() < due:
-                    await trio.sleep_until(due)
-                    continue
-                if not await self.sync():
-                    self._pending_since = trio.current_time()
+            due = self._next_due()
+            if due is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            if self.degraded:
+                due = max(due, self._retry_due)
+            if trio.current_time() < due:
+                # A commit, an ack or a sink that stops delivering may bring it forward.
+                with trio.move_on_at(due):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    self._wake = trio.Event()
+                continue
+            if not await self.sync():
+                self._pending_since = trio.current_time()
 
     # -- boots and their clock offsets ------------------------------------------------
 

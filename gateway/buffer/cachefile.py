@@ -1,10 +1,12 @@
 """The store's file: one ``diskcache.Cache`` in the buffer directory, and its identity.
 
-diskcache needs a hand in two places, and only there is :mod:`sqlite3` used
+diskcache needs a hand in a few places, and only there is :mod:`sqlite3` used
 directly: the file is created with 1 KiB pages before diskcache creates its
 tables (``page_size`` cannot change later, and a packet's writes touch a
-handful of pages, each written whole to the WAL), and a ``quick_check`` before
-opening tells a damaged file from a disk that refuses writes.
+handful of pages, each written whole to the WAL); a ``quick_check`` before
+opening tells a damaged file from a disk that refuses writes; an
+``integrity_check`` on request; and :mod:`gateway.buffer.reader` reads the file
+without writing it, which opening a ``Cache`` would.
 
 Keys (all strings, so that diskcache stores them raw):
 

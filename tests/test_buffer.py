@@ -726,3 +726,40 @@ async def test_write_behind_close_writes_everything_held(
     assert disk_values(tmp_path, "mqtt") == []
     assert store.close() == 0  # SIGTERM: nothing is lost
     assert disk_values(tmp_path, "mqtt") == ["b", "c"]
+
+
+# -- a commit's records are one diskcache item per buffer ------------------------------
+
+
+async def test_a_partly_acknowledged_item_is_not_delivered_again_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
+    buf = store.buffers["mqtt"]
+    await buf.append(["a", "b", "c"])  # one item
+    await buf.ack((await buf.peek(2))[-1:])
+    assert disk_values(tmp_path, "mqtt") == ["c"]
+    crash(store)
+    again = await BufferStore.open(tmp_path, {"mqtt": 100})
+    assert values(await again.buffers["mqtt"].peek(10)) == ["c"]
+    again.close()
+
+
+async def test_a_large_commit_is_split_into_items_and_read_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buffer_module, "CACHE_RECORDS", 10)
+    buf = await open_buffer(tmp_path, max_records=5000)
+    sent = [f"r{i}" for i in range(1300)]
+    await buf.append(sent)
+    assert len(buf.store._chunks["buffer"].starts) == 3  # at most MAX_ITEM (512) each
+    buf.close()
+    buf = await open_buffer(tmp_path, max_records=5000)
+    got: list[str] = []
+    while buf.count.value:
+        batch = await buf.peek(333)
+        got += values(batch)
+        await buf.ack(batch[-1:])
+    assert got == sent
+    buf.close()
+    assert disk_values(tmp_path, "buffer") == []

@@ -10,12 +10,13 @@ without writing it, which opening a ``Cache`` would.
 
 Keys (all strings, so that diskcache stores them raw):
 
-- ``<buffer>-<15 digits>``: a record of a buffer, by its sequence number, the
-  key format of diskcache's own queues (``push``/``peek``/``pull`` with
+- ``<buffer>-<15 digits>``: a run of records of a buffer (a JSON list, see
+  :mod:`gateway.buffer.chunks`), under the sequence number of its first, in
+  the key format of diskcache's own queues (``peek``/``pull`` with
   ``prefix=<buffer>``).
 - :data:`FORMAT_KEY`: the store's format version, checked at every open.
 - :data:`BUFFERS_KEY`, :data:`BOOTS_KEY`, :data:`ALERT_STATE_KEY`,
-  :data:`PROTECTED_KEY`: small JSON documents (see each).
+  :data:`HEADS_KEY`: small JSON documents (see each).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ FORMAT_KEY = "format"
 BUFFERS_KEY = "buffers"  # JSON list of the buffers' names, for readers
 BOOTS_KEY = "boots"  # JSON {key: [boot id, learned offset or null]}, one entry per boot
 ALERT_STATE_KEY = "alert_state"  # JSON {key: text}, owned by gateway.alerts
-PROTECTED_KEY = "protected"  # JSON {buffer: [seq, …]}: where protected records are
+HEADS_KEY = "heads"  # JSON {buffer: seq}: its first live record, when inside a run
 SEQ_DIGITS = 15  # diskcache's queue keys: "<prefix>-<15 digits>"
 
 # Errors of a store that cannot be opened, read or written. diskcache raises

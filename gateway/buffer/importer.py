@@ -12,6 +12,7 @@ from typing import Any
 from gateway import records
 from gateway.buffer.cachefile import (
     BOOTS_KEY,
+    HEADS_KEY,
     STORE_FILE,
     _create,
     check_name,
@@ -21,6 +22,7 @@ from gateway.buffer.cachefile import (
     record_key,
     seq_of,
 )
+from gateway.buffer.chunks import MAX_ITEM, decode, encode
 
 
 class StoreInUse(Exception):
@@ -108,19 +110,22 @@ def _append(
     c = cache
     added: dict[str, int] = {}
     with c.transact():
+        heads = load_json(c.get(HEADS_KEY), {})
         for name, values in batches.items():
             front, _ = c.peek(prefix=name, side="front")
-            back, _ = c.peek(prefix=name, side="back")
-            count = 0 if front is None else seq_of(back) - seq_of(front) + 1
+            back, last_run = c.peek(prefix=name, side="back")
+            end = seq_of(back) + len(decode(last_run)) if back is not None else 1
+            first = max(seq_of(front), int(heads.get(name, 0))) if front is not None else end
+            count = max(0, end - first)
             bound = bounds.get(name)
             if bound is not None and count + len(values) > bound:
                 raise BufferFull(
                     f"{name}: {count} record(s) waiting + {len(values)} to import exceed "
                     f"the buffer's bound of {bound}; nothing was imported"
                 )
-            start = seq_of(back) + 1 if back is not None else 1
-            for seq, value in enumerate(values, start=start):
-                c.set(record_key(name, seq), value)
+            # Runs of at most MAX_ITEM records, as the store writes them.
+            for at in range(0, len(values), MAX_ITEM):
+                c.set(record_key(name, end + at), encode(list(values[at : at + MAX_ITEM])))
             added[name] = len(values)
         known = {k: tuple(v) for k, v in load_json(c.get(BOOTS_KEY), {}).items()}
         merged = dict(known)

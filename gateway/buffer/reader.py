@@ -2,9 +2,10 @@
 
 diskcache cannot read a cache without writing it (opening a ``Cache`` rewrites
 its settings, and creates the WAL and its index), so this reads diskcache's
-``Cache`` table through :mod:`sqlite3`, read-only: each record is a row whose
-key is ``<buffer>-<15 digits>`` and whose value is the text itself (the store
-keeps every value in the table, ``mode`` 1, "raw").
+``Cache`` table through :mod:`sqlite3`, read-only: each run of records is a
+row whose key is ``<buffer>-<15 digits>`` and whose value is the compressed
+JSON itself (the store keeps every value in the table, ``mode`` 1, "raw"; see
+:mod:`gateway.buffer.chunks`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.buffer.cachefile import (
     BUFFERS_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
+    HEADS_KEY,
     STORE_FILE,
     _is_corruption,
     check_name,
@@ -29,6 +31,7 @@ from gateway.buffer.cachefile import (
     seq_of,
     store_bytes,
 )
+from gateway.buffer.chunks import decode
 from gateway.buffer.queue import Record
 
 _RAW = 1  # diskcache's MODE_RAW: the value column holds the value itself
@@ -157,12 +160,7 @@ class StoreReader:
 
     def count(self, sink: str) -> int:
         """Records waiting in ``sink``'s buffer (0 for a buffer the store does not hold)."""
-        if sink not in self.tables:
-            return 0
-        rows = self._query_args(
-            "SELECT COUNT(*) FROM Cache WHERE key BETWEEN ? AND ? AND raw = 1", key_range(sink)
-        )
-        return int(rows[0][0]) if rows else 0
+        return sum(1 for _ in self.records(sink))
 
     def oldest(self, sink: str) -> Record | None:
         """The oldest record waiting in ``sink``'s buffer, or None."""
@@ -172,17 +170,31 @@ class StoreReader:
         """Every record waiting in ``sink``'s buffer, oldest first (read as iterated)."""
         if sink not in self.tables or self.con is None or not self._written:
             return
+        head = int(self._document(HEADS_KEY, {}).get(sink, 0))
+        left = limit
         try:
             cursor = self.con.execute(
                 "SELECT key, value, mode FROM Cache WHERE key BETWEEN ? AND ? AND raw = 1"
-                " ORDER BY key LIMIT ?",
-                (*key_range(sink), limit),
+                " ORDER BY key",
+                key_range(sink),
             )
-            while rows := cursor.fetchmany(1000):
+            while rows := cursor.fetchmany(100):
                 for key, value, mode in rows:
-                    if mode != _RAW or not isinstance(value, str):
-                        raise StoreError(f"buffer store {self.path}: record {key} is not text")
-                    yield Record(seq_of(key), value)
+                    if mode != _RAW or not isinstance(value, bytes):
+                        raise StoreError(f"buffer store {self.path}: {key} is not a run of records")
+                    try:
+                        values = decode(value)
+                    except ValueError as exc:
+                        raise StoreError(
+                            f"buffer store {self.path}: {key} is not a run of records"
+                        ) from exc
+                    for seq, record in enumerate(values, seq_of(key)):
+                        if seq < head:
+                            continue  # acknowledged; its run is still on disk
+                        if left == 0:
+                            return
+                        left -= 1
+                        yield Record(seq, record)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 

@@ -6,8 +6,9 @@ packet's records for *both* sinks, and the acknowledgements that arrived since
 the last packet, go to disk in one ``Cache.transact()``: one fsync per packet.
 
 A record's lifecycle (commit, peek or read, ack, the bound's drop) is told in
-:mod:`gateway.buffer.queue`; this module is the file underneath, and
-:mod:`gateway.buffer.cachefile` the keys it holds.
+:mod:`gateway.buffer.queue`; this module is the file underneath,
+:mod:`gateway.buffer.cachefile` the keys it holds and
+:mod:`gateway.buffer.chunks` how a commit's records are one item per buffer.
 
 Beside the records the store keeps the boots (each boot's id and clock offset,
 stored once per boot), the alert engine's active alerts (written in the same
@@ -41,7 +42,8 @@ from gateway import records
 from gateway.buffer.cachefile import (
     ALERT_STATE_KEY,
     BOOTS_KEY,
-    PROTECTED_KEY,
+    HEADS_KEY,
+    SEQ_DIGITS,
     STORE_ERRORS,
     STORE_FILE,
     Durability,
@@ -53,9 +55,9 @@ from gateway.buffer.cachefile import (
     load_json,
     open_cache,
     record_key,
-    seq_of,
     store_bytes,
 )
+from gateway.buffer.chunks import MAX_ITEM, Chunks, decode, encode
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.worker import StoreThread
 from gateway.metrics import RateLimitedLog
@@ -73,7 +75,8 @@ class _Opened:
         self.fd = fd
         self.ranges: dict[str, tuple[int | None, int | None]] = {}
         self.protected: dict[str, list[tuple[int, str]]] = {}
-        self.protected_index: dict[str, list[int]] = {}
+        self.chunks: dict[str, Chunks] = {}
+        self.heads: dict[str, int] = {}
         self.boots: Boots = {}
         self.alert_rows: dict[str, str] = {}
 
@@ -138,7 +141,10 @@ class BufferStore:
         # What the file holds besides records, as last written.
         self._boots: Boots = {}
         self._alert_rows: dict[str, str] = {}
-        self._protected_index: dict[str, list[int]] = {}
+        # Each buffer's items on disk, and the heads document as written.
+        self._chunks: dict[str, Chunks] = {name: Chunks() for name in sinks}
+        self._heads: dict[str, int] = {}
+        self._decoded: tuple[str, int, list[str]] | None = None  # the last item read
         self.recreated = 0  # times the file was deleted under us and recreated
         opened = self._thread.call(self._open_or_replace)
         if opened is not None:
@@ -217,24 +223,37 @@ class BufferStore:
 
     def _read_state(self, opened: _Opened) -> None:
         cache = opened.cache
-        index = load_json(cache.get(PROTECTED_KEY), {})
-        opened.protected_index = {name: list(seqs) for name, seqs in index.items()}
-        for name, buf in self.buffers.items():
-            # A queue's ends in two lookups; its keys in between are contiguous.
-            front, _ = cache.peek(prefix=name, side="front")
-            back, _ = cache.peek(prefix=name, side="back")
-            first = seq_of(front) if front is not None else None
-            last = seq_of(back) if back is not None else None
+        opened.heads = {k: int(v) for k, v in load_json(cache.get(HEADS_KEY), {}).items()}
+        opened.chunks = {name: Chunks() for name in self.buffers}
+        protected: dict[str, list[tuple[int, str]]] = {name: [] for name in self.buffers}
+        # One pass over the keys (diskcache lists no key range): each item once.
+        for key in cache.iterkeys():
+            if not isinstance(key, str):
+                continue
+            name, _, digits = key.rpartition("-")
+            buf = self.buffers.get(name)
+            if buf is None or len(digits) != SEQ_DIGITS or not digits.isdigit():
+                continue
+            start = int(digits)
+            values = decode(cache.get(key))
+            if not values:
+                continue
+            opened.chunks[name].add(start, len(values))
+            if buf.marker:
+                # The drop must know where protected records are.
+                head = opened.heads.get(name, 0)
+                protected[name] += [
+                    (seq, v)
+                    for seq, v in enumerate(values, start)
+                    if buf.marker in v and seq >= head
+                ]
+        for name, chunks in opened.chunks.items():
+            first = max(chunks.starts[0], opened.heads.get(name, 0)) if chunks else None
+            last = chunks.end - 1 if chunks else None
+            if first is None or last is None or first > last:
+                first = last = None
             opened.ranges[name] = (first, last)
-            if buf.marker and first is not None and last is not None:
-                # The drop must know where protected records are: the index
-                # names them, so opening never reads every record.
-                kept = []
-                for seq in opened.protected_index.get(name, []):
-                    value = cache.get(record_key(name, seq)) if first <= seq <= last else None
-                    if isinstance(value, str) and buf.marker in value:
-                        kept.append((seq, value))
-                opened.protected[name] = kept
+            opened.protected[name] = protected[name]
         opened.boots = {
             key: (str(boot_id), offset)
             for key, (boot_id, offset) in load_json(cache.get(BOOTS_KEY), {}).items()
@@ -246,7 +265,9 @@ class BufferStore:
         self.cache, self._fd = opened.cache, opened.fd
         for name, (first, last) in opened.ranges.items():
             self._adopt(self.buffers[name], first, last, opened.protected.get(name, []))
-        self._protected_index = opened.protected_index
+        self._chunks = opened.chunks
+        self._heads = opened.heads
+        self._decoded = None
         self._boots = opened.boots
         self._alert_rows = opened.alert_rows
         self.degraded = False
@@ -317,31 +338,62 @@ class BufferStore:
         """One transaction: each buffer's deletions and rows, the alert state (store's thread)."""
         cache = self.cache
         assert cache is not None
-        index = dict(self._protected_index)
         rows_after = dict(self._alert_rows)
         for key, value in (state or {}).items():
             if value is None:
                 rows_after.pop(key, None)
             else:
                 rows_after[key] = value
+        heads = dict(self._heads)
+        # The index changes only once the transaction is committed.
+        removed: list[tuple[str, int]] = []
+        added: list[tuple[str, int, int]] = []
         with cache.transact():
-            for buf, head, tail, rows, protected in plan:
-                # Rows that may be on disk (a commit that reported an error
-                # may still have landed) and that the head has passed.
-                for seq in range(buf.disk_head, min(head, buf._tried_tail)):
-                    cache.delete(record_key(buf.name, seq))
-                buf._tried_tail = max(buf._tried_tail, tail)
+            for buf, head, _tail, rows, _ in plan:
+                name, chunks = buf.name, self._chunks[buf.name]
+                gone = chunks.below(head)  # every record in them acknowledged
+                for start in gone:
+                    cache.delete(record_key(name, start))
+                removed += [(name, start) for start in gone]
+                end = chunks.end
+                # Rows inside items on disk: protected records moved into their slots.
+                rewrites: dict[int, dict[int, str]] = {}
+                new: list[tuple[int, str]] = []
                 for seq, value in rows:
-                    cache.set(record_key(buf.name, seq), value)
-                if buf.marker is not None and (protected or buf.name in index):
-                    index[buf.name] = protected
-            if index != self._protected_index:
-                cache.set(PROTECTED_KEY, json.dumps(index))
+                    item = chunks.containing(seq) if seq < end else None
+                    if item is None:
+                        new.append((seq, value))
+                    else:
+                        rewrites.setdefault(item, {})[seq - item] = value
+                for item, slots in rewrites.items():
+                    values = decode(cache.get(record_key(name, item)))
+                    for offset, value in slots.items():
+                        if offset < len(values):
+                            values[offset] = value
+                    cache.set(record_key(name, item), encode(values))
+                for start, values in _runs(sorted(new)):
+                    cache.set(record_key(name, start), encode(values))
+                    added.append((name, start, len(values)))
+                live = [s for s in chunks.starts if s not in gone] + [
+                    a[1] for a in added if a[0] == name
+                ]
+                if live and min(live) < head:
+                    heads[name] = head  # the first live record is inside an item
+                else:
+                    heads.pop(name, None)
+            if heads != self._heads:
+                cache.set(HEADS_KEY, json.dumps(heads))
             if state:
                 cache.set(ALERT_STATE_KEY, json.dumps(rows_after))
-        self._protected_index = index
+        for name, start in removed:
+            self._chunks[name].remove(start)
+        for name, start, count in added:
+            self._chunks[name].add(start, count)
+        self._heads = heads
+        self._decoded = None
         self._alert_rows = rows_after
         for buf, head, tail, _, _ in plan:
+            buf._tried_tail = max(buf._tried_tail, tail)
             buf.disk_head = max(buf.disk_head, head)
             buf.disk_tail = max(buf.disk_tail, tail)
 
@@ -546,6 +598,9 @@ class BufferStore:
                 buf._cache.extendleft(reversed([r.value for r in older]))
                 buf._cache_start = buf.head
             buf.disk_head = buf.disk_tail = buf._tried_tail = buf.head
+            self._chunks[buf.name] = Chunks()
+        self._heads = {}
+        self._decoded = None
         held = sum(buf.tail - buf.head for buf in self.buffers.values())
         self._close_file()
         self.recreated += 1
@@ -564,7 +619,6 @@ class BufferStore:
         self.cache, self._fd = opened.cache, opened.fd
         self._identity = _file_identity(self.path)
         self.degraded = False
-        self._protected_index = {}
         self.cache.set(BOOTS_KEY, _boots_json(self._boots))
         self.cache.set(ALERT_STATE_KEY, json.dumps(self._alert_rows))
 
@@ -613,13 +667,16 @@ class BufferStore:
     def _read_rows(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
         cache = self.cache
         assert cache is not None
-        # diskcache has no range read: one lookup per record, about 9 µs each
-        # (measured); only a backlog beyond the records kept in memory is read.
         out = []
-        for seq in range(start, end):
-            value = cache.get(record_key(buf.name, seq))
-            if isinstance(value, str):
-                out.append(Record(seq, value))
+        for item in list(self._chunks[buf.name].overlapping(start, end)):
+            # A sink reads on where its last read ended: often in the same item.
+            if self._decoded is not None and self._decoded[:2] == (buf.name, item):
+                values = self._decoded[2]
+            else:
+                values = decode(cache.get(record_key(buf.name, item)))
+                self._decoded = (buf.name, item, values)
+            for seq in range(max(start, item), min(end, item + len(values))):
+                out.append(Record(seq, values[seq - item]))
         return out
 
     def read_sync(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
@@ -681,6 +738,17 @@ class BufferStore:
             return self._thread.call(self._close_sync)
         finally:
             self._thread.close()
+
+
+def _runs(rows: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:
+    """Sorted rows as items: runs of consecutive sequence numbers, MAX_ITEM at most."""
+    runs: list[tuple[int, list[str]]] = []
+    for seq, value in rows:
+        if runs and runs[-1][0] + len(runs[-1][1]) == seq and len(runs[-1][1]) < MAX_ITEM:
+            runs[-1][1].append(value)
+        else:
+            runs.append((seq, [value]))
+    return runs
 
 
 def _boots_json(boots: Boots) -> str:

@@ -23,7 +23,7 @@ when it returns. Alert records carry a marker (:data:`MQTT_MARKER`,
 not alerts (:mod:`gateway.buffer.queue`).
 
 What is active survives a restart: the engine's changes (:meth:`Alerts.take_state`)
-are written to the store's ``alert_state`` table in the same transaction as the
+are written under the store's ``alert_state`` key in the same transaction as the
 events, and :meth:`Alerts.restore` reads them back, so a restart neither
 repeats a "firing" nor loses a "resolved". A rule that is still pending (its
 ``for`` not yet over) starts again after a restart.
@@ -59,7 +59,7 @@ INFLUX_MARKER = f" {MEASUREMENT},name="
 # Groups come from the data: a firmware printing a new group per line must not
 # grow memory, the store or /metrics without bound.
 MAX_GROUPS = 64
-# Keys of the store's alert_state table.
+# Keys within the store's alert_state document.
 ACTIVE_KEY = "active:"  # active:<alert name> → Active.to_state()
 GROUP_KEY = "group:"  # group:<group> → "1": the group had values (it can go stale)
 # Every alert point has these tags of its own; a static tag of that name is left out.

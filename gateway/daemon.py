@@ -189,6 +189,7 @@ class Gateway:
                 "influx": self.cfg.influxdb.buffer_max_points,
             },
             durability=g.durability,
+            write_delay=g.write_delay,
             # A full buffer drops readings, never alert events.
             protect={"mqtt": alerts.MQTT_MARKER, "influx": alerts.INFLUX_MARKER},
         )
@@ -196,11 +197,13 @@ class Gateway:
             self.metrics.sink(name).corrupt += len(store.corrupt_moved)
         counts = {name: buf.count.value for name, buf in store.buffers.items()}
         log.info(
-            "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s)",
+            "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s, "
+            "write_delay=%g s)",
             store.path,
             counts["mqtt"],
             counts["influx"],
             g.durability,
+            g.write_delay,
         )
         return store
 

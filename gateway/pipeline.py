@@ -187,7 +187,8 @@ class Pipeline:
             figures = self.metrics.sink(buf.name)
             # A store deleted under us and recreated is an I/O failure of each buffer.
             figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated
-            figures.memory_records = buf.in_memory
+            # Records the disk refused; write-behind's records wait in memory by design.
+            figures.memory_records = buf.in_memory if self.store.degraded else 0
             figures.set_backlog(buf.count.value)
             if dropped.get(buf.name):
                 figures.dropped += dropped[buf.name]

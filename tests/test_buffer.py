@@ -12,6 +12,14 @@ import trio
 
 from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, Record, StoreReader
 from gateway.buffer import queue as buffer_module
+from gateway.buffer.cachefile import PAGE_SIZE
+
+
+def crash(store: BufferStore) -> None:
+    """What kill -9 leaves: the file closed with nothing more written."""
+    cache, store.cache = store.cache, None
+    assert cache is not None
+    store._thread.call(cache.close)
 
 
 async def open_buffer(path: Path, max_records: int = 100, **kwargs: object) -> DiskBuffer:
@@ -277,12 +285,22 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
     assert sibling_names(path, "buffer.corrupt-") == sorted(p.name for p in moved)
 
 
+def pragma(store: BufferStore, name: str) -> object:
+    """A pragma of the store's own connection (diskcache sets them per connection)."""
+    return store._thread.call(lambda: store.cache.reset(f"sqlite_{name}", update=False))
+
+
 @pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
 async def test_durability(tmp_path: Path, durability: str, synchronous: int) -> None:
     path = tmp_path / "influx"
     buf = await open_buffer(path, durability=durability)
-    assert buf.store.con is not None
-    assert buf.store.con.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    assert pragma(buf.store, "synchronous") == synchronous
+    assert pragma(buf.store, "journal_mode") == "wal"
+    con = sqlite3.connect(path / STORE_FILE)
+    try:
+        assert con.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    finally:
+        con.close()
     await buf.append(["a", "b"])
     buf.close()
     buf = await open_buffer(path, durability=durability)
@@ -304,11 +322,8 @@ async def test_stats_and_iter_all(tmp_path: Path) -> None:
 
 def disk_values(directory: Path, table: str) -> list[str]:
     """What a second connection (another process, after a crash) sees on disk."""
-    con = sqlite3.connect(directory / STORE_FILE)
-    try:
-        return [v for (v,) in con.execute(f"SELECT value FROM {table} ORDER BY seq")]
-    finally:
-        con.close()
+    with StoreReader(directory) as reader:
+        return [r.value for r in reader.records(table)]
 
 
 async def test_one_transaction_for_both_sinks_carries_the_acks(tmp_path: Path) -> None:
@@ -321,13 +336,19 @@ async def test_one_transaction_for_both_sinks_carries_the_acks(tmp_path: Path) -
     # The ack took effect at once but waits on disk for the next commit ...
     assert mqtt.count.value == 0
     assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
-    changes = store.con.total_changes if store.con else 0
+    transactions = []
+    transact = store.cache.transact
+
+    def counted() -> object:
+        transactions.append(1)
+        return transact()
+
+    store.cache.transact = counted
     await store.commit({mqtt: ["m3"], influx: ["p2"]})
     # ... which deletes them in the same transaction as the new rows.
     assert disk_values(tmp_path, "mqtt") == ["m3"]
     assert disk_values(tmp_path, "influx") == ["p1", "p2"]
-    assert store.con is not None
-    assert store.con.total_changes - changes == 4  # 2 deletes, 2 inserts
+    assert transactions == [1]
     store.close()
 
 
@@ -370,8 +391,7 @@ async def acked_but_not_written(directory: Path) -> BufferStore:
 
 async def test_a_crash_before_acks_are_written_redelivers_not_loses(tmp_path: Path) -> None:
     store = await acked_but_not_written(tmp_path)
-    assert store.con is not None
-    store.con.close()  # a kill -9: nothing more is written
+    crash(store)  # a kill -9: nothing more is written
     again = await BufferStore.open(tmp_path, {"mqtt": 100})
     assert values(await again.buffers["mqtt"].peek(10)) == ["a", "b", "c"]
     again.close()
@@ -399,22 +419,6 @@ async def test_a_backlog_beyond_the_memory_cache_is_read_back_in_order(
         await buf.ack(batch)
     assert got == sent
     buf.close()
-
-
-async def test_buffers_of_the_diskcache_format_are_imported(tmp_path: Path) -> None:
-    import diskcache
-
-    old = tmp_path / "mqtt"
-    with diskcache.Cache(str(old)) as cache:
-        for i in range(5):
-            cache.push(f"old {i}")
-    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100})
-    buf = store.buffers["mqtt"]
-    assert values(await buf.peek(10)) == [f"old {i}" for i in range(5)]
-    assert not old.exists()
-    await buf.append(["new"])
-    store.close()
-    assert disk_values(tmp_path, "mqtt") == [f"old {i}" for i in range(5)] + ["new"]
 
 
 async def test_records_dropped_in_flight_are_not_acknowledged_as_delivered(
@@ -546,3 +550,216 @@ async def test_alert_state_is_written_with_the_events(tmp_path: Path) -> None:
     assert store.alert_state() == {"group:node1": "1"}
     assert texts(store) == [alert(1)]
     store.close()
+
+
+async def test_a_store_of_another_format_is_moved_aside(tmp_path: Path) -> None:
+    import diskcache
+
+    buf = await open_buffer(tmp_path)
+    await buf.append(["a"])
+    buf.close()
+    with diskcache.Cache(str(tmp_path)) as cache:
+        cache.set("format", 99)
+    buf = await open_buffer(tmp_path)
+    assert len(buf.corrupt_moved) == 1
+    assert buf.count.value == 0
+    buf.close()
+
+
+async def test_a_boot_is_stored_once_not_per_record(tmp_path: Path) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
+    writes: list[str] = []
+    set_ = store.cache.set
+
+    def counted(key: str, value: object) -> object:
+        writes.append(key)
+        return set_(key, value)
+
+    store.cache.set = counted
+    boot = "0123abcd-0000-0000-0000-000000000000"
+    for _ in range(3):
+        assert await store.save_boot(boot, None)
+        await store.commit({store.buffers["mqtt"]: ["1~0123abcd~5 t 1"]})
+    assert await store.save_boot(boot, 42)  # the offset it learned: stored once more
+    assert writes.count("boots") == 2
+    store.close()
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
+    assert store.boot_offsets() == {"0123abcd": (boot, 42)}
+    store.close()
+
+
+# -- write-behind (write_delay > 0): records acked in time never touch the disk -------
+
+
+async def settled(store: BufferStore) -> None:
+    """Let the store's writer finish what it started: real time, not mock."""
+    for _ in range(100):
+        await trio.testing.wait_all_tasks_blocked()
+        if not store._lock.locked():
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+
+
+def count_transactions(store: BufferStore) -> list[int]:
+    transactions: list[int] = []
+    transact = store.cache.transact
+
+    def counted() -> object:
+        transactions.append(1)
+        return transact()
+
+    store.cache.transact = counted
+    return transactions
+
+
+async def write_behind(directory: Path, **kwargs: object) -> BufferStore:
+    store = await BufferStore.open(
+        directory,
+        {"mqtt": 100, "influx": 100},
+        ack_delay=1.0,
+        write_delay=2.0,
+        protect={"mqtt": MARK},
+        **kwargs,  # type: ignore[arg-type]
+    )
+    for buf in store.buffers.values():
+        buf.set_delivering(True)
+    return store
+
+
+async def test_write_behind_records_acked_in_time_never_touch_the_disk(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    transactions = count_transactions(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        for n in range(5):
+            await store.commit({mqtt: [f"m{n}"], influx: [f"p{n}"]})
+            # Deliverable at once, before any write.
+            assert values(await mqtt.peek(10)) == [f"m{n}"]
+            mock_clock.jump(1.0)
+            await mqtt.ack(await mqtt.peek(10))
+            await influx.ack(await influx.peek(10))
+            mock_clock.jump(0.5)
+            await settled(store)
+        mock_clock.jump(10)
+        await settled(store)
+        assert transactions == []
+        nursery.cancel_scope.cancel()
+    assert store.close() == 0
+    assert disk_values(tmp_path, "mqtt") == disk_values(tmp_path, "influx") == []
+
+
+async def test_write_behind_writes_a_record_not_acked_within_write_delay_with_all_pending(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await store.commit({mqtt: ["m1"], influx: ["p1"]})
+        mock_clock.jump(1.0)
+        await store.commit({mqtt: ["m2"], influx: ["p2"]})
+        await influx.ack(await influx.peek(10))  # p1 and p2 delivered in time
+        mock_clock.jump(0.9)
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == []
+        mock_clock.jump(0.2)  # m1 is 2.1 s old: it and everything pending go to disk
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
+        assert disk_values(tmp_path, "influx") == []
+        # FIFO across disk and memory: what is written and what is not, in order.
+        await store.commit({mqtt: ["m3"]})
+        assert values(await mqtt.peek(10)) == ["m1", "m2", "m3"]
+        nursery.cancel_scope.cancel()
+    crash(store)  # kill -9: m3, younger than write_delay, is the only loss
+    again = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100})
+    assert values(await again.buffers["mqtt"].peek(10)) == ["m1", "m2"]
+    again.close()
+
+
+async def test_write_behind_writes_at_once_for_a_sink_that_does_not_deliver(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await store.commit({mqtt: ["m1"], influx: ["p1"]})
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == []
+        influx.set_delivering(False)  # e.g. the database is down, or points are held
+        await settled(store)
+        assert disk_values(tmp_path, "mqtt") == ["m1"]
+        assert disk_values(tmp_path, "influx") == ["p1"]
+        await store.commit({mqtt: ["m2"], influx: ["p2"]})
+        assert disk_values(tmp_path, "influx") == ["p1", "p2"]
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_write_behind_commits_alert_events_at_once(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt = store.buffers["mqtt"]
+    await store.commit({mqtt: ["r1"]})
+    assert disk_values(tmp_path, "mqtt") == []
+    await store.commit({mqtt: [alert(1)]})
+    assert disk_values(tmp_path, "mqtt") == ["r1", alert(1)]
+    await store.commit({mqtt: []}, state={"group:node1": "1"})
+    assert store.alert_state() == {"group:node1": "1"}
+    crash(store)
+    again = await BufferStore.open(tmp_path, {"mqtt": 100}, protect={"mqtt": MARK})
+    assert again.alert_state() == {"group:node1": "1"}
+    again.close()
+
+
+async def test_write_behind_close_writes_everything_held(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await write_behind(tmp_path)
+    mqtt = store.buffers["mqtt"]
+    await store.commit({mqtt: ["a", "b", "c"]})
+    await mqtt.ack(await mqtt.peek(1))
+    assert disk_values(tmp_path, "mqtt") == []
+    assert store.close() == 0  # SIGTERM: nothing is lost
+    assert disk_values(tmp_path, "mqtt") == ["b", "c"]
+
+
+# -- a commit's records are one diskcache item per buffer ------------------------------
+
+
+async def test_a_partly_acknowledged_item_is_not_delivered_again_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
+    buf = store.buffers["mqtt"]
+    await buf.append(["a", "b", "c"])  # one item
+    await buf.ack((await buf.peek(2))[-1:])
+    assert disk_values(tmp_path, "mqtt") == ["c"]
+    crash(store)
+    again = await BufferStore.open(tmp_path, {"mqtt": 100})
+    assert values(await again.buffers["mqtt"].peek(10)) == ["c"]
+    again.close()
+
+
+async def test_a_large_commit_is_split_into_items_and_read_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buffer_module, "CACHE_RECORDS", 10)
+    buf = await open_buffer(tmp_path, max_records=5000)
+    sent = [f"r{i}" for i in range(1300)]
+    await buf.append(sent)
+    assert len(buf.store._chunks["buffer"].starts) == 3  # at most MAX_ITEM (512) each
+    buf.close()
+    buf = await open_buffer(tmp_path, max_records=5000)
+    got: list[str] = []
+    while buf.count.value:
+        batch = await buf.peek(333)
+        got += values(batch)
+        await buf.ack(batch[-1:])
+    assert got == sent
+    buf.close()
+    assert disk_values(tmp_path, "buffer") == []

@@ -118,10 +118,10 @@ class DiskBufferModel(RuleBasedStateMachine):
 
     @rule()
     def crash(self) -> None:
-        con = self.buffer.store.con
-        assert con is not None
-        con.close()  # kill -9: whatever was not committed stays undone
-        self.buffer.store.con = None
+        store = self.buffer.store
+        cache, store.cache = store.cache, None
+        assert cache is not None
+        store._thread.call(cache.close)  # kill -9: whatever was not committed stays undone
         self.buffer = self._open()
         self.live = deque(self.durable)
         self.handed = 0

@@ -46,6 +46,7 @@ def test_example_config_loads() -> None:
     assert cfg.gateway.id == config_mod.default_gateway_id()
     assert cfg.mqtt.client_id == f"iiot-gateway-{cfg.gateway.id}"
     assert cfg.gateway.durability == "full"
+    assert cfg.gateway.write_delay == 0.0
     assert cfg.source.command[0] == "probe-rs"
     assert cfg.mqtt.port == 1883
     assert cfg.mqtt.qos == 1

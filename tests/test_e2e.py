@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 from gateway.telemetry import UNITS, format_value
 from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
@@ -149,6 +150,7 @@ def test_noisy_stream_delivers_every_valid_metric_once(
 
 LINES_SCRIPT = """
 import json, sys, time
+from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 sim = NodeSimulator(seed=3, crc_error_rate=0.0)
 for _ in range(int(sys.argv[1])):
@@ -173,7 +175,7 @@ def test_servers_down_at_start_then_buffered_and_delivered(
     try:
         assert wait_until(
             lambda: (
-                (buffer_dir / "buffer.db").exists()
+                (buffer_dir / STORE_FILE).exists()
                 and buffer_stats(buffer_dir)["mqtt"]["records"] == 90
             ),
             30,
@@ -272,6 +274,7 @@ def test_json_payload_carries_value_unit_and_the_readings_time(
 # reading and its stats (packets_received unchanged), here every 0.5 s.
 HEARTBEAT_CHILD = """
 import json, os, sys, time
+from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 mode_file = sys.argv[1]
 sim = NodeSimulator(seed=11, crc_error_rate=0.0)

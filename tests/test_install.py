@@ -629,7 +629,7 @@ def test_installed_gateway_runs_like_the_unit(installed: Installed) -> None:
         assert ("iiot/gateway/status", "online") in sub.snapshot()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()
-        buffer_db = cwd / "buffer.db"
+        buffer_db = cwd / "cache.db"  # the buffer store (gateway.buffer.STORE_FILE)
         assert buffer_db.exists(), sorted(os.listdir(cwd))
         assert buffer_db.stat().st_uid == uid
     finally:

@@ -1,8 +1,8 @@
-"""The disk buffers: bounded, durable FIFOs of small text records in one SQLite file.
+"""The disk buffers: bounded, durable FIFOs of small text records in one ``diskcache.Cache``.
 
 Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`); all of them
-live as tables in one :class:`BufferStore` (:mod:`gateway.buffer.store`,
-``<buffer_dir>/buffer.db``), so that a packet's records for *both* sinks, and
+live as queues in one :class:`BufferStore` (:mod:`gateway.buffer.store`,
+``<buffer_dir>/cache.db``), so that a packet's records for *both* sinks, and
 the acknowledgements that arrived since the last packet, go to disk in one
 transaction. :class:`StoreReader` (:mod:`gateway.buffer.reader`) reads a store
 without ever writing it, for ``gateway buffer stats|export``;
@@ -10,14 +10,15 @@ without ever writing it, for ``gateway buffer stats|export``;
 import|resend-dead``).
 """
 
+from gateway.buffer.cachefile import FORMAT_VERSION, STORE_ERRORS, STORE_FILE
 from gateway.buffer.importer import BufferFull, StoreInUse, import_records
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.reader import StoreError, StoreReader, read_store
-from gateway.buffer.sqlite import FORMAT_VERSION, STORE_FILE
 from gateway.buffer.store import BufferStore
 
 __all__ = [
     "FORMAT_VERSION",
+    "STORE_ERRORS",
     "STORE_FILE",
     "BufferFull",
     "BufferStore",

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
+import json
+import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import records
-from gateway.buffer.queue import table_name
-from gateway.buffer.sqlite import BOOTS_TABLE, STORE_FILE, _connect
+from gateway.buffer.cachefile import (
+    BOOTS_KEY,
+    HEADS_KEY,
+    STORE_FILE,
+    _create,
+    check_name,
+    hold,
+    load_json,
+    open_cache,
+    record_key,
+    seq_of,
+)
+from gateway.buffer.chunks import MAX_ITEM, decode, encode
 
 
 class StoreInUse(Exception):
@@ -33,10 +46,10 @@ def import_records(
     For ``gateway buffer import`` and ``resend-dead`` (blocking). A running
     gateway keeps each buffer's sequence numbers in memory: rows written behind
     its back would be overwritten by its next commit, and it would never
-    deliver them. So the file is opened with SQLite's exclusive locking mode,
-    which waits ``busy_timeout`` for every other connection to go and then
-    keeps them out until the import is done (a gateway starting meanwhile waits
-    for the lock, or holds its records in memory until it can open the file).
+    deliver them. So the import takes an exclusive ``flock`` on the file (a
+    gateway holds a shared one while it has the store open), waiting
+    ``busy_timeout`` for it, and keeps it until the import is done (a gateway
+    starting meanwhile holds its records in memory until it can open the file).
 
     Args:
         directory: the buffer directory (created 0700 when missing).
@@ -54,50 +67,76 @@ def import_records(
     Raises:
         StoreInUse: another process has the store open.
         BufferFull: a buffer would exceed its bound; nothing was written.
-        sqlite3.Error, OSError: the store cannot be opened or written.
+        sqlite3.Error, OSError, diskcache.Timeout: the store cannot be opened or written.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / STORE_FILE
-    names = list(dict.fromkeys([*bounds, *batches]))
+    names = [check_name(name) for name in dict.fromkeys([*bounds, *batches])]
+    if not path.exists():
+        _create(path)
+    fd = _hold_alone(path, busy_timeout)
     try:
-        con = _connect(path, "full", names, exclusive=True, timeout=busy_timeout)
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            raise StoreInUse(
-                f"buffer store {path} is open in another process (a running gateway?); "
-                "stop it first"
-            ) from exc
-        raise
-    try:
-        con.execute("BEGIN IMMEDIATE")
+        cache = open_cache(directory, "full", names)
         try:
-            added: dict[str, int] = {}
-            for name, values in batches.items():
-                table = table_name(name)
-                count, last = con.execute(f'SELECT COUNT(*), MAX(seq) FROM "{table}"').fetchone()
-                bound = bounds.get(name)
-                if bound is not None and count + len(values) > bound:
-                    raise BufferFull(
-                        f"{name}: {count} record(s) waiting + {len(values)} to import exceed "
-                        f"the buffer's bound of {bound}; nothing was imported"
-                    )
-                start = (last or 0) + 1
-                con.executemany(
-                    f'INSERT INTO "{table}" VALUES (?, ?)', enumerate(values, start=start)
-                )
-                added[name] = len(values)
-            con.executemany(
-                f"INSERT INTO {BOOTS_TABLE} (key, boot_id, offset_ns) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE"
-                " SET offset_ns = COALESCE(offset_ns, excluded.offset_ns)",
-                [(records.boot_key(boot_id), boot_id, offset) for boot_id, offset in boots],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
-            raise
+            return _append(cache, batches, bounds, boots)
+        finally:
+            cache.close()
     finally:
-        con.close()
+        os.close(fd)
+
+
+def _hold_alone(path: Path, busy_timeout: float) -> int:
+    """The exclusive lock on the store, waiting up to ``busy_timeout`` for a gateway to go."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return hold(path, exclusive=True)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StoreInUse(
+                    f"buffer store {path} is open in another process (a running gateway?); "
+                    "stop it first"
+                ) from None
+            time.sleep(0.05)
+
+
+def _append(
+    cache: Any,
+    batches: Mapping[str, Sequence[str]],
+    bounds: Mapping[str, int],
+    boots: Iterable[tuple[str, int | None]],
+) -> dict[str, int]:
+    c = cache
+    added: dict[str, int] = {}
+    with c.transact():
+        heads = load_json(c.get(HEADS_KEY), {})
+        for name, values in batches.items():
+            front, _ = c.peek(prefix=name, side="front")
+            back, last_run = c.peek(prefix=name, side="back")
+            end = seq_of(back) + len(decode(last_run)) if back is not None else 1
+            first = max(seq_of(front), int(heads.get(name, 0))) if front is not None else end
+            count = max(0, end - first)
+            bound = bounds.get(name)
+            if bound is not None and count + len(values) > bound:
+                raise BufferFull(
+                    f"{name}: {count} record(s) waiting + {len(values)} to import exceed "
+                    f"the buffer's bound of {bound}; nothing was imported"
+                )
+            # Runs of at most MAX_ITEM records, as the store writes them.
+            for at in range(0, len(values), MAX_ITEM):
+                c.set(record_key(name, end + at), encode(list(values[at : at + MAX_ITEM])))
+            added[name] = len(values)
+        known = {k: tuple(v) for k, v in load_json(c.get(BOOTS_KEY), {}).items()}
+        merged = dict(known)
+        for boot_id, offset in boots:
+            key = records.boot_key(boot_id)
+            if key in merged:
+                # A boot the store knows keeps its offset.
+                old_id, old_offset = merged[key]
+                merged[key] = (old_id, old_offset if old_offset is not None else offset)
+            else:
+                merged[key] = (boot_id, offset)
+        if merged != known:
+            c.set(BOOTS_KEY, json.dumps({k: list(v) for k, v in merged.items()}))
     return added

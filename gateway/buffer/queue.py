@@ -27,13 +27,13 @@ head, in their order, so that the FIFO order of everything kept is unchanged.
 Only a buffer holding nothing but protected records drops protected ones.
 
 Recent records are also kept in memory, so a sink that keeps up never reads
-SQLite; when the disk refuses writes, live delivery goes on from memory.
+the file; when the disk refuses writes, live delivery goes on from memory.
 """
 
 from __future__ import annotations
 
 import itertools
-import sqlite3
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,19 +43,14 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from gateway.buffer.cachefile import STORE_ERRORS, check_name
+
 if TYPE_CHECKING:
-    from gateway.buffer.sqlite import Durability
+    from gateway.buffer.cachefile import Durability
     from gateway.buffer.store import BufferStore
 
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 _READ_FAILED_PAUSE = 1.0
-
-
-def table_name(name: str) -> str:
-    """The SQLite table of buffer ``name`` (an ASCII identifier, checked)."""
-    if not name.isidentifier() or not name.isascii():
-        raise ValueError(f"invalid buffer name {name!r}")
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +68,7 @@ class DiskBuffer:
     and :meth:`ack`, and waits on :attr:`count` (the number of records it may
     deliver now, acknowledged ones excluded) or :attr:`unread` (those of them
     not handed out by :meth:`read` yet). For a buffer of its own (tests,
-    tools), :meth:`open` makes a one-table store.
+    tools), :meth:`open` makes a store of one buffer.
     """
 
     def __init__(
@@ -83,7 +78,7 @@ class DiskBuffer:
         self.name = name
         self.max_records = max_records
         self.marker = marker
-        self.table = table_name(name)
+        check_name(name)  # it prefixes the keys of the buffer's records
         self.dropped_total = 0
         self.write_errors = 0
         # Sequence numbers: live records are exactly [head, tail). Rows below
@@ -92,6 +87,8 @@ class DiskBuffer:
         self.tail = 1
         self.disk_head = 1
         self.disk_tail = 1
+        # Rows at or above it were never written, not even by a write that failed.
+        self._tried_tail = 1
         # The next record read() hands out; below head it counts as head
         # (records dropped or acknowledged are never handed out).
         self.cursor = 1
@@ -99,7 +96,7 @@ class DiskBuffer:
         # rows): records handed out before carry keys that mean nothing now.
         self.generation = 0
         # Records [cache_start, tail) in memory: every unwritten one, plus up
-        # to CACHE_RECORDS written ones for the sink to read without SQLite.
+        # to CACHE_RECORDS written ones for the sink to read without the file.
         self._cache: deque[str] = deque()
         self._cache_start = 1
         # Wakes the sink; the value is how many records it may deliver now.
@@ -111,6 +108,12 @@ class DiskBuffer:
         self._rewrites: dict[int, str] = {}
         # Of those, the ones read() has not handed out yet.
         self.unread: AsyncValue[int] = AsyncValue(0)
+        # Write-behind (the store's write_delay > 0): (tail after a commit, its
+        # Trio time) for each commit with records not on disk yet, oldest first.
+        self._commits: deque[tuple[int, float]] = deque()
+        # Whether the sink delivers now (connected, not holding): only then may
+        # records wait in memory for their acknowledgement (see set_delivering).
+        self.delivering = False
 
     @classmethod
     async def open(
@@ -121,12 +124,17 @@ class DiskBuffer:
         durability: Durability = "full",
         name: str = "buffer",
         ack_delay: float = 0.0,
+        write_delay: float = 0.0,
     ) -> DiskBuffer:
-        """A buffer with a store of its own in ``directory`` (acks written at once)."""
+        """A buffer with a store of its own in ``directory``."""
         from gateway.buffer.store import BufferStore
 
         store = await BufferStore.open(
-            directory, {name: max_records}, durability=durability, ack_delay=ack_delay
+            directory,
+            {name: max_records},
+            durability=durability,
+            ack_delay=ack_delay,
+            write_delay=write_delay,
         )
         return store.buffers[name]
 
@@ -144,8 +152,34 @@ class DiskBuffer:
 
     def _visible_tail(self) -> int:
         # Records become deliverable once written; when the disk refuses
-        # writes, live delivery goes on from memory.
-        return self.tail if self.store.degraded else max(self.disk_tail, self.head)
+        # writes, live delivery goes on from memory, and with write-behind
+        # they are deliverable before they are written.
+        if self.store.degraded or self.store.write_delay > 0:
+            return self.tail
+        return max(self.disk_tail, self.head)
+
+    def set_delivering(self, delivering: bool) -> None:
+        """The sink says whether it delivers now (connected, its server answering, not holding).
+
+        With write-behind, records wait in memory only while their sink
+        delivers them: when it stops, every one of them is written at once.
+        """
+        if delivering != self.delivering:
+            self.delivering = delivering
+            if not delivering:
+                self.store._wake.set()
+
+    def _records_due(self, write_delay: float) -> float | None:
+        """Write-behind: when the oldest unwritten, unacknowledged record must be written."""
+        start = max(self.disk_tail, self.head)
+        commits = self._commits
+        while commits and commits[0][0] <= start:
+            commits.popleft()
+        if start >= self.tail and not self._rewrites:
+            return None
+        if not self.delivering or self._rewrites or not commits:
+            return -math.inf  # now
+        return commits[0][1] + write_delay
 
     def _next(self) -> int:
         return max(self.cursor, self.head)
@@ -239,6 +273,9 @@ class DiskBuffer:
             del self._protected[seqs.popleft()]
         if self._rewrites:
             self._rewrites = {k: v for k, v in self._rewrites.items() if k >= self.head}
+        written = max(self.disk_tail, self.head)
+        while self._commits and self._commits[0][0] <= written:
+            self._commits.popleft()
         keep_from = max(self.head, min(self.disk_tail, self.tail - CACHE_RECORDS))
         for _ in range(min(keep_from - self._cache_start, len(self._cache))):
             self._cache.popleft()
@@ -250,9 +287,13 @@ class DiskBuffer:
         rewrites = [(seq, v) for seq, v in self._rewrites.items() if seq < start]
         return rewrites + list(zip(itertools.count(start), values, strict=False))
 
+    def _deletes_pending(self) -> bool:
+        """Acknowledged (or dropped) rows that may be on disk still: to delete."""
+        return self.disk_head < min(self.head, self._tried_tail)
+
     def _pending(self) -> bool:
         return (
-            self.disk_head < self.head
+            self._deletes_pending()
             or max(self.disk_tail, self.head) < self.tail
             or bool(self._rewrites)
         )
@@ -286,7 +327,7 @@ class DiskBuffer:
         if start < min(self._cache_start, end):
             try:
                 out = self._overlay(await self.store.read(self, start, min(self._cache_start, end)))
-            except (sqlite3.Error, OSError) as exc:
+            except STORE_ERRORS as exc:
                 # Never skip over records that cannot be read: try again later.
                 self.store.failed(f"{self.name}: read", exc, [self])
                 await trio.sleep(_READ_FAILED_PAUSE)
@@ -360,7 +401,7 @@ class DiskBuffer:
     def iter_all(self) -> list[Record]:
         """Every waiting record, oldest first."""
         out: list[Record] = []
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
+        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
             out = self._overlay(
                 self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
             )
@@ -369,7 +410,7 @@ class DiskBuffer:
 
     def oldest(self) -> Record | None:
         """The oldest waiting record, or None."""
-        if self.store.con is not None and self.head < min(self.disk_tail, self._cache_start):
+        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
             rows = self._overlay(self.store.read_sync(self, self.head, self.head + 1))
             if rows:
                 return rows[0]
@@ -377,7 +418,7 @@ class DiskBuffer:
         return rows[0] if rows else None
 
     def integrity_check(self) -> str:
-        """SQLite ``PRAGMA integrity_check`` of the store ("ok" when healthy)."""
+        """SQLite's ``PRAGMA integrity_check`` of the store's file ("ok" when healthy)."""
         return self.store.integrity_check()
 
     def close(self) -> int:

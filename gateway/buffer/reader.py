@@ -1,23 +1,40 @@
-"""Reading the store without writing it (``gateway buffer stats|export``)."""
+"""Reading the store without writing it (``gateway buffer stats|export``).
+
+diskcache cannot read a cache without writing it (opening a ``Cache`` rewrites
+its settings, and creates the WAL and its index), so this reads diskcache's
+``Cache`` table through :mod:`sqlite3`, read-only: each run of records is a
+row whose key is ``<buffer>-<15 digits>`` and whose value is the compressed
+JSON itself (the store keeps every value in the table, ``mode`` 1, "raw"; see
+:mod:`gateway.buffer.chunks`).
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.buffer.queue import Record, table_name
-from gateway.buffer.sqlite import (
-    ALERT_STATE_TABLE,
-    BOOTS_TABLE,
+from gateway.buffer.cachefile import (
+    BOOTS_KEY,
+    BUFFERS_KEY,
+    FORMAT_KEY,
     FORMAT_VERSION,
+    HEADS_KEY,
     STORE_FILE,
     _is_corruption,
+    check_name,
+    key_range,
+    seq_of,
     store_bytes,
 )
+from gateway.buffer.chunks import decode
+from gateway.buffer.queue import Record
+
+_RAW = 1  # diskcache's MODE_RAW: the value column holds the value itself
 
 
 class StoreError(Exception):
@@ -51,6 +68,7 @@ class StoreReader:
         self.path = self.directory / STORE_FILE
         self.con: sqlite3.Connection | None = None
         self.tables: list[str] = []
+        self._written = False
         if not self.directory.is_dir():
             if self.directory.exists():
                 raise NotADirectoryError(
@@ -62,15 +80,8 @@ class StoreReader:
                 return
             self.con = self._connect()
             self._check()
-            self.tables = [
-                name
-                for (name,) in self.con.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid"
-                )
-                if name.isidentifier()
-                and name.isascii()
-                and name not in (BOOTS_TABLE, ALERT_STATE_TABLE)
-            ]
+            names = self._document(BUFFERS_KEY, [])
+            self.tables = [name for name in names if isinstance(name, str) and _valid(name)]
         except StoreError:
             self.close()
             raise
@@ -104,11 +115,19 @@ class StoreReader:
         row = self.con.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
             raise sqlite3.DatabaseError(f"quick_check failed: {row!r}")
-        version = self.con.execute("PRAGMA user_version").fetchone()[0]
-        if version > FORMAT_VERSION:
+        # A file created but never written by diskcache is an empty store.
+        self._written = bool(
+            self.con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Cache'"
+            ).fetchone()
+        )
+        if not self._written:
+            return
+        version = self._value(FORMAT_KEY)
+        if version is not None and version != FORMAT_VERSION:
             raise StoreError(
-                f"buffer store {self.path} was written by a newer version "
-                f"(format {version} > {FORMAT_VERSION})"
+                f"buffer store {self.path} is of another format "
+                f"(format {version!r}, this version reads {FORMAT_VERSION})"
             )
 
     def _error(self, exc: BaseException) -> StoreError:
@@ -116,46 +135,77 @@ class StoreReader:
             return StoreError(f"buffer store {self.path} is corrupt ({exc})")
         return StoreError(f"cannot read buffer store {self.path} ({exc})")
 
-    def _query(self, sql: str) -> list[Any]:
-        assert self.con is not None
+    def _value(self, key: str) -> Any:
+        """The value stored (raw) under ``key``, or None."""
+        rows = self._query_args(
+            "SELECT value FROM Cache WHERE key = ? AND raw = 1 AND mode = ?", (key, _RAW)
+        )
+        return rows[0][0] if rows else None
+
+    def _document(self, key: str, default: Any) -> Any:
+        """A JSON document stored under ``key``, or ``default``."""
+        text = self._value(key)
         try:
-            return self.con.execute(sql).fetchall()
+            return json.loads(text) if isinstance(text, str) else default
+        except ValueError as exc:
+            raise StoreError(f"buffer store {self.path}: {key} is not JSON ({exc})") from exc
+
+    def _query_args(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        if self.con is None or not self._written:
+            return []
+        try:
+            return self.con.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
     def count(self, sink: str) -> int:
         """Records waiting in ``sink``'s buffer (0 for a buffer the store does not hold)."""
-        if sink not in self.tables:
-            return 0
-        return int(self._query(f'SELECT COUNT(*) FROM "{table_name(sink)}"')[0][0])
+        return sum(1 for _ in self.records(sink))
 
     def oldest(self, sink: str) -> Record | None:
         """The oldest record waiting in ``sink``'s buffer, or None."""
-        if sink not in self.tables:
-            return None
-        rows = self._query(f'SELECT seq, value FROM "{table_name(sink)}" ORDER BY seq LIMIT 1')
-        return Record(*rows[0]) if rows else None
+        return next(self.records(sink, limit=1), None)
 
-    def records(self, sink: str) -> Iterator[Record]:
+    def records(self, sink: str, *, limit: int = -1) -> Iterator[Record]:
         """Every record waiting in ``sink``'s buffer, oldest first (read as iterated)."""
-        if sink not in self.tables or self.con is None:
+        if sink not in self.tables or self.con is None or not self._written:
             return
+        head = int(self._document(HEADS_KEY, {}).get(sink, 0))
+        left = limit
         try:
-            cursor = self.con.execute(f'SELECT seq, value FROM "{table_name(sink)}" ORDER BY seq')
-            while rows := cursor.fetchmany(1000):
-                for seq, value in rows:
-                    yield Record(seq, value)
+            cursor = self.con.execute(
+                "SELECT key, value, mode FROM Cache WHERE key BETWEEN ? AND ? AND raw = 1"
+                " ORDER BY key",
+                key_range(sink),
+            )
+            while rows := cursor.fetchmany(100):
+                for key, value, mode in rows:
+                    if mode != _RAW or not isinstance(value, bytes):
+                        raise StoreError(f"buffer store {self.path}: {key} is not a run of records")
+                    try:
+                        values = decode(value)
+                    except ValueError as exc:
+                        raise StoreError(
+                            f"buffer store {self.path}: {key} is not a run of records"
+                        ) from exc
+                    for seq, record in enumerate(values, seq_of(key)):
+                        if seq < head:
+                            continue  # acknowledged; its run is still on disk
+                        if left == 0:
+                            return
+                        left -= 1
+                        yield Record(seq, record)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
     def boots(self) -> dict[str, tuple[str, int | None]]:
         """Every boot the store knows: key → (boot id, learned clock offset or None)."""
-        if self.con is None or not self._query(
-            f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{BOOTS_TABLE}'"
-        ):
+        if self.con is None:
             return {}
-        rows = self._query(f"SELECT key, boot_id, offset_ns FROM {BOOTS_TABLE} ORDER BY rowid")
-        return {key: (boot_id, offset) for key, boot_id, offset in rows}
+        return {
+            key: (str(boot_id), offset)
+            for key, (boot_id, offset) in self._document(BOOTS_KEY, {}).items()
+        }
 
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
@@ -172,6 +222,14 @@ class StoreReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def read_store(directory: Path) -> dict[str, list[Record]]:

@@ -97,15 +97,13 @@ def _write_store(
     boots: Sequence[tuple[str, int | None]] = (),
 ) -> dict[str, int] | None:
     """Append to the store in one transaction; None (reported) if it cannot be done."""
-    import sqlite3
-
-    from gateway.buffer import BufferFull, StoreInUse, import_records
+    from gateway.buffer import STORE_ERRORS, BufferFull, StoreInUse, import_records
 
     try:
         return import_records(buffer_dir, batches, bounds=bounds, boots=boots)
     except (StoreInUse, BufferFull) as exc:
         _error(str(exc))
-    except (sqlite3.Error, OSError) as exc:
+    except STORE_ERRORS as exc:
         _error(f"cannot write the buffer store in {buffer_dir}: {exc}")
     return None
 

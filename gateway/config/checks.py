@@ -29,6 +29,10 @@ MIN_TIMEOUT = 0.1
 MAX_TIMEOUT = 600.0
 # The gateway's own stats points; the end-to-end test asks for 0.3 s.
 MIN_STATS_INTERVAL = 0.1
+# Write-behind: below 0.1 s it saves nothing; beyond 60 s a kill -9 could cost
+# a minute of readings, more than the buffer is there to protect against.
+MIN_WRITE_DELAY = 0.1
+MAX_WRITE_DELAY = 60.0
 # MQTT's keepalive is a 16-bit field; below 5 s the pings are most of the traffic,
 # and 0 (off) would hide a broker that accepts TCP and then hangs.
 MIN_KEEPALIVE = 5
@@ -82,6 +86,7 @@ def _num(x: float) -> str:
 # fields to having an entry here.
 RANGES: dict[str, Range] = {
     "gateway.stats_interval": Range(MIN_STATS_INTERVAL, MAX_WINDOW, zero_is_off=True),
+    "gateway.write_delay": Range(MIN_WRITE_DELAY, MAX_WRITE_DELAY, zero_is_off=True),
     "source.rate": Range(MIN_RATE, MAX_RATE, zero_is_off=True),
     "source.baud": Range(MIN_BAUD, MAX_BAUD),
     "source.stall_timeout": Range(MIN_TIMEOUT, MAX_WINDOW, zero_is_off=True),

@@ -88,6 +88,11 @@ class GatewaySection:
     # "full": SQLite synchronous=FULL, a commit survives power loss.
     # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
     durability: Literal["full", "normal"] = "full"
+    # Write-behind: seconds a record may live only in memory while its sinks
+    # deliver it; records acknowledged within it never touch the disk, and
+    # kill -9 or a power cut loses at most the records of the last write_delay
+    # seconds (SIGTERM loses nothing). 0 = every record on disk before delivery.
+    write_delay: float = 0.0
     # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
     stats_interval: float = 30.0
     # When the wall clock counts as right (see README "Time and the clock"):

@@ -302,6 +302,7 @@ class InfluxSink:
     async def _failed(self, exc: InfluxWriteError) -> None:
         self.healthy = False
         self.figures.connected = False
+        self.buffer.set_delivering(False)  # write-behind: write what waits in memory
         self.last_error = scrub(str(exc), (self.cfg.token,))
         delay = self.backoff.next_delay()
         if exc.retry_after is not None:
@@ -343,6 +344,7 @@ class InfluxSink:
             log.info("influxdb: writes to %s succeed again", self.cfg.url)
         self.healthy = True
         self.figures.connected = True
+        self.buffer.set_delivering(True)
         self.backoff.up()
         self.last_error = ""
         self.last_delivery = trio.current_time()
@@ -391,6 +393,7 @@ class InfluxSink:
         if not self.holding:
             self.holding = True
             self.figures.holding = True
+            self.buffer.set_delivering(False)  # held points are written, not kept in memory
             log.warning(
                 "influxdb: holding points until the clock is synchronised (%s); "
                 "MQTT delivers them now",

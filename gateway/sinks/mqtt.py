@@ -222,6 +222,8 @@ class MqttSink:
     def _set_connected(self, value: bool) -> None:
         self.connected = value
         self.figures.connected = value
+        # Write-behind: records wait in memory only while they can be acked soon.
+        self.buffer.set_delivering(value)
 
     async def _new_client(self) -> aiomqtt.Client:
         # Runs inside asyncio: aiomqtt.Client binds to the running loop.

@@ -123,3 +123,153 @@ def test_kill9_loop_loses_nothing_committed(
     print("kill -9 figures:", figures)
     assert committed_mqtt <= got
     assert duplicates(seq) <= KILLS * WINDOW
+
+
+# -- write-behind: [gateway] write_delay = 2 ------------------------------------------
+
+WRITE_DELAY = 2.0
+WRITE_BEHIND_KILLS = 4
+
+# Like NUMBERED, and logs when each packet was printed ("<n> <unix time>").
+TIMED = NUMBERED.replace(
+    '    os.replace(state + ".tmp", state)\n',
+    '    os.replace(state + ".tmp", state)\n'
+    '    with open(state + ".times", "a") as f:\n'
+    '        f.write(f"{n} {time.time()}\\n")\n',
+)
+
+
+def printed_between(state: Path, start: float, end: float) -> set[int]:
+    """Packets the source printed between ``start`` and ``end`` (unix times).
+
+    Lines printed just before an earlier kill that were still in the pipe were
+    never committed: only a run's own lines are checked after its kill.
+    """
+    times = Path(f"{state}.times")
+    if not times.exists():
+        return set()
+    out = set()
+    for line in times.read_text().splitlines():
+        n, _, at = line.partition(" ")
+        if at and start <= float(at) < end:
+            out.add(int(n))
+    return out
+
+
+def write_behind_run(tmp_path: Path, test_id: str, broker, tsdb):  # type: ignore[no-untyped-def]
+    """A config with write_delay = 2, its links through proxies, and a subscriber."""
+    assert TIMED != NUMBERED
+    mqtt_proxy = Proxy(broker.port).start()
+    tsdb_proxy = Proxy(int(tsdb.url.rsplit(":", 1)[1])).start()
+    script = tmp_path / "timed.py"
+    script.write_text(TIMED)
+    state = tmp_path / "state"
+    cfg = base_config(
+        tmp_path,
+        test_id,
+        mqtt_proxy.port,
+        f"http://127.0.0.1:{tsdb_proxy.port}",
+        [sys.executable, str(script), str(state), "1000000", "50"],
+    )
+    cfg["gateway"]["write_delay"] = WRITE_DELAY
+    cfg["mqtt"]["buffer_max_messages"] = 100_000  # nothing may be dropped here
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    return cfg, state, mqtt_proxy, tsdb_proxy, sub
+
+
+def delivered_mqtt(sub: Subscriber) -> list[int]:
+    return numbers(p for t, p in sub.snapshot() if t.endswith("/a/n"))
+
+
+def delivered_influx(tsdb, test_id: str) -> set[int]:  # type: ignore[no-untyped-def]
+    return set(numbers(str(v) for name, _, _, v, _ in tsdb.points(testid=test_id) if name == "n"))
+
+
+def test_kill9_with_write_delay_and_links_down_keeps_every_record_older_than_it(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory, record_property
+) -> None:
+    """Links up, then down (records held in memory are written), then kill -9."""
+    rng = random.Random(2024)
+    cfg, state, mqtt_proxy, tsdb_proxy, sub = write_behind_run(tmp_path, test_id, broker, tsdb)
+    buffer_dir = tmp_path / "buffer"
+    kept: set[int] = set()  # printed more than write_delay before a kill
+    try:
+        for i in range(WRITE_BEHIND_KILLS):
+            mqtt_proxy.set_mode("heal")
+            tsdb_proxy.set_mode("heal")
+            started_at = time.time()
+            gw = gateway_factory(cfg)
+            time.sleep(rng.uniform(1.5, 3.0))  # delivering: records acked from memory
+            mqtt_proxy.set_mode("refuse")
+            tsdb_proxy.set_mode("refuse")
+            time.sleep(rng.uniform(0.5, 3.0))
+            assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
+            killed_at = time.time()
+            os.kill(gw.proc.pid, signal.SIGKILL)
+            gw.proc.wait()
+            gw.kill()
+            mqtt_waiting, influx_waiting, checks = committed_after_kill(buffer_dir)
+            assert checks == ["ok"], (i, checks)
+            old = printed_between(state, started_at, killed_at - WRITE_DELAY)
+            kept |= old
+            missing_mqtt = old - mqtt_waiting - set(delivered_mqtt(sub))
+            missing_influx = old - influx_waiting - delivered_influx(tsdb, test_id)
+            assert not missing_mqtt, (i, sorted(missing_mqtt)[:20])
+            assert not missing_influx, (i, sorted(missing_influx)[:20])
+            time.sleep(0.1)
+        mqtt_proxy.set_mode("heal")
+        tsdb_proxy.set_mode("heal")
+        gw = gateway_factory(cfg)
+        assert wait_until(lambda: kept <= set(delivered_mqtt(sub)), 120), gw.log_text()[-3000:]
+        assert wait_until(lambda: "running:" in gw.log_text(), 30)  # SIGTERM handled from here
+        assert gw.terminate() == 0
+    finally:
+        sub.close()
+        mqtt_proxy.close()
+        tsdb_proxy.close()
+    record_property("figures", {"kills": WRITE_BEHIND_KILLS, "checked": len(kept)})
+
+
+def test_kill9_with_write_delay_and_links_up_delivers_nothing_twice_beyond_the_window(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory, record_property
+) -> None:
+    rng = random.Random(99)
+    cfg, state, mqtt_proxy, tsdb_proxy, sub = write_behind_run(tmp_path, test_id, broker, tsdb)
+    buffer_dir = tmp_path / "buffer"
+    kept: set[int] = set()  # printed more than write_delay before a kill
+    try:
+        for i in range(WRITE_BEHIND_KILLS):
+            started_at = time.time()
+            gw = gateway_factory(cfg)
+            time.sleep(rng.uniform(1.5, 4.0))
+            assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
+            killed_at = time.time()
+            os.kill(gw.proc.pid, signal.SIGKILL)
+            gw.proc.wait()
+            gw.kill()
+            mqtt_waiting, _, checks = committed_after_kill(buffer_dir)
+            assert checks == ["ok"], (i, checks)
+            old = printed_between(state, started_at, killed_at - WRITE_DELAY)
+            kept |= old
+            missing = old - mqtt_waiting - set(delivered_mqtt(sub))
+            assert not missing, (i, sorted(missing)[:20])
+            time.sleep(0.1)
+        gw = gateway_factory(cfg)
+        assert wait_until(lambda: kept <= set(delivered_mqtt(sub)), 120), gw.log_text()[-3000:]
+        assert wait_until(lambda: "running:" in gw.log_text(), 30)  # SIGTERM handled from here
+        assert gw.terminate() == 0
+    finally:
+        sub.close()
+        mqtt_proxy.close()
+        tsdb_proxy.close()
+    seq = delivered_mqtt(sub)
+    figures = {
+        "kills": WRITE_BEHIND_KILLS,
+        "delivered": len(set(seq)),
+        "duplicates": duplicates(seq),
+    }
+    record_property("figures", figures)
+    print("kill -9 with write_delay figures:", figures)
+    # A record acknowledged is redelivered only if its ack had not reached the
+    # disk: at most a window of records per kill.
+    assert duplicates(seq) <= WRITE_BEHIND_KILLS * WINDOW

@@ -28,6 +28,7 @@ from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
 from gateway.sinks import mqtt as mqtt_sink
 from gateway.sinks.mqtt import MqttSink
+from gateway.sinks.mqtt import window as mqtt_window
 from tests.conftest import Subscriber
 
 
@@ -35,8 +36,8 @@ from tests.conftest import Subscriber
 async def test_windows_deliver_everything_in_order(
     tmp_path: Path, broker, test_id: str, monkeypatch: pytest.MonkeyPatch, window_api: bool
 ) -> None:
-    assert mqtt_sink._WINDOW_API, "aiomqtt's internals changed: the fast path is off"
-    monkeypatch.setattr(mqtt_sink, "_WINDOW_API", window_api)
+    assert mqtt_window.WINDOW_API, "aiomqtt's internals changed: the fast path is off"
+    monkeypatch.setattr(mqtt_window, "WINDOW_API", window_api)
     cfg = MqttSection(
         host="127.0.0.1",
         port=broker.port,

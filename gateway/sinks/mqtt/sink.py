@@ -1,45 +1,19 @@
-"""The MQTT sink: the MQTT buffer's ``{prefix}/{group}/{metric}`` messages → the broker.
+"""The MQTT sink: connect, deliver the buffer through a sliding window, reconnect.
 
-Messages are retained as ``mqtt.retain`` says, except alert events
-(``{prefix}/alerts/{name}``), which are always retained: the topic is the
-alert's current state, and a client that subscribes later must see it.
-
-Records wait in a :class:`~gateway.buffer.DiskBuffer` and leave it only after
-the broker's PUBACK. Delivery is a sliding window: up to ``mqtt.max_inflight``
-messages are in flight at all times; as PUBACKs arrive, the oldest
-acknowledged run of them is acknowledged in the buffer (one call per wake-up)
-and as many new records are sent, so the link never idles while a backlog
-waits. Over a link with round trip RTT that is up to max_inflight / RTT
-messages per second; waiting for a whole window before sending the next
-idled the link for a round trip per window (and, on a broker without
-TCP_NODELAY, for its Nagle delay on the last PUBACKs). A dropped connection
-sends the unacknowledged window again (at most one window of duplicates), and
-a sibling task notices the drop within milliseconds. Each connection attempt
-builds a fresh aiomqtt ``Client`` (a reused one can claim to be connected and
-replay stale QoS1 messages).
-
-MQTT 5 (``mqtt.protocol = "5"``, the default) adds to each message the user
-properties ``ts`` (the reading's receive time) and ``gw`` (the gateway id),
-caps the window at the broker's Receive Maximum, and reads PUBACK reason
-codes: a refusal (≥ 0x80) sends the message to the dead letters instead of
-counting it delivered. A broker that refuses protocol 5 is spoken to in 3.1.1
-from then on, for as long as the process runs. Every connection starts a
-clean session that ends with it: the disk buffer, not the broker, keeps what
-is not acknowledged (see docs/architecture.md, "Sessions").
+See the package's docstring for what it promises; :mod:`.window` holds the
+window's parts and :mod:`.properties` the MQTT 5 properties.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import socket
 import ssl
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import aiomqtt
@@ -47,7 +21,6 @@ import paho.mqtt.client as mqtt
 import trio
 import trio_asyncio
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -58,7 +31,7 @@ from gateway.buffer import DiskBuffer, Record
 from gateway.config import DEFAULT_MAX_INFLIGHT, MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
-from gateway.homeassistant import Discovery, config_filter
+from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import (
     RecordStamp,
@@ -68,9 +41,13 @@ from gateway.records import (
     split_record,
     status_topic,
 )
+from gateway.sinks.mqtt import window as wire
+from gateway.sinks.mqtt.client import describe_error, reason_value, tls_context
+from gateway.sinks.mqtt.properties import PackedProperties, new_properties, refused_letter
+from gateway.sinks.mqtt.window import InFlight, Window, cork_writes, note_refusals
 from gateway.telemetry import Packet
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
 
 WINDOW = DEFAULT_MAX_INFLIGHT  # messages in flight unless mqtt.max_inflight says otherwise
 # Messages queued on paho between two looks at the event loop. Small groups
@@ -95,16 +72,6 @@ V311: Literal["3.1.1"] = "3.1.1"
 UNSUPPORTED_PROTOCOL = 0x84
 # MQTT 5: without a Receive Maximum in its CONNACK a broker takes 65535 at once.
 DEFAULT_RECEIVE_MAXIMUM = 65535
-
-
-def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
-    """The TLS context for ``[mqtt]`` (None without ``ca_file``: plain TCP)."""
-    if not cfg.ca_file:
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.ca_file)
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return ctx
 
 
 class MqttSink:
@@ -236,10 +203,10 @@ class MqttSink:
             # purpose (docs/architecture.md, "Sessions"): the buffer resends
             # what was not acknowledged, so a broker-kept session would only
             # add duplicates.
-            connect_props = _properties(PacketTypes.CONNECT)
+            connect_props = new_properties(PacketTypes.CONNECT)
             connect_props.SessionExpiryInterval = 0
             session = {"clean_start": True, "properties": connect_props}
-            will_props = _properties(PacketTypes.WILLMESSAGE)
+            will_props = new_properties(PacketTypes.WILLMESSAGE)
             will_props.UserProperty = [("gw", self.gateway_id)]
         else:
             session = {"clean_session": True}
@@ -269,7 +236,7 @@ class MqttSink:
         # A full window is pending on purpose: aiomqtt would warn about it.
         client.pending_calls_threshold = self.window + 10
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM
-        if _WINDOW_API and v5:
+        if wire.WINDOW_API and v5:
             self._note_connack(client._client)
         return client
 
@@ -324,12 +291,12 @@ class MqttSink:
             with trio.fail_after(self.cfg.connect_timeout + 1):
                 await trio_asyncio.aio_as_trio(client.__aenter__)()
         except MqttConnectError as exc:
-            if self.protocol == V5 and _code(exc.rc) == UNSUPPORTED_PROTOCOL:
+            if self.protocol == V5 and reason_value(exc.rc) == UNSUPPORTED_PROTOCOL:
                 self._fall_back(exc)
                 return  # run() tries again at once, in 3.1.1
             raise
-        if _WINDOW_API:
-            _cork_writes(client._client)
+        if wire.WINDOW_API:
+            cork_writes(client._client)
         self.effective_window = self._connection_window()
         self.figures.window = self.effective_window
         self.figures.protocol = self.protocol
@@ -392,7 +359,7 @@ class MqttSink:
         """MQTT 5 properties of a message about now (presence, discovery): ``ts`` now, ``gw``."""
         if self.protocol != V5:
             return None
-        props = _properties(PacketTypes.PUBLISH)
+        props = new_properties(PacketTypes.PUBLISH)
         props.UserProperty = [("ts", rfc3339_ms(time.time_ns())), ("gw", self.gateway_id)]
         return props
 
@@ -412,7 +379,7 @@ class MqttSink:
             if not stamp.synced:
                 user.append(("clock", "unsynced"))
             expiry = self.cfg.message_expiry if not retained else 0
-            self._props_key, self._props = key, _PackedProperties(user, expiry)
+            self._props_key, self._props = key, PackedProperties(user, expiry)
         return self._props
 
     def observe(self, packet: Packet) -> None:
@@ -449,16 +416,16 @@ class MqttSink:
 
     async def _deliver(self, client: aiomqtt.Client) -> None:
         """Keep the window full until stopped; return once what is in flight landed."""
-        if not _WINDOW_API:
+        if not wire.WINDOW_API:
             await self._deliver_each(client)
             return
         buffer = self.buffer
         # A new connection: whatever the last one had in flight goes again.
         buffer.rewind()
-        window = _Window(buffer.generation, self.effective_window)
-        # aiomqtt only ever calls set() on what this map holds: an _InFlight will do.
-        pending = cast("dict[int, _InFlight]", client._pending_publishes)
-        _note_refusals(client._client, pending)
+        window = Window(buffer.generation, self.effective_window)
+        # aiomqtt only ever calls set() on what this map holds: an InFlight will do.
+        pending = cast("dict[int, InFlight]", client._pending_publishes)
+        note_refusals(client._client, pending)
         # Seconds without a single PUBACK while messages are in flight: the
         # broker is hung (keepalive catches it too) or drops our messages.
         limit = max(30.0, 3.0 * self.cfg.keepalive)
@@ -491,7 +458,7 @@ class MqttSink:
         finally:
             window.forget(pending)
 
-    async def _read_ahead(self, window: _Window) -> None:
+    async def _read_ahead(self, window: Window) -> None:
         """Keep up to a window of records read and waiting to be sent.
 
         Reading the buffer can take milliseconds (SQLite on a worker thread,
@@ -509,7 +476,7 @@ class MqttSink:
                 window.ahead.extend(records)
                 window.wake.set()
 
-    async def _wait(self, window: _Window, limit: float, *, stopping: bool) -> None:
+    async def _wait(self, window: Window, limit: float, *, stopping: bool) -> None:
         """Sleep until a PUBACK or records to send arrive (or stop, or a hung broker)."""
         if not window.slots:
             if not stopping:
@@ -529,8 +496,8 @@ class MqttSink:
         self,
         client: aiomqtt.Client,
         batch: Sequence[Record],
-        window: _Window,
-        pending: dict[int, _InFlight],
+        window: Window,
+        pending: dict[int, InFlight],
     ) -> None:
         """Queue ``batch`` on paho (it writes them when the loop runs) into ``window``.
 
@@ -539,15 +506,15 @@ class MqttSink:
         the gateway's CPU and a millisecond of latency. paho's publish() is
         synchronous and aiomqtt's callbacks run in this thread, so messages are
         queued right here, and aiomqtt's own on_publish dispatch calls each
-        one's :meth:`_InFlight.set`. aiomqtt has no public API for this: it uses
-        its paho client and pending-publish map (checked at import: _WINDOW_API).
+        one's :meth:`InFlight.set`. aiomqtt has no public API for this: it uses
+        its paho client and pending-publish map (checked at import: wire.WINDOW_API).
         """
         qos, retain, properties = self.cfg.qos, self.retain, self.message_properties
         if not window.slots:
             window.progress_at = trio.current_time()
         oldest = not window.slots
         for record in batch:
-            slot = _InFlight(record, window)
+            slot = InFlight(record, window)
             window.slots.append(slot)
             try:
                 stamp, topic, payload = split_record(record.value)
@@ -579,24 +546,24 @@ class MqttSink:
                 slot.mid = info.mid
                 pending[info.mid] = slot
 
-    def _note_oldest(self, slot: _InFlight) -> None:
+    def _note_oldest(self, slot: InFlight) -> None:
         """The age of the oldest record not yet acknowledged (the status page's)."""
         if slot.wall_ns is not None:
             self.figures.oldest_age = max(0.0, (time.time_ns() - slot.wall_ns) / 1e9)
 
-    async def _settle(self, window: _Window) -> None:
+    async def _settle(self, window: Window) -> None:
         """Acknowledge the oldest run of landed messages: one buffer call, not one each."""
         slots = window.slots
         if not slots or not slots[0].acked:
             return
         newest = slots[0]
-        landed: list[_InFlight] = []
+        landed: list[InFlight] = []
         dead: list[str] = []
         while slots and slots[0].acked:
             newest = slots.popleft()
             landed.append(newest)
             if newest.refused is not None:
-                newest.dead = _refused_letter(newest.record.value, newest.refused)
+                newest.dead = refused_letter(newest.record.value, newest.refused)
                 self.figures.refused.inc(f"0x{newest.refused.value:02x}")
             if newest.dead is not None:
                 dead.append(newest.dead)
@@ -694,233 +661,5 @@ async def _publish_each(
     )
 
 
-def _note_refusals(paho: mqtt.Client, pending: Mapping[int, object]) -> None:
-    """Mark a message the broker refused (PUBACK reason code ≥ 0x80) before aiomqtt sees it.
-
-    aiomqtt's on_publish drops the reason code and would count the refusal
-    as a delivery (an MQTT 5 broker says 0x87 "Not authorized" to a topic
-    its ACL denies). 3.1.1 PUBACKs carry no code: paho reports success.
-    """
-    forward = cast("Callable[..., None]", paho.on_publish)
-
-    def on_publish(
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        if reason_code.is_failure:
-            # Only the window's messages: presence and discovery publishes
-            # wait on aiomqtt's own events in the same map.
-            slot = pending.get(mid)
-            if isinstance(slot, _InFlight):
-                slot.refused = reason_code
-        forward(client, userdata, mid, reason_code, properties)
-
-    paho.on_publish = on_publish
-
-
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-class _PackedProperties(Properties):
-    """A PUBLISH's user properties (and expiry), encoded once.
-
-    paho encodes a message's properties each time it writes the message,
-    about 11 µs for ``ts`` and ``gw`` (a fifth of the sink's time per
-    message on loopback); the messages of one packet share one object.
-    Not to be changed once built.
-    """
-
-    def __init__(self, user: list[tuple[str, str]], expiry: int) -> None:
-        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        self.UserProperty = user
-        if expiry:
-            self.MessageExpiryInterval = expiry
-        # Properties refuses attributes that are no MQTT property: set past it.
-        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
-
-    def pack(self) -> bytes:
-        """The encoded properties (what paho puts on the wire)."""
-        packed: bytes = self.__dict__["_packed"]
-        return packed
-
-
-def _refused_letter(record: str, code: ReasonCode) -> str:
-    """The dead letter of a message the broker refused: ``topic payload (why)``."""
-    try:
-        _, topic, payload = split_record(record)
-    except ValueError:  # pragma: no cover - only messages are ever sent
-        return record
-    return f"{topic} {payload} (refused by the broker: PUBACK 0x{code.value:02x} {code})"
-
-
-def _cork_writes(paho: mqtt.Client) -> None:
-    """Let the messages paho writes in one go leave in as few TCP segments as fit.
-
-    paho sends each packet with its own send(), and TCP_NODELAY (which a
-    window needs) makes each one a segment of its own: on loopback a tenth of
-    the CPU per message, on a radio link a packet per message. Corked for the
-    duration of one loop_write() (aiomqtt calls it when the socket can take
-    more), the kernel packs them and sends the lot when uncorked, at once.
-    """
-    cork = getattr(socket, "TCP_CORK", None)  # Linux
-    sock = paho.socket()
-    if cork is None or not isinstance(sock, socket.socket):  # (or a WebSocket)
-        return
-    write = paho.loop_write
-
-    def loop_write() -> MQTTErrorCode:
-        with contextlib.suppress(OSError):  # a closed socket: paho reports it
-            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-        try:
-            return write()
-        finally:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
-
-    paho.loop_write = loop_write  # type: ignore[method-assign]
-
-
 def _positive(n: int) -> bool:
     return n > 0
-
-
-class _InFlight:
-    """One message sent and not acknowledged yet; stands in for aiomqtt's Event.
-
-    aiomqtt's on_publish dispatch calls :meth:`set` with the PUBACK, in this
-    thread: it only notes it and wakes the sink, which acknowledges records
-    in order. A record that is no message, or that paho refuses, counts as
-    landed at once and carries its ``dead`` letter.
-    """
-
-    __slots__ = ("acked", "dead", "mid", "record", "refused", "wall_ns", "window")
-
-    def __init__(self, record: Record, window: _Window) -> None:
-        self.record = record
-        self.window = window
-        self.acked = False
-        self.mid: int | None = None
-        self.dead: str | None = None
-        self.refused: ReasonCode | None = None  # the PUBACK's reason code, if a refusal
-        self.wall_ns: int | None = None  # the record's stamp
-
-    def set(self) -> None:
-        self.acked = True
-        self.window.wake.set()
-
-
-class _Window:
-    """What one connection has in flight, oldest first, and the records to send next.
-
-    ``wake`` is set by a PUBACK and by records read ahead; ``hungry`` asks
-    for more records once fewer than a window's worth wait in ``ahead``.
-    """
-
-    __slots__ = ("ahead", "generation", "hungry", "progress_at", "size", "slots", "wake")
-
-    def __init__(self, generation: int, size: int) -> None:
-        self.generation = generation  # the buffer's numbering the keys belong to
-        self.size = size
-        self.slots: deque[_InFlight] = deque()
-        self.ahead: deque[Record] = deque()
-        self.wake = trio.Event()
-        self.hungry = trio.Event()
-        self.progress_at = 0.0  # trio time of the last PUBACK or of a send into an empty window
-
-    def take(self, n: int) -> list[Record]:
-        """Up to ``n`` of the records read ahead, oldest first."""
-        ahead = self.ahead
-        batch = [ahead.popleft() for _ in range(min(n, len(ahead)))]
-        if len(ahead) < self.size:
-            self.hungry.set()
-        return batch
-
-    def forget(self, pending: dict[int, _InFlight]) -> None:
-        """Drop what is in flight and read ahead; out of aiomqtt's map (mids are reused)."""
-        for slot in self.slots:
-            if slot.mid is not None and pending.get(slot.mid) is slot:
-                del pending[slot.mid]
-        self.slots.clear()
-        self.ahead.clear()
-        self.hungry.set()
-
-
-# The aiomqtt internals MqttSink._send relies on (aiomqtt 2.x); without them
-# the sink falls back to one aiomqtt publish() per message.
-_WINDOW_API = hasattr(aiomqtt.Client, "_on_publish") and {"_client", "_pending_publishes"} <= set(
-    aiomqtt.Client.__init__.__code__.co_names
-)
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line account of a connection failure, with a hint where one helps."""
-    text = str(exc) or type(exc).__name__
-    # Only a CONNACK refusal is about credentials: paho's rc 4 on a publish
-    # means "not connected", not "bad username or password".
-    if isinstance(exc, MqttConnectError) and _code(exc.rc) in (4, 5, 134, 135):
-        text += " (check mqtt.username and mqtt.password_file / $GATEWAY_MQTT_PASSWORD)"
-    return text
-
-
-def _code(rc: object) -> int | None:
-    value = getattr(rc, "value", rc)
-    return value if isinstance(value, int) else None
-
-
-async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float = 2.0) -> int:
-    """Clear every retained Home Assistant discovery config of this gateway.
-
-    Subscribes to the gateway's config topics, collects the retained configs
-    the broker sends within ``settle`` seconds, and publishes an empty retained
-    message to each (which is how Home Assistant is told to drop an entity).
-    Needs a running trio-asyncio loop.
-
-    Returns:
-        How many configs were cleared.
-    """
-    topic_filter = config_filter(cfg.homeassistant.discovery_prefix, gateway_id)
-
-    async def run() -> int:
-        topics: set[str] = set()
-        async with aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            identifier=f"{cfg.client_id}-homeassistant",
-            username=cfg.username or None,
-            password=cfg.password or None,
-            timeout=cfg.connect_timeout,
-            tls_context=tls_context(cfg),
-        ) as client:
-            await client.subscribe(topic_filter, qos=1)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settle):
-                    async for message in client.messages:
-                        if message.retain and message.payload:
-                            topics.add(str(message.topic))
-            for topic in sorted(topics):
-                await client.publish(topic, b"", qos=1, retain=True)
-        return len(topics)
-
-    result: int = await trio_asyncio.aio_as_trio(run)()
-    return result
-
-
-def asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
-    """asyncio's exception handler inside trio-asyncio (``loop.set_exception_handler``).
-
-    trio-asyncio raises what asyncio would only log. The known harmless case:
-    a broker socket that died under aiomqtt's add_writer (``OSError`` EBADF)
-    while the sink is already reconnecting. Everything else is reported at
-    WARNING, never swallowed silently.
-    """
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        return
-    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
-        log.debug("asyncio: %s (%r)", context.get("message"), exc)
-        return
-    log.warning("asyncio: %s (%r)", context.get("message"), exc)

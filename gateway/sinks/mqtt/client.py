@@ -1,0 +1,99 @@
+"""Talking to a broker outside the window: TLS, error text, discovery removal, asyncio errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import ssl
+from typing import Any
+
+import aiomqtt
+import trio_asyncio
+from aiomqtt.exceptions import MqttConnectError
+
+from gateway.config import MqttSection
+from gateway.homeassistant import config_filter
+
+log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
+
+
+def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
+    """The TLS context for ``[mqtt]`` (None without ``ca_file``: plain TCP)."""
+    if not cfg.ca_file:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return ctx
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line account of a connection failure, with a hint where one helps."""
+    text = str(exc) or type(exc).__name__
+    # Only a CONNACK refusal is about credentials: paho's rc 4 on a publish
+    # means "not connected", not "bad username or password".
+    if isinstance(exc, MqttConnectError) and reason_value(exc.rc) in (4, 5, 134, 135):
+        text += " (check mqtt.username and mqtt.password_file / $GATEWAY_MQTT_PASSWORD)"
+    return text
+
+
+def reason_value(rc: object) -> int | None:
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float = 2.0) -> int:
+    """Clear every retained Home Assistant discovery config of this gateway.
+
+    Subscribes to the gateway's config topics, collects the retained configs
+    the broker sends within ``settle`` seconds, and publishes an empty retained
+    message to each (which is how Home Assistant is told to drop an entity).
+    Needs a running trio-asyncio loop.
+
+    Returns:
+        How many configs were cleared.
+    """
+    topic_filter = config_filter(cfg.homeassistant.discovery_prefix, gateway_id)
+
+    async def run() -> int:
+        topics: set[str] = set()
+        async with aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=f"{cfg.client_id}-homeassistant",
+            username=cfg.username or None,
+            password=cfg.password or None,
+            timeout=cfg.connect_timeout,
+            tls_context=tls_context(cfg),
+        ) as client:
+            await client.subscribe(topic_filter, qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settle):
+                    async for message in client.messages:
+                        if message.retain and message.payload:
+                            topics.add(str(message.topic))
+            for topic in sorted(topics):
+                await client.publish(topic, b"", qos=1, retain=True)
+        return len(topics)
+
+    result: int = await trio_asyncio.aio_as_trio(run)()
+    return result
+
+
+def asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
+    """asyncio's exception handler inside trio-asyncio (``loop.set_exception_handler``).
+
+    trio-asyncio raises what asyncio would only log. The known harmless case:
+    a broker socket that died under aiomqtt's add_writer (``OSError`` EBADF)
+    while the sink is already reconnecting. Everything else is reported at
+    WARNING, never swallowed silently.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, asyncio.CancelledError):
+        return
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+        log.debug("asyncio: %s (%r)", context.get("message"), exc)
+        return
+    log.warning("asyncio: %s (%r)", context.get("message"), exc)

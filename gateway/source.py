@@ -15,14 +15,17 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-import serial
 import trio
 
 from gateway.backoff import Backoff
 from gateway.config import SourceSection
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.telemetry import LineSplitter
+
+if TYPE_CHECKING:
+    import serial
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +332,9 @@ def open_serial(port: str, baud: int) -> int:
         OSError: the device is missing, busy, locked by another reader or not a
             terminal; or the baud rate is refused.
     """
+    # Imported here: only a serial source needs pyserial (half a MB of RSS).
+    import serial
+
     try:
         device = serial.Serial(port, baud, timeout=0, exclusive=True)
     except ValueError as exc:  # a baud rate pyserial refuses

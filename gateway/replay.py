@@ -106,15 +106,7 @@ async def _clear_presence(cfg: MqttSection) -> None:
     """Delete the retained presence the replay's MQTT sink left (an empty retained message)."""
 
     async def clear() -> None:
-        async with aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            identifier=cfg.client_id,
-            username=cfg.username or None,
-            password=cfg.password or None,
-            timeout=cfg.connect_timeout,
-            tls_context=mqtt.tls_context(cfg),
-        ) as client:
+        async with mqtt.new_client(cfg, cfg.client_id) as client:
             await client.publish(status_topic(cfg.topic_prefix), b"", qos=1, retain=True)
 
     try:

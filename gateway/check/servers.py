@@ -32,7 +32,7 @@ from gateway.config import (
 )
 from gateway.errors import leaf
 from gateway.sinks.influx import InfluxWriter
-from gateway.sinks.mqtt import describe_error, tls_context
+from gateway.sinks.mqtt import describe_error, new_client
 
 # -- MQTT -------------------------------------------------------------------------
 
@@ -95,16 +95,8 @@ async def check_mqtt(m: MqttSection) -> Line:
 
     async def probe() -> str | None:
         nonlocal stage
-        async with aiomqtt.Client(
-            m.host,
-            m.port,
-            username=m.username or None,
-            password=m.password or None,
-            # Not the daemon's id: the broker would disconnect a running gateway.
-            identifier=f"{m.client_id}-check",
-            timeout=CHECK_TIMEOUT,
-            tls_context=tls_context(m),
-        ) as client:
+        # Not the daemon's id: the broker would disconnect a running gateway.
+        async with new_client(m, f"{m.client_id}-check", timeout=CHECK_TIMEOUT) as client:
             stage = "subscribe"
             granted = await client.subscribe(topic, qos=1, timeout=CHECK_TIMEOUT)
             if _refused(granted):

@@ -31,6 +31,7 @@ is not acknowledged (see docs/architecture.md, "Sessions").
 from gateway.sinks.mqtt.client import (
     asyncio_exception,
     describe_error,
+    new_client,
     remove_discovery,
     tls_context,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "MqttSink",
     "asyncio_exception",
     "describe_error",
+    "new_client",
     "remove_discovery",
     "tls_context",
 ]

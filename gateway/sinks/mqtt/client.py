@@ -29,6 +29,35 @@ def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
     return ctx
 
 
+def new_client(
+    cfg: MqttSection,
+    identifier: str,
+    *,
+    tls: ssl.SSLContext | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> aiomqtt.Client:
+    """An aiomqtt client for the ``[mqtt]`` broker: host, port, credentials and TLS.
+
+    Every connection the gateway makes (the sink, replay, ``gateway check``,
+    discovery removal) is built here, so they all reach the broker the same
+    way. ``tls`` is a context already made (the sink keeps one), else one is
+    made from ``cfg``; ``timeout`` defaults to ``mqtt.connect_timeout``;
+    ``options`` go to ``aiomqtt.Client`` as they are. Must be called inside
+    asyncio (the client binds to the running loop).
+    """
+    return aiomqtt.Client(
+        cfg.host,
+        cfg.port,
+        identifier=identifier,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        timeout=cfg.connect_timeout if timeout is None else timeout,
+        tls_context=tls if tls is not None else tls_context(cfg),
+        **options,
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line account of a connection failure, with a hint where one helps."""
     text = str(exc) or type(exc).__name__
@@ -59,15 +88,7 @@ async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float =
 
     async def run() -> int:
         topics: set[str] = set()
-        async with aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            identifier=f"{cfg.client_id}-homeassistant",
-            username=cfg.username or None,
-            password=cfg.password or None,
-            timeout=cfg.connect_timeout,
-            tls_context=tls_context(cfg),
-        ) as client:
+        async with new_client(cfg, f"{cfg.client_id}-homeassistant") as client:
             await client.subscribe(topic_filter, qos=1)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settle):

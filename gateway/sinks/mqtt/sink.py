@@ -42,7 +42,7 @@ from gateway.records import (
     status_topic,
 )
 from gateway.sinks.mqtt import window as wire
-from gateway.sinks.mqtt.client import describe_error, reason_value, tls_context
+from gateway.sinks.mqtt.client import describe_error, new_client, reason_value, tls_context
 from gateway.sinks.mqtt.properties import PackedProperties, new_properties, refused_letter
 from gateway.sinks.mqtt.window import InFlight, Window, cork_writes, note_refusals
 from gateway.telemetry import Packet
@@ -210,14 +210,11 @@ class MqttSink:
             will_props.UserProperty = [("gw", self.gateway_id)]
         else:
             session = {"clean_session": True}
-        client = aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            identifier=cfg.client_id,
-            username=cfg.username or None,
-            password=cfg.password or None,
+        client = new_client(
+            cfg,
+            cfg.client_id,
+            tls=self._tls,
             keepalive=cfg.keepalive,
-            timeout=cfg.connect_timeout,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(
                 status_topic(cfg.topic_prefix), OFFLINE, qos=1, retain=True, properties=will_props
@@ -227,7 +224,6 @@ class MqttSink:
             # message in flight on each PUBACK (a third of the CPU per message
             # at a window of 200).
             max_inflight_messages=0,
-            tls_context=self._tls,
             # paho writes each message with its own send(): without this, Nagle
             # holds a window's later messages until the first one is ACKed.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),

@@ -277,25 +277,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
-def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
-    """`gateway buffer stats --json` for a buffer dir."""
+def gateway_cli(*args: str) -> str:
+    """Run ``gateway ARGS`` from the tree (60 s at most) and return what it printed."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "buffer",
-            "stats",
-            "--json",
-            "--buffer-dir",
-            str(buffer_dir),
-        ],
+        [sys.executable, "-m", "gateway", *args],
         cwd=REPO,
         capture_output=True,
         check=True,
         timeout=60,
     )
-    return dict(json.loads(out.stdout))
+    return out.stdout.decode()
+
+
+def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
+    """`gateway buffer stats --json` for a buffer dir."""
+    return dict(
+        json.loads(gateway_cli("buffer", "stats", "--json", "--buffer-dir", str(buffer_dir)))
+    )
 
 
 # -- markers ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ refused in the PUBACK: a dead letter, counted and on the status page.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.records import rfc3339_ms
-from tests.conftest import DESIGN_EXAMPLE, REPO, base_config, wait_until
+from tests.conftest import DESIGN_EXAMPLE, base_config, gateway_cli, wait_until
 from tests.faults.proxy import Proxy
 from tests.services import Broker, free_port
 from tests.sinks.test_mqtt import CONNECT, PUBLISH, protocol_level, publish_fields, take_packets
@@ -131,24 +130,8 @@ def figure(port: int, key: tuple[str, tuple[tuple[str, str], ...]]) -> float | N
 
 def export(buffer_dir: Path) -> list[dict[str, Any]]:
     """`gateway buffer export` of the MQTT buffer (safe while the gateway runs)."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "buffer",
-            "export",
-            "--sink",
-            "mqtt",
-            "--buffer-dir",
-            str(buffer_dir),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    out = gateway_cli("buffer", "export", "--sink", "mqtt", "--buffer-dir", str(buffer_dir))
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     return [line for line in lines if line.get("sink") == "mqtt"]
 
 

@@ -196,6 +196,16 @@ class PubackGate:
         self._in_flight -= len(batch)
         await self._client.send_all(b"".join(batch))
 
+    async def release_until_empty(self, buffer: DiskBuffer) -> None:
+        """Pass on every PUBACK as it comes, each time waiting for the sink to ack it, until
+        ``buffer`` is empty."""
+        while buffer.count.value:
+            await self.until(lambda: bool(self.held))
+            left = buffer.count.value - len(self.held)
+            await self.release(len(self.held))
+            with trio.fail_after(30):
+                await buffer.count.wait_value(lambda n, left=left: n <= left)
+
     def drop(self) -> None:
         """End the connection: the PUBACKs held never arrive."""
         self._connection.cancel()
@@ -305,12 +315,7 @@ async def test_the_window_slides_one_puback_one_message(
                 assert gate.sent[dropped_at:] == [str(i) for i in range(5, 5 + window)]
 
                 # Then everything lands, in order.
-                while buffer.count.value:
-                    await gate.until(lambda: bool(gate.held))
-                    left = buffer.count.value - len(gate.held)
-                    await gate.release(len(gate.held))
-                    with trio.fail_after(30):
-                        await buffer.count.wait_value(lambda n, left=left: n <= left)
+                await gate.release_until_empty(buffer)
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:

@@ -261,12 +261,7 @@ async def test_the_window_is_capped_at_the_brokers_receive_maximum(
                 await nursery.start(sink.run)
                 await gate.until(lambda: len(gate.held) == window)
                 assert metrics.mqtt.window == window
-                while buffer.count.value:
-                    await gate.until(lambda: bool(gate.held))
-                    left = buffer.count.value - len(gate.held)
-                    await gate.release(len(gate.held))
-                    with trio.fail_after(30):
-                        await buffer.count.wait_value(lambda n, left=left: n <= left)
+                await gate.release_until_empty(buffer)
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:

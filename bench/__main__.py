@@ -8,7 +8,9 @@ The drain is measured on three paths: a stock Mosquitto (a listener and
 anonymous access, nothing else) on loopback; the same broker behind a relay
 that adds 50 ms of round trip (tests.faults.slowlink, with the InfluxDB link
 behind one too); and the tests' tuned broker on loopback, for comparison.
-`mosquitto_pub -q 1 -l` takes the same path in the same run.
+`mosquitto_pub -q 1 -l` takes the same path in the same run, and so does
+paho alone (bench/alone.py: the design's MQTT client in a loop that does
+nothing else, the ceiling of a gateway built on it).
 ``python -m bench drain`` runs only the drain; ``python -m bench window``
 measures the drain for several ``mqtt.max_inflight`` (the default's basis).
 """
@@ -244,7 +246,8 @@ class Run:
 class StockBroker(Broker):
     """Mosquitto as a distribution installs it: a listener and anonymous access only.
 
-    No ``set_tcp_nodelay`` (its PUBACKs wait behind Nagle) and no tuning of
+    (Plus ``extra_conf``, for the one row that turns Nagle off.) No
+    ``set_tcp_nodelay`` (its PUBACKs wait behind Nagle) and no tuning of
     ``max_inflight_messages`` or ``max_queued_messages``: the broker the
     gateway meets in the field, unlike the tests' tuned one.
     """
@@ -252,7 +255,7 @@ class StockBroker(Broker):
     def start(self) -> StockBroker:
         """Start the broker and wait until it listens."""
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra_conf}")
         log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
         wait_listening(self.port)
@@ -446,6 +449,81 @@ def bench_drain(
         run.close()
 
 
+def bench_alone(path: DrainPath, extra_conf: str = "") -> dict[str, float]:
+    """paho alone (bench/alone.py) publishing a backlog over ``path``, counted like the gateway.
+
+    The same subscriber, relay and message count as the gateway's drain;
+    ``extra_conf`` goes into the broker's configuration.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="bench-alone-"))
+    broker = path.broker(workdir, extra_conf=extra_conf).start()
+    link = Relay(broker.port, path.rtt / 2).start() if path.rtt else None
+    n = path.reference_messages
+    try:
+        counter = Counter(broker.port, "alone", qos=DRAIN_SUBSCRIBER_QOS)
+        port = link.port if link else broker.port
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.alone",
+            str(port),
+            "alone",
+            str(n),
+            path.protocol or "5",
+        ]
+        out = subprocess.run(
+            argv, cwd=REPO, capture_output=True, text=True, check=True, timeout=900
+        )
+        window = int(out.stdout)
+        assert wait_until(lambda: counter.count >= n, 120, 0.01), counter.count
+        counter.close()
+        return {"rate": rate(counter, n), "window": window}
+    finally:
+        if link is not None:
+            link.stop()
+        broker.stop()
+
+
+def alone_rows(
+    rows: list[Row], path: DrainPath, gateway: list[float], reference: list[float]
+) -> None:
+    """Rows for paho alone on ``path``: the ceiling the gateway's rate is to be read against."""
+    alone = [bench_alone(path) for _ in range(len(gateway))]
+    rates = [a["rate"] for a in alone]
+    window = round(statistics.median(a["window"] for a in alone))
+    ceiling = statistics.median(rates)
+    rows.append(
+        (
+            f"drain, {path.name}: paho alone (bench/alone.py, no gateway, window {window}):"
+            " rate, and / mosquitto_pub",
+            "(reported)",
+            f"{spread(rates, 0)} msg/s, {ceiling / statistics.median(reference):.2f}×",
+            None,
+        )
+    )
+    rows.append(
+        (
+            f"drain, {path.name}: gateway rate / paho alone",
+            "(reported)",
+            f"{statistics.median(gateway) / ceiling:.2f}×",
+            None,
+        )
+    )
+    if path.rtt and path.broker is StockBroker:
+        # The same client and relay with the broker's Nagle off: what a stock
+        # broker's delayed PUBACKs cost a small window.
+        nodelay = [bench_alone(path, "set_tcp_nodelay true\n")["rate"] for _ in range(len(gateway))]
+        rows.append(
+            (
+                f"drain, {path.name}: paho alone, broker with set_tcp_nodelay (window {window})",
+                "(reported)",
+                f"{spread(nodelay, 0)} msg/s ="
+                f" {statistics.median(nodelay) / (window / path.rtt):.2f} × window / RTT",
+                None,
+            )
+        )
+
+
 def drain_rows(rows: list[Row], runs: int = DRAIN_RUNS) -> None:
     """The drain rows: each path ``runs`` times, medians and spreads."""
     for path in DRAIN_PATHS:
@@ -492,6 +570,8 @@ def drain_rows(rows: list[Row], runs: int = DRAIN_RUNS) -> None:
                 None,
             )
         )
+        if path.broker is StockBroker:
+            alone_rows(rows, path, rates, ref)
         if path.protocol is None:  # (the database's drain does not depend on MQTT's protocol)
             rows.append(
                 (

@@ -302,6 +302,7 @@ def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
 E2E_FIXTURES = {"gateway_factory"}
 INTEGRATION_FIXTURES = {"broker", "tsdb", "influx"}
 INTEGRATION_MODULES = {
+    "test_bench_alone",
     "test_firmware",
     "test_firmware_loop",
     "test_install",

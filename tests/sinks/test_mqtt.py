@@ -71,6 +71,61 @@ async def test_windows_deliver_everything_in_order(
         buffer.close()
 
 
+async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
+    tmp_path: Path, broker, test_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window is written straight from the sink; whatever the send buffer
+    # cannot take yet must still leave, through the asyncio writer paho asks
+    # for. Each group the sink sends (8 messages of 4 MiB) is more than
+    # loopback's socket buffers hold, the last one too.
+    from gateway.sinks.mqtt import sink as sink_module
+
+    left_over: list[bool] = []
+    real = sink_module.written_at_once
+
+    @contextlib.contextmanager
+    def noting(paho):  # type: ignore[no-untyped-def]
+        with real(paho):
+            yield
+        left_over.append(paho.want_write())
+
+    monkeypatch.setattr(sink_module, "written_at_once", noting)
+    cfg = MqttSection(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id=f"{test_id}-gw",
+        topic_prefix=test_id,
+        backoff_initial=0.1,
+        backoff_max=0.5,
+        keepalive=600,  # no PINGREQ may write what was left over instead
+    )
+    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    topic = f"{test_id}/big/n"
+    sub = Subscriber(broker.port, f"{test_id}/big/#")
+    metrics = Metrics()
+    sink = MqttSink(cfg, buffer, metrics, DeadLetterFile(tmp_path / "dead"), window=16)
+    n, size = 24, 4 * 1024 * 1024
+    try:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+            await buffer.append([f"{i} {topic} {i:06d}{'x' * size}" for i in range(n)])
+            with trio.fail_after(60):
+                await buffer.count.wait_value(lambda k: k == 0)
+            sink.stop()
+
+        def payloads() -> list[str]:
+            return [p[:6] for t, p in sub.snapshot() if t == topic]
+
+        assert sub.wait_for(lambda _: len(payloads()) >= n, 30)
+        assert payloads() == [f"{i:06d}" for i in range(n)]
+        assert all(left_over), "a group fitted the socket: the test tested less"
+        # On one connection: not rescued by a reconnect after the PUBACK timeout.
+        assert (metrics.mqtt.connects, metrics.mqtt.connect_failures) == (1, 0)
+    finally:
+        sub.close()
+        buffer.close()
+
+
 def test_only_a_connack_refusal_gets_the_credentials_hint() -> None:
     from aiomqtt.exceptions import MqttConnectError
 

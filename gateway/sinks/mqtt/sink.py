@@ -44,7 +44,13 @@ from gateway.records import (
 from gateway.sinks.mqtt import window as wire
 from gateway.sinks.mqtt.client import describe_error, new_client, reason_value, tls_context
 from gateway.sinks.mqtt.properties import PackedProperties, new_properties, refused_letter
-from gateway.sinks.mqtt.window import InFlight, Window, cork_writes, note_refusals
+from gateway.sinks.mqtt.window import (
+    InFlight,
+    Window,
+    cork_writes,
+    note_refusals,
+    written_at_once,
+)
 from gateway.telemetry import Packet
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
@@ -495,7 +501,7 @@ class MqttSink:
         window: Window,
         pending: dict[int, InFlight],
     ) -> None:
-        """Queue ``batch`` on paho (it writes them when the loop runs) into ``window``.
+        """Publish ``batch`` on paho into ``window``, written to the socket before this returns.
 
         aiomqtt's publish() costs an asyncio task, an Event and a timer per
         message, plus a trio→asyncio crossing: at field rate that was most of
@@ -509,38 +515,39 @@ class MqttSink:
         if not window.slots:
             window.progress_at = trio.current_time()
         oldest = not window.slots
-        for record in batch:
-            slot = InFlight(record, window)
-            window.slots.append(slot)
-            try:
-                stamp, topic, payload = split_record(record.value)
-            except ValueError:
-                slot.dead = record.value  # not a message at all
-                slot.acked = True
-                continue
-            slot.wall_ns = stamp.wall_ns
-            if self._json:
-                payload = json_payload(topic, payload, stamp)
-            if oldest:
-                self._note_oldest(slot)
-                oldest = False
-            retained = retain(topic)
-            try:
-                info = client._client.publish(
-                    topic, payload, qos, retained, properties(stamp, retained)
-                )
-            except ValueError as exc:  # paho's verdict on the message itself
-                slot.dead = f"{topic} {payload} ({exc})"
-                slot.acked = True
-                continue
-            if info.rc != 0:
-                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-            if info.is_published():
-                slot.acked = True
-            else:
-                # PUBACKs are read in this thread, so none can arrive before this.
-                slot.mid = info.mid
-                pending[info.mid] = slot
+        with written_at_once(client._client):
+            for record in batch:
+                slot = InFlight(record, window)
+                window.slots.append(slot)
+                try:
+                    stamp, topic, payload = split_record(record.value)
+                except ValueError:
+                    slot.dead = record.value  # not a message at all
+                    slot.acked = True
+                    continue
+                slot.wall_ns = stamp.wall_ns
+                if self._json:
+                    payload = json_payload(topic, payload, stamp)
+                if oldest:
+                    self._note_oldest(slot)
+                    oldest = False
+                retained = retain(topic)
+                try:
+                    info = client._client.publish(
+                        topic, payload, qos, retained, properties(stamp, retained)
+                    )
+                except ValueError as exc:  # paho's verdict on the message itself
+                    slot.dead = f"{topic} {payload} ({exc})"
+                    slot.acked = True
+                    continue
+                if info.rc != 0:
+                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                if info.is_published():
+                    slot.acked = True
+                else:
+                    # PUBACKs are read in this thread, so none can arrive before this.
+                    slot.mid = info.mid
+                    pending[info.mid] = slot
 
     def _note_oldest(self, slot: InFlight) -> None:
         """The age of the oldest record not yet acknowledged (the status page's)."""

@@ -16,6 +16,7 @@ import contextlib
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -32,20 +33,21 @@ from gateway.sinks.mqtt import window as mqtt_window
 from tests.conftest import Subscriber
 
 
+def sink_config(port: int, test_id: str, **overrides: Any) -> MqttSection:
+    """[mqtt] for a sink under test on 127.0.0.1:``port``, quick to reconnect."""
+    values: dict[str, Any] = {"backoff_initial": 0.1, "backoff_max": 0.5, **overrides}
+    return MqttSection(
+        host="127.0.0.1", port=port, client_id=f"{test_id}-gw", topic_prefix=test_id, **values
+    )
+
+
 @pytest.mark.parametrize("window_api", [True, False], ids=["window", "per-message"])
 async def test_windows_deliver_everything_in_order(
     tmp_path: Path, broker, test_id: str, monkeypatch: pytest.MonkeyPatch, window_api: bool
 ) -> None:
     assert mqtt_window.WINDOW_API, "aiomqtt's internals changed: the fast path is off"
     monkeypatch.setattr(mqtt_window, "WINDOW_API", window_api)
-    cfg = MqttSection(
-        host="127.0.0.1",
-        port=broker.port,
-        client_id=f"{test_id}-gw",
-        topic_prefix=test_id,
-        backoff_initial=0.1,
-        backoff_max=0.5,
-    )
+    cfg = sink_config(broker.port, test_id)
     buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/t/n"
     sub = Subscriber(broker.port, f"{test_id}/t/#")
@@ -90,15 +92,7 @@ async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
         left_over.append(paho.want_write())
 
     monkeypatch.setattr(sink_module, "written_at_once", noting)
-    cfg = MqttSection(
-        host="127.0.0.1",
-        port=broker.port,
-        client_id=f"{test_id}-gw",
-        topic_prefix=test_id,
-        backoff_initial=0.1,
-        backoff_max=0.5,
-        keepalive=600,  # no PINGREQ may write what was left over instead
-    )
+    cfg = sink_config(broker.port, test_id, keepalive=600)  # no PINGREQ writes what was left
     buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/big/n"
     sub = Subscriber(broker.port, f"{test_id}/big/#")
@@ -338,14 +332,8 @@ async def test_the_window_slides_one_puback_one_message(
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as servers:
             await servers.start(gate.serve)
-            cfg = MqttSection(
-                host="127.0.0.1",
-                port=gate.port,
-                client_id=f"{test_id}-gw",
-                topic_prefix=test_id,
-                backoff_initial=0.05,
-                backoff_max=0.1,
-                max_inflight=window,
+            cfg = sink_config(
+                gate.port, test_id, backoff_initial=0.05, backoff_max=0.1, max_inflight=window
             )
             sink = MqttSink(cfg, buffer, Metrics(), DeadLetterFile(tmp_path / "dead"))
             async with trio.open_nursery() as nursery:

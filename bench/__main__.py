@@ -485,10 +485,10 @@ def bench_alone(path: DrainPath, extra_conf: str = "") -> dict[str, float]:
 
 
 def alone_rows(
-    rows: list[Row], path: DrainPath, gateway: list[float], reference: list[float]
+    rows: list[Row], path: DrainPath, gateway: list[float], reference: list[float], runs: int
 ) -> None:
-    """Rows for paho alone on ``path``: the ceiling the gateway's rate is to be read against."""
-    alone = [bench_alone(path) for _ in range(len(gateway))]
+    """Rows for paho alone on a stock-broker ``path``: the ceiling of the gateway's rate."""
+    alone = [bench_alone(path) for _ in range(runs)]
     rates = [a["rate"] for a in alone]
     window = round(statistics.median(a["window"] for a in alone))
     ceiling = statistics.median(rates)
@@ -509,10 +509,10 @@ def alone_rows(
             None,
         )
     )
-    if path.rtt and path.broker is StockBroker:
+    if path.rtt:
         # The same client and relay with the broker's Nagle off: what a stock
         # broker's delayed PUBACKs cost a small window.
-        nodelay = [bench_alone(path, "set_tcp_nodelay true\n")["rate"] for _ in range(len(gateway))]
+        nodelay = [bench_alone(path, "set_tcp_nodelay true\n")["rate"] for _ in range(runs)]
         rows.append(
             (
                 f"drain, {path.name}: paho alone, broker with set_tcp_nodelay (window {window})",
@@ -571,7 +571,7 @@ def drain_rows(rows: list[Row], runs: int = DRAIN_RUNS) -> None:
             )
         )
         if path.broker is StockBroker:
-            alone_rows(rows, path, rates, ref)
+            alone_rows(rows, path, rates, ref, runs)
         if path.protocol is None:  # (the database's drain does not depend on MQTT's protocol)
             rows.append(
                 (

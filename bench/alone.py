@@ -18,10 +18,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
+from gateway.config import DEFAULT_MAX_INFLIGHT as WINDOW  # the gateway's own window
 from gateway.sinks.mqtt.properties import PackedProperties
 
-# The gateway's window when the broker does not cap it (mqtt.max_inflight).
-WINDOW = 200
 METRICS = ("temperature", "humidity", "pressure", "gas", "rssi", "snr", "seq", "received", "lost")
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.__main__ import StockBroker
-from bench.alone import WINDOW, publish_alone
+from bench.alone import publish_alone
+from gateway.config import DEFAULT_MAX_INFLIGHT
 from tests.conftest import Subscriber
 
 
 def test_paho_alone_sends_everything_within_the_gateways_window(tmp_path: Path) -> None:
     broker = StockBroker(tmp_path).start()
     try:
-        for protocol, window in (("5", 20), ("3.1.1", WINDOW)):
+        for protocol, window in (("5", 20), ("3.1.1", DEFAULT_MAX_INFLIGHT)):
             prefix = f"alone{protocol.replace('.', '')}"
             sub = Subscriber(broker.port, f"{prefix}/#")
             try:

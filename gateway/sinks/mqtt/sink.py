@@ -452,7 +452,8 @@ class MqttSink:
                         return
                     room = window.size - len(window.slots)
                     if not stopping and room > 0 and window.ahead:
-                        self._send(client, window.take(min(room, group)), window, pending)
+                        with written_at_once(client._client):
+                            self._send(client, window.take(min(room, group)), window, pending)
                         await trio.lowlevel.checkpoint()
                         group = SEND_GROUP_BUSY if window.wake.is_set() else SEND_GROUP
                         continue
@@ -501,7 +502,7 @@ class MqttSink:
         window: Window,
         pending: dict[int, InFlight],
     ) -> None:
-        """Publish ``batch`` on paho into ``window``, written to the socket before this returns.
+        """Queue ``batch`` on paho into ``window`` (written when the caller's written_at_once ends).
 
         aiomqtt's publish() costs an asyncio task, an Event and a timer per
         message, plus a trio→asyncio crossing: at field rate that was most of
@@ -515,39 +516,38 @@ class MqttSink:
         if not window.slots:
             window.progress_at = trio.current_time()
         oldest = not window.slots
-        with written_at_once(client._client):
-            for record in batch:
-                slot = InFlight(record, window)
-                window.slots.append(slot)
-                try:
-                    stamp, topic, payload = split_record(record.value)
-                except ValueError:
-                    slot.dead = record.value  # not a message at all
-                    slot.acked = True
-                    continue
-                slot.wall_ns = stamp.wall_ns
-                if self._json:
-                    payload = json_payload(topic, payload, stamp)
-                if oldest:
-                    self._note_oldest(slot)
-                    oldest = False
-                retained = retain(topic)
-                try:
-                    info = client._client.publish(
-                        topic, payload, qos, retained, properties(stamp, retained)
-                    )
-                except ValueError as exc:  # paho's verdict on the message itself
-                    slot.dead = f"{topic} {payload} ({exc})"
-                    slot.acked = True
-                    continue
-                if info.rc != 0:
-                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-                if info.is_published():
-                    slot.acked = True
-                else:
-                    # PUBACKs are read in this thread, so none can arrive before this.
-                    slot.mid = info.mid
-                    pending[info.mid] = slot
+        for record in batch:
+            slot = InFlight(record, window)
+            window.slots.append(slot)
+            try:
+                stamp, topic, payload = split_record(record.value)
+            except ValueError:
+                slot.dead = record.value  # not a message at all
+                slot.acked = True
+                continue
+            slot.wall_ns = stamp.wall_ns
+            if self._json:
+                payload = json_payload(topic, payload, stamp)
+            if oldest:
+                self._note_oldest(slot)
+                oldest = False
+            retained = retain(topic)
+            try:
+                info = client._client.publish(
+                    topic, payload, qos, retained, properties(stamp, retained)
+                )
+            except ValueError as exc:  # paho's verdict on the message itself
+                slot.dead = f"{topic} {payload} ({exc})"
+                slot.acked = True
+                continue
+            if info.rc != 0:
+                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+            if info.is_published():
+                slot.acked = True
+            else:
+                # PUBACKs are read in this thread, so none can arrive before this.
+                slot.mid = info.mid
+                pending[info.mid] = slot
 
     def _note_oldest(self, slot: InFlight) -> None:
         """The age of the oldest record not yet acknowledged (the status page's)."""

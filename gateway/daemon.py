@@ -20,8 +20,10 @@ acknowledged is already on disk. A second signal stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +34,14 @@ import trio_asyncio
 
 from gateway import alerts
 from gateway.buffer import BufferStore
-from gateway.clock import ClockTracker
+from gateway.clock import ClockTracker, boottime_ns
 from gateway.config import HEARTBEAT_S, Config
-from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile
+from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.pipeline import PacketObserver, Pipeline
-from gateway.records import StampResolver, boot_key
+from gateway.records import StampResolver, boot_key, stamp_age_s
 from gateway.sinks import influx, mqtt
 from gateway.source import Source
 from gateway.status.app import StatusContext, serve_status
@@ -49,6 +51,7 @@ from gateway.systemd import watchdog
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0
+OLDEST_INTERVAL = 1.0  # seconds between readings of each buffer's oldest record
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Stages:
     mqtt: mqtt.MqttSink
     influx: influx.InfluxSink
     source: Source
-    dead_letters: tuple[DeadLetterFile, ...]
+    dead_letters: tuple[DeadLetterMover, ...]
     alerts: alerts.Alerts
 
     @classmethod
@@ -105,7 +108,11 @@ class Stages:
                 resolver=StampResolver(clock, boot_offsets),
             ),
             source=Source(cfg.source, pipeline.ingest, metrics),
-            dead_letters=(mqtt_dead, influx_dead),
+            dead_letters=tuple(
+                DeadLetterMover(queue, file, metrics.sink(name))
+                for name, file in (("mqtt", mqtt_dead), ("influx", influx_dead))
+                if (queue := store.buffers[name].dead) is not None
+            ),
             alerts=engine,
         )
 
@@ -193,7 +200,7 @@ class Gateway:
             # A full buffer drops readings, never alert events.
             protect={"mqtt": alerts.MQTT_MARKER, "influx": alerts.INFLUX_MARKER},
         )
-        for name in store.buffers:
+        for name in ("mqtt", "influx"):
             self.metrics.sink(name).corrupt += len(store.corrupt_moved)
         counts = {name: buf.count.value for name, buf in store.buffers.items()}
         log.info(
@@ -245,17 +252,30 @@ class Gateway:
                 await self.clock.synchronised.wait_value(False)
                 self.metrics.clock_synchronized = False
 
+    async def _watch_oldest(
+        self, store: BufferStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Each sink's oldest waiting record's age, from its stamp, every OLDEST_INTERVAL.
+
+        Whether or not anything is being sent: during an outage it grows, which
+        is what an operator's alert on it needs.
+        """
+        task_status.started()
+        boot = boot_key(self.clock.boot_id)
+        while True:
+            for name in ("mqtt", "influx"):
+                text = await store.buffers[name].oldest_stamp()
+                age = 0.0
+                if text is not None:
+                    with contextlib.suppress(
+                        ValueError
+                    ):  # not a record: it goes to the dead letters
+                        age = stamp_age_s(text, time.time_ns(), boot, boottime_ns())
+                self.metrics.sink(name).oldest_age = age
+            await trio.sleep(OLDEST_INTERVAL)
+
     async def _close(self, store: BufferStore) -> None:
         """Write what is pending; note (and log) what never reached the disk."""
-        if self.stages is not None:
-            for dead in self.stages.dead_letters:
-                if not await dead.flush():
-                    log.error(
-                        "dead letters: %d record(s) for %s never reached the disk and are lost",
-                        len(dead.held),
-                        dead.path,
-                    )
-                    self.lost_records += len(dead.held)
         self.lost_records += store.close()
         self.stages = None
 
@@ -271,6 +291,9 @@ class Gateway:
                 await sinks.start(s.mqtt.run)
                 await sinks.start(s.influx.run)
                 async with trio.open_nursery() as ops:
+                    for mover in s.dead_letters:
+                        await ops.start(mover.run)
+                    await ops.start(self._watch_oldest, s.store)
                     await ops.start(self._serve_status, s)
                     await ops.start(watchdog, self.metrics, cfg.status.unhealthy_after)
                     if cfg.gateway.stats_interval > 0:

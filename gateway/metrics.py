@@ -78,6 +78,8 @@ class SinkMetrics:
     # Dead letters the bounded file (or the memory that holds them while the
     # disk refuses) had to drop: the oldest go first.
     dead_letters_dropped: int = 0
+    # Dead letters kept in the store because the dead-letter file refuses them.
+    dead_letters_waiting: int = 0
     connects: int = 0
     connect_failures: int = 0
     # Failed requests by status (InfluxDB: the HTTP status or "network").
@@ -261,6 +263,12 @@ class _Collector(Collector):
                 "Dead letters dropped by the dead-letter file's bound, by sink",
                 "dead_letters_dropped",
                 True,
+            ),
+            (
+                "gateway_dead_letters_waiting",
+                "Dead letters kept in the buffer store because the dead-letter file refuses them",
+                "dead_letters_waiting",
+                False,
             ),
             (
                 "gateway_buffer_oldest_age_seconds",

@@ -179,11 +179,12 @@ class Pipeline:
         state: Mapping[str, str | None] | None = None,
     ) -> None:
         """Commit records (and alert state) in one transaction; count what that dropped."""
-        errors_before = {buf: buf.write_errors for buf in self.store.buffers.values()}
+        sinks = (self.mqtt_buffer, self.influx_buffer)  # not their dead-letter queues
+        errors_before = {buf: buf.write_errors for buf in sinks}
         recreated_before = self.store.recreated
         dropped = await self.store.commit(batches, state=state)
         recreated = self.store.recreated - recreated_before
-        for buf in self.store.buffers.values():
+        for buf in sinks:
             figures = self.metrics.sink(buf.name)
             # A store deleted under us and recreated is an I/O failure of each buffer.
             figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated
@@ -203,7 +204,7 @@ class Pipeline:
 
     def publish_backlogs(self) -> None:
         """Copy the buffers' counts into the metrics (at start-up and after commits)."""
-        for buf in self.store.buffers.values():
+        for buf in (self.mqtt_buffer, self.influx_buffer):
             self.metrics.sink(buf.name).set_backlog(buf.count.value)
 
     async def report_stats(self) -> None:

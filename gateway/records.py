@@ -85,6 +85,22 @@ def parse_stamp(text: str) -> RecordStamp:
     return RecordStamp(int(wall), boot, int(boottime))
 
 
+def stamp_age_s(text: str, now_ns: int, boot: str, boottime_now_ns: int) -> float:
+    """Seconds since the record stamped ``text`` was received, as best this boot knows.
+
+    A stamp of this boot that carries a boottime is aged on ``CLOCK_BOOTTIME``
+    (a wall clock that jumps cannot make it young again); any other by wall
+    time. Never negative.
+
+    Raises:
+        ValueError: ``text`` is not a stamp.
+    """
+    stamp = parse_stamp(text)
+    if stamp.boot == boot and stamp.boottime_ns is not None:
+        return max(0.0, (boottime_now_ns - stamp.boottime_ns) / 1e9)
+    return max(0.0, (now_ns - stamp.wall_ns) / 1e9)
+
+
 def rfc3339_ms(ns: int) -> str:
     """``ns`` since the epoch as RFC 3339 UTC with milliseconds: ``2026-12-01T10:00:00.123Z``."""
     seconds, rest = divmod(ns, 1_000_000_000)

@@ -25,7 +25,7 @@ from gateway.buffer import BufferStore, DiskBuffer
 from gateway.capture import DEAD_LETTER_FILES, REPLAY_BOOT, SINKS, Capture
 from gateway.clock import ClockTracker
 from gateway.config import Config, MqttSection
-from gateway.deadletter import DeadLetterFile
+from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
 from gateway.metrics import Metrics
 from gateway.records import (
@@ -185,8 +185,12 @@ async def replay(
             buffers = store.buffers
             await store.commit({buffers[s]: capture.records[s] for s in wanted})
             sinks: dict[str, mqtt.MqttSink | influx.InfluxSink] = {}
+            movers: list[DeadLetterMover] = []
             for name in wanted:
                 dead = DeadLetterFile(dead_letter_dir / DEAD_LETTER_FILES[name])
+                queue = buffers[name].dead
+                assert queue is not None  # every store's buffer has one
+                movers.append(DeadLetterMover(queue, dead, metrics.sink(name)))
                 if name == "mqtt":
                     sinks[name] = mqtt.MqttSink(
                         mqtt_cfg, buffers[name], metrics, dead, gateway_id=cfg.gateway.id
@@ -207,9 +211,14 @@ async def replay(
                     nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
                 if metrics.mqtt.connects:
                     await _clear_presence(mqtt_cfg)
+            for mover in movers:
+                # The store is a temporary one: its dead letters go to the file now.
+                await mover.flush()
             for name in wanted:
                 figures = metrics.sink(name)
-                outcome[name].left = buffers[name].count.value
+                queue = buffers[name].dead
+                # Dead letters the file refused are lost with the temporary store: left.
+                outcome[name].left = buffers[name].count.value + (queue.count.value if queue else 0)
                 outcome[name].dead_letters = figures.dead_letters
                 outcome[name].error = sinks[name].last_error
         finally:

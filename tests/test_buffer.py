@@ -369,14 +369,70 @@ async def test_acks_without_a_commit_are_written_after_ack_delay(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.run)
         await buf.append(["a", "b", "c"])
-        await buf.ack(await buf.peek(2))
+        # Caught up (field rate): the ack waits for a commit to ride with ...
+        await buf.ack(await buf.peek(3))
         mock_clock.jump(0.9)
         await settled()
         assert disk_values(tmp_path, "influx") == ["a", "b", "c"]
+        assert buf.unsynced_acks == 3  # what a crash now would deliver again
+        # ... but not for longer than ack_delay.
         mock_clock.jump(0.2)
         await settled()
+        assert disk_values(tmp_path, "influx") == []
+        assert buf.unsynced_acks == 0
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_acks_during_a_drain_are_written_at_once(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = await BufferStore.open(tmp_path, {"influx": 100}, ack_delay=1.0)
+    buf = store.buffers["influx"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await buf.append(["a", "b", "c"])
+        start = trio.current_time()
+        # Records still wait behind the ack: a crash must not repeat these two.
+        await buf.ack(await buf.peek(2))
+        await buf.unsynced.wait_value(0)
+        assert trio.current_time() == start  # no ack_delay: the next write takes them
         assert disk_values(tmp_path, "influx") == ["c"]
         nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_the_write_loop_sleeps_when_nothing_is_owed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Write-behind at field rate: every record acked in time, the store never wakes to write."""
+    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100}, write_delay=2.0)
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    mqtt.set_delivering(True)
+    influx.set_delivering(True)
+    syncs = 0
+    sync = store.sync
+
+    async def counted() -> bool:
+        nonlocal syncs
+        syncs += 1
+        return await sync()
+
+    store.sync = counted  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        for i in range(20):
+            await store.commit({mqtt: [f"m{i}"], influx: [f"p{i}"]})
+            await trio.sleep(0.01)
+            await mqtt.ack(await mqtt.peek(10))
+            await influx.ack(await influx.peek(10))
+            await trio.sleep(0.49)
+        await trio.sleep(10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    # Nothing was ever due: acked in time, never written, no ack to delete.
+    assert syncs == 0
+    assert disk_values(tmp_path, "mqtt") == []
     store.close()
 
 
@@ -492,7 +548,7 @@ async def test_protection_survives_a_reopen(tmp_path: Path) -> None:
     store.close()
     with StoreReader(tmp_path) as reader:
         # What `gateway buffer export` reads; the alert state is no buffer.
-        assert reader.tables == ["mqtt"]
+        assert reader.tables == ["mqtt", "mqtt_dead"]
         assert [r.value for r in reader.records("mqtt")] == [alert(1), "r17", "r18", "r19"]
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.deadletter import DeadLetterFile
+from gateway.buffer import BufferStore
+from gateway.deadletter import DeadLetterFile, DeadLetterMover
+from gateway.metrics import SinkMetrics
+from tests.test_buffer import crash
 
 
 async def test_the_file_is_bounded_and_drops_its_oldest_half(tmp_path: Path) -> None:
@@ -18,15 +21,42 @@ async def test_the_file_is_bounded_and_drops_its_oldest_half(tmp_path: Path) -> 
     assert dead.count() == len(lines)
 
 
-async def test_a_disk_that_refuses_holds_them_and_writes_them_later(tmp_path: Path) -> None:
+async def test_a_disk_that_refuses_keeps_nothing_and_says_so(tmp_path: Path) -> None:
     blocker = tmp_path / "dead"
     blocker.write_text("a file where the directory should be")
-    dead = DeadLetterFile(blocker / "mqtt.txt", max_held=3)
-    assert not await dead.append(["a", "b", "c", "d"])  # no exception, held instead
-    assert list(dead.held) == ["b", "c", "d"]
-    assert dead.dropped == 1
+    dead = DeadLetterFile(blocker / "mqtt.txt")
+    assert not await dead.append(["a", "b"])  # no exception: the caller still has them
     assert dead.write_errors == 1
     blocker.unlink()
-    assert await dead.flush()
-    assert (blocker / "mqtt.txt").read_text() == "b\nc\nd\n"
-    assert not dead.held
+    assert await dead.append(["c"])
+    assert (blocker / "mqtt.txt").read_text() == "c\n"
+
+
+async def test_the_mover_keeps_refused_records_in_the_store_until_the_file_takes_them(
+    tmp_path: Path,
+) -> None:
+    store = await BufferStore.open(tmp_path / "buffer", {"mqtt": 100}, ack_delay=0)
+    buf = store.buffers["mqtt"]
+    assert buf.dead is not None
+    await buf.append(["1 t/a 1", "2 t/b x"])
+    records = await buf.peek(10)
+    await buf.ack(records, dead=["2 t/b x (refused)"])
+    blocker = tmp_path / "dead"
+    blocker.write_text("a file where the directory should be")
+    figures = SinkMetrics("mqtt")
+    mover = DeadLetterMover(buf.dead, DeadLetterFile(blocker / "mqtt.txt"), figures)
+    assert not await mover.flush()
+    assert figures.dead_letters_waiting == 1
+    crash(store)  # a kill -9 now: the dead letter is in the store, not in memory
+    store = await BufferStore.open(tmp_path / "buffer", {"mqtt": 100}, ack_delay=0)
+    buf = store.buffers["mqtt"]
+    assert buf.count.value == 0  # acknowledged out of the buffer ...
+    assert buf.dead is not None
+    assert buf.dead.count.value == 1  # ... into its dead-letter queue
+    blocker.unlink()
+    mover = DeadLetterMover(buf.dead, DeadLetterFile(blocker / "mqtt.txt"), figures)
+    assert await mover.flush()
+    assert (blocker / "mqtt.txt").read_text() == "2 t/b x (refused)\n"
+    assert figures.dead_letters_waiting == 0
+    assert buf.dead.count.value == 0
+    store.close()

@@ -46,6 +46,7 @@ FORMAT_KEY = "format"
 BUFFERS_KEY = "buffers"  # JSON list of the buffers' names, for readers
 BOOTS_KEY = "boots"  # JSON {key: [boot id, learned offset or null]}, one entry per boot
 ALERT_STATE_KEY = "alert_state"  # JSON {key: text}, owned by gateway.alerts
+DEAD_SUFFIX = "_dead"  # buffer "mqtt" keeps its dead letters in the buffer "mqtt_dead"
 HEADS_KEY = "heads"  # JSON {buffer: seq}: its first live record, when inside a run
 SEQ_DIGITS = 15  # diskcache's queue keys: "<prefix>-<15 digits>"
 

@@ -7,10 +7,17 @@ The lifecycle of a record:
    sink see it ("committed before delivery").
 2. A sink ``peek``\\ s the oldest records, delivers them, and ``ack``\\ s them.
    Acknowledging is FIFO: it acknowledges every older record too. The ack moves
-   the buffer's head in memory at once; the rows are deleted with the next
-   commit, or ``ack_delay`` seconds later when no commit comes. A crash in
-   between delivers those records again (delivery is at-least-once), it never
-   loses one.
+   the buffer's head in memory at once. While the buffer still holds records
+   to deliver (a drain) the store deletes the rows at once, with whatever else
+   the sink acknowledged meanwhile; when the ack leaves nothing waiting (field
+   rate) the deletion rides with the next commit, or goes alone ``ack_delay``
+   seconds later. A crash in between delivers those records again (delivery
+   is at-least-once), it never loses one: :attr:`unsynced` says how many a
+   crash now would deliver again, so that a sink can keep that number bounded.
+
+   A record the server refused for good leaves with its ack into the
+   buffer's *dead-letter queue* (:attr:`dead`), in the same transaction:
+   it is never acknowledged out of the store before its dead letter is in it.
 
    A sink that keeps many records in flight ``read``\\ s instead: each read
    hands out the records after the previous one (a read cursor ahead of the
@@ -114,6 +121,10 @@ class DiskBuffer:
         # Whether the sink delivers now (connected, not holding): only then may
         # records wait in memory for their acknowledgement (see set_delivering).
         self.delivering = False
+        # Acknowledged records whose rows may still be on disk (see unsynced_acks).
+        self.unsynced: AsyncValue[int] = AsyncValue(0)
+        # Where records refused for good go with their ack (set by the store).
+        self.dead: DiskBuffer | None = None
 
     @classmethod
     async def open(
@@ -149,6 +160,18 @@ class DiskBuffer:
     def corrupt_moved(self) -> list[Path]:
         """Corrupt stores moved aside when this buffer's store was opened."""
         return self.store.corrupt_moved
+
+    @property
+    def unsynced_acks(self) -> int:
+        """Acknowledged records a crash now would deliver again: their rows are still on disk.
+
+        Rows acknowledged before they were written (write-behind) do not
+        count: they never reach the disk. While the disk refuses writes
+        nothing is durable anyway, and this is 0, so that no sink waits on it.
+        """
+        if self.store.degraded:
+            return 0
+        return max(0, min(self.head, self._tried_tail) - self.disk_head)
 
     def _visible_tail(self) -> int:
         # Records become deliverable once written; when the disk refuses
@@ -189,6 +212,7 @@ class DiskBuffer:
         count = max(0, visible - self.head)
         self.count.value = count
         self.unread.value = max(0, visible - self._next())
+        self.unsynced.value = self.unsynced_acks
         return count
 
     def _renumbered(self) -> None:
@@ -362,31 +386,70 @@ class DiskBuffer:
         self.cursor = self.head
         self._publish_count()
 
-    async def ack(self, records: Sequence[Record]) -> int:
+    async def ack(self, records: Sequence[Record], *, dead: Sequence[str] = ()) -> int:
         """Acknowledge ``records`` and every older one (delivery is FIFO).
 
-        The head moves at once; the rows leave the disk with the next commit or
-        within the store's ``ack_delay``. Records already dropped are ignored.
-        One call for many records costs what one for a single record does: a
-        sink with many in flight acknowledges all that landed in one call.
+        The head moves at once. The rows leave the disk at once while records
+        are still waiting to be delivered (a drain: a crash then delivers
+        again only what the sink has in flight and what this write has not
+        reached yet), otherwise with the next commit or within the store's
+        ``ack_delay``. Records already dropped are ignored. One call for many
+        records costs what one for a single record does: a sink with many in
+        flight acknowledges all that landed in one call.
+
+        Args:
+            records: the records delivered (or refused for good).
+            dead: dead letters for records among them that a server refused for
+                good: they go to :attr:`dead` in the same transaction as the
+                ack, so a crash can deliver them again but never lose them.
 
         Returns:
             How many of ``records`` this acknowledged: those dropped (by the
             bound) while they were in flight are not, so a sink never counts a
             record as delivered that the buffer already counted as dropped.
+
+        Raises:
+            ValueError: ``dead`` was given to a buffer without a dead-letter queue.
         """
+        if dead:
+            if self.dead is None:
+                raise ValueError(f"buffer {self.name} has no dead-letter queue")
+            self.dead._add(dead)
         if not records:
+            if dead:
+                await self.store.acknowledged(soon=True)
             return 0
         newest = max(r.key for r in records) + 1
-        if newest <= self.head:
+        if newest <= self.head and not dead:
             await trio.lowlevel.checkpoint()
             return 0
         acked = sum(1 for r in records if r.key >= self.head)
-        self.head = min(newest, self.tail)
+        self.head = max(self.head, min(newest, self.tail))
         self._trim()
-        self._publish_count()
-        await self.store.acknowledged()
+        waiting = self._publish_count()
+        await self.store.acknowledged(soon=bool(waiting or dead))
         return acked
+
+    async def oldest_stamp(self) -> str | None:
+        """The stamp of the oldest record waiting (its text up to the first space), or None.
+
+        From memory when it is there, else one item read from the store. It
+        is what "oldest waiting" is computed from, whether or not anything is
+        being sent.
+        """
+        if self.head >= self.tail:
+            return None
+        if self.head >= self._cache_start:
+            value = self._cache[self.head - self._cache_start]
+        else:
+            try:
+                rows = await self.store.read(self, self.head, self.head + 1)
+            except STORE_ERRORS:
+                return None
+            if not rows:
+                return None
+            value = self._overlay(rows)[0].value
+        return value.split(" ", 1)[0]
 
     # -- inspection (blocking; for the CLI and tests) -------------------------------
 

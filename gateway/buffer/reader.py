@@ -21,6 +21,7 @@ from typing import Any
 from gateway.buffer.cachefile import (
     BOOTS_KEY,
     BUFFERS_KEY,
+    DEAD_SUFFIX,
     FORMAT_KEY,
     FORMAT_VERSION,
     HEADS_KEY,
@@ -233,11 +234,17 @@ def _valid(name: str) -> bool:
 
 
 def read_store(directory: Path) -> dict[str, list[Record]]:
-    """Every buffer in the store in ``directory`` with its records, without writing.
+    """Every sink's buffer in the store in ``directory`` with its records, without writing.
+
+    Dead-letter queues (``<sink>_dead``) are not sinks' buffers: left out.
 
     Empty for a directory without a store. Raises :class:`FileNotFoundError`
     when ``directory`` does not exist and :class:`StoreError` when the store is
     corrupt or cannot be read (see :class:`StoreReader`).
     """
     with StoreReader(directory) as reader:
-        return {sink: list(reader.records(sink)) for sink in reader.tables}
+        return {
+            sink: list(reader.records(sink))
+            for sink in reader.tables
+            if not sink.endswith(DEAD_SUFFIX)
+        }

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from gateway import records
 from gateway.buffer.cachefile import (
     ALERT_STATE_KEY,
     BOOTS_KEY,
+    DEAD_SUFFIX,
     HEADS_KEY,
     SEQ_DIGITS,
     STORE_ERRORS,
@@ -83,7 +85,11 @@ class _Opened:
 
 # (buffer, delete below, written up to, rows, protected seqs kept)
 _Plan = list[tuple[DiskBuffer, int, int, list[tuple[int, str]], list[int]]]
-ACK_DELAY = 1.0  # seconds an acknowledgement may wait to ride with the next commit
+# Seconds an acknowledgement that left its buffer caught up may wait to ride
+# with the next commit (at field rate: one write per packet, not two). Acks
+# during a drain are written at once (DiskBuffer.ack).
+ACK_DELAY = 1.0
+DEAD_LETTER_BOUND = 10_000  # records refused for good, kept until the dead-letter file takes them
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refused
 
 
@@ -101,6 +107,10 @@ class BufferStore:
             record before it can be delivered.
         protect: buffer name → marker; records containing it are never
             dropped by the bound while unprotected ones can go instead.
+        dead_letters: give every buffer a dead-letter queue of its own
+            (``<name>_dead``, bounded by ``DEAD_LETTER_BOUND``): records a
+            server refused for good wait there, durable, until the
+            dead-letter file takes them (:meth:`DiskBuffer.ack`).
 
     The constructor blocks; in Trio use :meth:`open`. Run :meth:`run` in the
     nursery when ``ack_delay`` or ``write_delay`` > 0.
@@ -115,6 +125,7 @@ class BufferStore:
         ack_delay: float = ACK_DELAY,
         write_delay: float = 0.0,
         protect: Mapping[str, str] | None = None,
+        dead_letters: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STORE_FILE
@@ -125,12 +136,18 @@ class BufferStore:
         self.buffers = {
             name: DiskBuffer(self, name, bound, markers.get(name)) for name, bound in sinks.items()
         }
+        if dead_letters:
+            for name, buf in list(self.buffers.items()):
+                buf.dead = DiskBuffer(self, name + DEAD_SUFFIX, DEAD_LETTER_BOUND)
+                self.buffers[buf.dead.name] = buf.dead
         # alert_state changes to write with the next transaction (None: delete).
         self._state: dict[str, str | None] = {}
         self.corrupt_moved: list[Path] = []
         self.degraded = True  # until the file is open and the last write worked
         self._lock = trio.Lock()
         self._pending_since: float | None = None
+        # An ack during a drain (or a dead letter) asked for a write at once.
+        self._soon = False
         self._retry_at = 0.0
         self._wake = trio.Event()
         self._retry_due = 0.0
@@ -142,7 +159,7 @@ class BufferStore:
         self._boots: Boots = {}
         self._alert_rows: dict[str, str] = {}
         # Each buffer's items on disk, and the heads document as written.
-        self._chunks: dict[str, Chunks] = {name: Chunks() for name in sinks}
+        self._chunks: dict[str, Chunks] = {name: Chunks() for name in self.buffers}
         self._heads: dict[str, int] = {}
         self._decoded: tuple[str, int, list[str]] | None = None  # the last item read
         self.recreated = 0  # times the file was deleted under us and recreated
@@ -162,6 +179,7 @@ class BufferStore:
         ack_delay: float = ACK_DELAY,
         write_delay: float = 0.0,
         protect: Mapping[str, str] | None = None,
+        dead_letters: bool = True,
     ) -> BufferStore:
         """Open (or create, or replace a corrupt) store without blocking Trio."""
         return await trio.to_thread.run_sync(
@@ -172,6 +190,7 @@ class BufferStore:
                 ack_delay=ack_delay,
                 write_delay=write_delay,
                 protect=protect,
+                dead_letters=dead_letters,
             )
         )
 
@@ -456,6 +475,9 @@ class BufferStore:
     async def sync(self) -> bool:
         """Write everything pending (records and acks); False if the disk refused."""
         async with self._lock:
+            # This write takes every ack so far along (or, when the disk
+            # refuses, the retry interval paces them: never a busy loop).
+            self._soon = False
             if self.cache is None:
                 opened = None
                 if time.monotonic() >= self._retry_at:
@@ -519,6 +541,8 @@ class BufferStore:
     def _next_due(self) -> float | None:
         """The Trio time of the next write :meth:`run` owes; None: nothing owed."""
         dues = []
+        if self._soon:
+            dues.append(-math.inf)
         if self._pending_since is not None:
             if self._has_pending() or self.degraded:
                 dues.append(self._pending_since + self.ack_delay)
@@ -536,12 +560,19 @@ class BufferStore:
             self._pending_since = trio.current_time()
         self._wake.set()
 
-    async def acknowledged(self) -> None:
-        """Called by a buffer whose head moved: write now or soon."""
+    async def acknowledged(self, *, soon: bool = False) -> None:
+        """Called by a buffer whose head moved: write at once (``soon``) or within ``ack_delay``.
+
+        ``soon`` does not wait for the write: :meth:`run` makes it next, with
+        every ack that arrives meanwhile, so a sink's loop never waits on an
+        fsync and a drain writes once per wake-up, not once per ack.
+        """
         if self.ack_delay <= 0:
             await self.sync()
-        else:
-            self._note_pending()
+            return
+        if soon:
+            self._soon = True
+        self._note_pending()
 
     async def run(self) -> None:
         """Write what is owed: acks no commit took along within ``ack_delay``,

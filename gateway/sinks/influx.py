@@ -38,6 +38,7 @@ from gateway.records import StampResolver, point_line, split_point
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_POINTS = 5000  # per request while a backlog drains
+ACK_WAIT = 1.0  # seconds a drain waits at most for its last ack to reach the disk
 # Held points (the clock not yet right) are released, oldest first and tagged
 # clock=unsynced, once they fill this share of the buffer: never dropped.
 HOLD_RELEASE_SHARE = 0.9
@@ -362,8 +363,7 @@ class InfluxSink:
         point at all, that record alone (for the dead letters).
         """
         points: list[tuple[Record, str]] = []
-        now = time.time_ns()
-        for i, record in enumerate(batch):
+        for record in batch:
             try:
                 stamp, body = split_point(record.value)
             except ValueError:
@@ -377,8 +377,6 @@ class InfluxSink:
                 ns, right = decided
             if not right:
                 self.figures.unsynced += 1
-            if i == 0:
-                self.figures.oldest_age = max(0.0, (now - ns) / 1e9)
             points.append((record, point_line(body, ns, unsynced=not right)))
         return points, []
 
@@ -444,6 +442,11 @@ class InfluxSink:
         # Points dropped by the bound while in flight are counted as dropped only.
         acked = await self.buffer.ack([record for record, _ in batch])
         self.figures.note_delivery(acked, self.buffer.count.value)
+        if self.buffer.count.value:
+            # A drain: the next request goes once this ack is on disk (the
+            # store writes it at once), so a crash repeats one request at most.
+            with trio.move_on_after(ACK_WAIT):
+                await self.buffer.unsynced.wait_value(lambda n: n == 0)
 
     async def _request(self, lines: list[str]) -> None:
         """One write on the worker thread, bounded in total by ``influxdb.timeout``.
@@ -483,12 +486,11 @@ class InfluxSink:
     async def _dead_letter(
         self, batch: Sequence[Record], exc: InfluxWriteError, line: str | None = None
     ) -> None:
-        # Never raises: a disk that refuses the file holds them in memory. The
-        # line protocol as sent (with its time) is what an operator can resend.
-        await self.dead_letters.append([line] if line is not None else [r.value for r in batch])
-        await self.buffer.ack(batch)
+        # Into the store's dead-letter queue with the ack, in one transaction
+        # (the mover takes them on to the file). The line protocol as sent
+        # (with its time) is what an operator can resend.
+        await self.buffer.ack(batch, dead=[line] if line is not None else [r.value for r in batch])
         self.figures.note_rejected(len(batch))
-        self.figures.dead_letters_dropped = self.dead_letters.dropped
         self._errlog.log(
             logging.ERROR,
             "dead",

@@ -121,10 +121,14 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             "delivered": figures.delivered,
             "dropped": figures.dropped,
             "dead_letters": figures.dead_letters,
+            "dead_letters_waiting": figures.dead_letters_waiting,
             "last_error": ctx.sinks[name].last_error,
             "backlog": p.backlog,
             "max_records": ctx.buffers[name].max_records,
-            "oldest_age_s": round(figures.oldest_age, 3) if p.backlog else None,
+            # Held points included: the buffer's oldest record, whatever waits on it.
+            "oldest_age_s": (
+                round(figures.oldest_age, 3) if p.backlog or figures.oldest_age else None
+            ),
             "waiting_for_s": _age(now, p.waiting_since),
             "last_delivery_age_s": _age(now, p.last_delivery),
         }

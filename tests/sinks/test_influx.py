@@ -21,7 +21,7 @@ import trio.testing
 from gateway.buffer import DiskBuffer
 from gateway.clock import ClockTracker, SyncVerdict
 from gateway.config import InfluxSection
-from gateway.deadletter import DeadLetterFile
+from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.errors import InfluxWriteError
 from gateway.metrics import Metrics
 from gateway.records import (
@@ -273,7 +273,7 @@ async def test_a_bug_in_the_writer_ends_the_sink(tmp_path: Path) -> None:
     assert raised.group_contains(TypeError, match="a bug")
 
 
-async def test_dead_letters_on_a_disk_that_refuses_are_held_not_fatal(
+async def test_dead_letters_on_a_disk_that_refuses_stay_in_the_store(
     influx: FakeInflux, tmp_path: Path
 ) -> None:
     """A point rejected for good while the dead-letter directory cannot be made."""
@@ -285,14 +285,27 @@ async def test_dead_letters_on_a_disk_that_refuses_are_held_not_fatal(
     blocker.write_text("a file where the dead-letter directory should be")
     dead = DeadLetterFile(blocker / "dead-letter" / DEAD_LETTER_FILE)
     sink = InfluxSink(section(influx.url, batch_size=3), buffer, metrics, dead)
+    assert buffer.dead is not None
+    mover = DeadLetterMover(buffer.dead, dead, metrics.influx, retry_interval=0.05)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
+            await nursery.start(mover.run)
             await buffer.count.wait_value(0)
+            # A figure, with no event to wait on: the mover tried, and was refused.
+            while metrics.influx.dead_letters_waiting < 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            # Out of the sink's queue, but durable in the store's dead-letter queue.
+            assert buffer.dead.count.value == 3
+            blocker.unlink()  # the directory can be made again: they move
+            await buffer.dead.count.wait_value(0)
             sink.stop()
+            nursery.cancel_scope.cancel()
     buffer.close()
+    lines = (blocker / "dead-letter" / DEAD_LETTER_FILE).read_text().splitlines()
+    assert len(lines) == 3
     assert metrics.influx.dead_letters == 3
-    assert len(dead.held) == 3  # in memory, for the next write that works
+    assert metrics.influx.dead_letters_waiting == 0
     assert dead.write_errors >= 1
     assert metrics.influx.errors.get("400") >= 1  # 400s are counted as write errors
 
@@ -303,12 +316,18 @@ async def test_dead_letters_on_a_disk_that_refuses_are_held_not_fatal(
 async def run_sink_until_drained(
     cfg: InfluxSection, buffer: DiskBuffer, metrics: Metrics, dead_dir: Path
 ) -> InfluxSink:
-    sink = InfluxSink(cfg, buffer, metrics, DeadLetterFile(dead_dir / DEAD_LETTER_FILE))
+    dead = DeadLetterFile(dead_dir / DEAD_LETTER_FILE)
+    sink = InfluxSink(cfg, buffer, metrics, dead)
+    assert buffer.dead is not None
+    mover = DeadLetterMover(buffer.dead, dead, metrics.influx)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
+            await nursery.start(mover.run)
             await buffer.count.wait_value(0)
+            await buffer.dead.count.wait_value(0)
             sink.stop()
+            nursery.cancel_scope.cancel()
     return sink
 
 

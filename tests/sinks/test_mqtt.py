@@ -324,9 +324,9 @@ async def test_the_window_slides_one_puback_one_message(
     acks: list[int] = []
     ack = buffer.ack
 
-    async def noted_ack(records: Sequence[Record]) -> None:
+    async def noted_ack(records: Sequence[Record], *, dead: Sequence[str] = ()) -> None:
         acks.append(max(r.key for r in records))
-        await ack(records)
+        await ack(records, dead=dead)
 
     buffer.ack = noted_ack  # type: ignore[method-assign]
     try:

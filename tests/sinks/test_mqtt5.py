@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.buffer import DiskBuffer
 from gateway.config import MqttSection
-from gateway.deadletter import DeadLetterFile
+from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import Metrics
 from gateway.records import RecordStamp
 from gateway.sinks.mqtt import MqttSink
@@ -292,10 +292,17 @@ async def test_a_puback_refusal_is_a_dead_letter_not_a_delivery(
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             sink = MqttSink(config(broker.port, test_id), buffer, metrics, dead)
+            assert buffer.dead is not None
             await nursery.start(sink.run)
+            await nursery.start(DeadLetterMover(buffer.dead, dead, metrics.mqtt).run)
             with trio.fail_after(30):
                 await buffer.count.wait_value(lambda n: n == 0)
+                # A figure, with no event to wait on: counted once acked into the store.
+                while metrics.mqtt.dead_letters < 10:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                await buffer.dead.count.wait_value(lambda n: n == 0)
             sink.stop()
+            nursery.cancel_scope.cancel()
     finally:
         buffer.close()
         broker.stop()

@@ -435,6 +435,7 @@ class MqttSink:
             group = SEND_GROUP
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_ahead, window)
+                nursery.start_soon(self._wake_on_sync, window)
                 while True:
                     if window.wake.is_set():
                         window.wake = trio.Event()
@@ -450,7 +451,7 @@ class MqttSink:
                     if stopping and not window.slots:
                         nursery.cancel_scope.cancel()
                         return
-                    room = window.size - len(window.slots)
+                    room = self._room(window)
                     if not stopping and room > 0 and window.ahead:
                         with written_at_once(client._client):
                             self._send(client, window.take(min(room, group)), window, pending)
@@ -460,6 +461,25 @@ class MqttSink:
                     await self._wait(window, limit, stopping=stopping)
         finally:
             window.forget(pending)
+
+    def _room(self, window: Window) -> int:
+        """How many more messages may be sent now.
+
+        At most the connection's window in flight; and at most
+        ``mqtt.max_inflight`` that a crash now would deliver again: those in
+        flight plus those acknowledged whose deletion is not on disk yet (the
+        store writes them at once during a drain). That keeps a kill -9 or a
+        power cut to at most one window of duplicates.
+        """
+        inflight = len(window.slots)
+        return min(window.size - inflight, self.window - inflight - self.buffer.unsynced_acks)
+
+    async def _wake_on_sync(self, window: Window) -> None:
+        """Wake the window when the store wrote acknowledgements: room may have come free."""
+        unsynced = self.buffer.unsynced
+        while True:
+            await unsynced.wait_transition(lambda new, old: new < old)
+            window.wake.set()
 
     async def _read_ahead(self, window: Window) -> None:
         """Keep up to a window of records read and waiting to be sent.
@@ -515,7 +535,6 @@ class MqttSink:
         qos, retain, properties = self.cfg.qos, self.retain, self.message_properties
         if not window.slots:
             window.progress_at = trio.current_time()
-        oldest = not window.slots
         for record in batch:
             slot = InFlight(record, window)
             window.slots.append(slot)
@@ -525,12 +544,8 @@ class MqttSink:
                 slot.dead = record.value  # not a message at all
                 slot.acked = True
                 continue
-            slot.wall_ns = stamp.wall_ns
             if self._json:
                 payload = json_payload(topic, payload, stamp)
-            if oldest:
-                self._note_oldest(slot)
-                oldest = False
             retained = retain(topic)
             try:
                 info = client._client.publish(
@@ -549,11 +564,6 @@ class MqttSink:
                 slot.mid = info.mid
                 pending[info.mid] = slot
 
-    def _note_oldest(self, slot: InFlight) -> None:
-        """The age of the oldest record not yet acknowledged (the status page's)."""
-        if slot.wall_ns is not None:
-            self.figures.oldest_age = max(0.0, (time.time_ns() - slot.wall_ns) / 1e9)
-
     async def _settle(self, window: Window) -> None:
         """Acknowledge the oldest run of landed messages: one buffer call, not one each."""
         slots = window.slots
@@ -571,18 +581,17 @@ class MqttSink:
             if newest.dead is not None:
                 dead.append(newest.dead)
         window.progress_at = trio.current_time()
-        if slots:
-            self._note_oldest(slots[0])
-        # Dead letters first: a record leaves the buffer only once it is safe.
-        if dead:
-            await self._dead_letter(dead)
         if self.buffer.generation != window.generation:
             return  # renumbered meanwhile: _deliver starts over, nothing is acked
         # Records the bound dropped while in flight (below the head now) count
         # as dropped, not as published.
         head = self.buffer.head
         published = sum(1 for slot in landed if slot.dead is None and slot.record.key >= head)
-        await self.buffer.ack([newest.record])
+        # Dead letters leave with the ack, into the store's dead-letter queue:
+        # one transaction, so a crash can repeat them but never lose them.
+        await self.buffer.ack([newest.record], dead=dead)
+        if dead:
+            self._dead_lettered(dead)
         self.figures.note_delivery(published, self.buffer.count.value)
         self.last_delivery = trio.current_time()
 
@@ -603,9 +612,9 @@ class MqttSink:
             messages, bad = self._decode(batch)
             qos = self.cfg.qos
             await trio_asyncio.aio_as_trio(_publish_each)(client, messages, qos, limit)
+            acked = await buffer.ack(batch, dead=bad)
             if bad:
-                await self._dead_letter(bad)
-            acked = await buffer.ack(batch)
+                self._dead_lettered(bad)
             # Records dropped while in flight count as dropped, not as published.
             self.figures.note_delivery(max(0, acked - len(bad)), buffer.count.value)
             self.last_delivery = trio.current_time()
@@ -614,28 +623,21 @@ class MqttSink:
         """(topic, payload, retain, properties) of each record, and those that are not messages."""
         messages: list[_Message] = []
         bad: list[str] = []
-        oldest_ns: int | None = None
         for record in batch:
             try:
                 stamp, topic, payload = split_record(record.value)
             except ValueError:
                 bad.append(record.value)
                 continue
-            if oldest_ns is None:
-                oldest_ns = stamp.wall_ns
             if self._json:
                 payload = json_payload(topic, payload, stamp)
             retained = self.retain(topic)
             messages.append((topic, payload, retained, self.message_properties(stamp, retained)))
-        if oldest_ns is not None:
-            self.figures.oldest_age = max(0.0, (time.time_ns() - oldest_ns) / 1e9)
         return messages, bad
 
-    async def _dead_letter(self, records: list[str]) -> None:
-        """Move messages no broker can take out of the queue; delivery goes on."""
-        await self.dead_letters.append(records)
+    def _dead_lettered(self, records: list[str]) -> None:
+        """Messages no broker can take left the queue for its dead letters (count, log)."""
         self.figures.note_rejected(len(records))
-        self.figures.dead_letters_dropped = self.dead_letters.dropped
         self._errlog.log(
             logging.ERROR,
             "dead",

@@ -42,7 +42,7 @@ class InFlight:
     landed at once and carries its ``dead`` letter.
     """
 
-    __slots__ = ("acked", "dead", "mid", "record", "refused", "wall_ns", "window")
+    __slots__ = ("acked", "dead", "mid", "record", "refused", "window")
 
     def __init__(self, record: Record, window: Window) -> None:
         self.record = record
@@ -51,7 +51,6 @@ class InFlight:
         self.mid: int | None = None
         self.dead: str | None = None
         self.refused: ReasonCode | None = None  # the PUBACK's reason code, if a refusal
-        self.wall_ns: int | None = None  # the record's stamp
 
     def set(self) -> None:
         self.acked = True

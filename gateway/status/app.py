@@ -121,6 +121,8 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             "delivered": figures.delivered,
             "dropped": figures.dropped,
             "dead_letters": figures.dead_letters,
+            "salvaged": figures.salvaged,
+            "salvage_lost": figures.salvage_lost,
             "last_error": ctx.sinks[name].last_error,
             "backlog": p.backlog,
             "max_records": ctx.buffers[name].max_records,

@@ -153,7 +153,7 @@ def replace(
         return aside, None
     try:
         found = salvage(aside, list(bounds), bounds=bounds, work_dir=path.parent)
-    except OSError as err:
+    except (OSError, sqlite3.Error) as err:  # a copy that failed, a recovery's own file
         log.error("buffer store %s: nothing salvaged (%s)", aside, err)
         return aside, None
     with contextlib.closing(open_cache(path.parent, durability, list(bounds))) as cache:
@@ -188,6 +188,7 @@ def salvage(
 
     Raises:
         OSError: the copy could not be made (the file is unreadable, no room).
+        sqlite3.Error: the database ``.recover`` wrote could not be read.
     """
     with tempfile.TemporaryDirectory(prefix=".salvage-", dir=work_dir) as tmp:
         copy = Path(tmp) / "copy.db"

@@ -253,13 +253,15 @@ def _salvage_estimate(buffer_dir: Path, sinks: list[str], *, as_json: bool) -> N
     Read from a copy in a temporary directory elsewhere: nothing is written
     in the buffer directory, and the store stays as it is for the gateway.
     """
+    import sqlite3
+
     from gateway.buffer import STORE_FILE
     from gateway.buffer.recovery import salvage
 
     try:
         found = salvage(buffer_dir / STORE_FILE, sinks)
-    except OSError as exc:
-        _error(f"cannot read it for a salvage estimate: {exc.strerror or exc}")
+    except (OSError, sqlite3.Error) as exc:
+        _error(f"cannot read it for a salvage estimate: {exc}")
         return
     report = {
         sink: {"corrupt": True, "recoverable": found.count(sink), "lost": found.lost[sink]}

@@ -202,6 +202,8 @@ class Gateway:
         )
         for name in ("mqtt", "influx"):
             self.metrics.sink(name).corrupt += len(store.corrupt_moved)
+            self.metrics.sink(name).salvaged = store.salvaged[name]
+            self.metrics.sink(name).salvage_lost = store.salvage_lost[name]
         counts = {name: buf.count.value for name, buf in store.buffers.items()}
         log.info(
             "buffers in %s: %d MQTT message(s), %d point(s) waiting (durability=%s, "

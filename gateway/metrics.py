@@ -87,6 +87,10 @@ class SinkMetrics:
     buffer_errors: int = 0
     memory_records: int = 0
     corrupt: int = 0
+    # Records salvaged from a corrupt store, and those of its live range that
+    # could not be read (both mirror the store's counts: it owns them).
+    salvaged: int = 0
+    salvage_lost: int = 0
     oldest_age: float = 0.0
     # InfluxDB: the backlog waits for the clock to be right (not stuck).
     holding: bool = False
@@ -258,6 +262,18 @@ class _Collector(Collector):
                 False,
             ),
             ("gateway_buffer_corrupt", "Corrupt buffers moved aside, by sink", "corrupt", True),
+            (
+                "gateway_buffer_salvaged",
+                "Records salvaged from a corrupt store into the new one, by sink",
+                "salvaged",
+                True,
+            ),
+            (
+                "gateway_buffer_salvage_lost",
+                "Records of a corrupt store's live range that could not be read, by sink",
+                "salvage_lost",
+                True,
+            ),
             (
                 "gateway_dead_letters_dropped",
                 "Dead letters dropped by the dead-letter file's bound, by sink",

@@ -190,6 +190,9 @@ class Pipeline:
             figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated
             # Records the disk refused; write-behind's records wait in memory by design.
             figures.memory_records = buf.in_memory if self.store.degraded else 0
+            # A store first opened later (the disk refused at start) may have been salvaged.
+            figures.salvaged = self.store.salvaged[buf.name]
+            figures.salvage_lost = self.store.salvage_lost[buf.name]
             figures.set_backlog(buf.count.value)
             if dropped.get(buf.name):
                 figures.dropped += dropped[buf.name]

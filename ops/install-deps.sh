@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages that `make test` and `make run` use, when missing:
-# Mosquitto (broker + clients), VictoriaMetrics (line-protocol TSDB), the ARM
+# Mosquitto (broker + clients), VictoriaMetrics (line-protocol TSDB), sqlite3 (the
+# CLI whose .recover salvages a corrupt store, where the library allows), the ARM
 # toolchain and QEMU for the Node 2 firmware, libfaketime for the clock tests.
 set -euo pipefail
-want=(mosquitto mosquitto-clients victoria-metrics curl gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm chromium faketime shellcheck)
+want=(mosquitto mosquitto-clients sqlite3 victoria-metrics curl gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm chromium faketime shellcheck)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

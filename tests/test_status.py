@@ -328,11 +328,14 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
                     "oldest_age_s",
                     "dropped",
                     "dead_letters",
+                    "salvaged",
+                    "salvage_lost",
                     "last_error",
                     "last_delivery_age_s",
                 }
                 assert sink["dropped"] == 0
                 assert sink["dead_letters"] == 0
+                assert sink["salvaged"] == sink["salvage_lost"] == 0
             values = doc["values"]
             assert set(values) >= {"node1", "node2", "signal"}
             t = values["node1"]["temperature"]

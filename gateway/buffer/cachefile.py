@@ -59,6 +59,10 @@ class StoreFormatError(sqlite3.DatabaseError):
     """The file is not a store of this format (a newer version's, or another cache)."""
 
 
+class CorruptItem(sqlite3.DatabaseError):
+    """An item or a document SQLite reads back but that does not decode: damaged bytes."""
+
+
 def check_name(name: str) -> str:
     """A buffer's name (an ASCII identifier, checked): its records' key prefix."""
     if not name.isidentifier() or not name.isascii():

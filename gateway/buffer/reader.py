@@ -39,7 +39,16 @@ _RAW = 1  # diskcache's MODE_RAW: the value column holds the value itself
 
 
 class StoreError(Exception):
-    """A buffer store that cannot be read: corrupt, unreadable, or of a newer format."""
+    """A buffer store that cannot be read: corrupt, unreadable, or of a newer format.
+
+    ``corrupt`` is True when SQLite calls the file damaged: then
+    :func:`gateway.buffer.recovery.salvage` can say what a gateway would
+    salvage from it.
+    """
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
 
 
 class StoreReader:
@@ -133,7 +142,7 @@ class StoreReader:
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
-            return StoreError(f"buffer store {self.path} is corrupt ({exc})")
+            return StoreError(f"buffer store {self.path} is corrupt ({exc})", corrupt=True)
         return StoreError(f"cannot read buffer store {self.path} ({exc})")
 
     def _value(self, key: str) -> Any:

@@ -25,7 +25,6 @@ one call at a time: one connection, and a transaction never spans threads.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 import trio
 
 from gateway import records
+from gateway.buffer import recovery
 from gateway.buffer.cachefile import (
     ALERT_STATE_KEY,
     BOOTS_KEY,
@@ -48,6 +48,7 @@ from gateway.buffer.cachefile import (
     SEQ_DIGITS,
     STORE_ERRORS,
     STORE_FILE,
+    CorruptItem,
     Durability,
     _create,
     _file_identity,
@@ -143,6 +144,9 @@ class BufferStore:
         # alert_state changes to write with the next transaction (None: delete).
         self._state: dict[str, str | None] = {}
         self.corrupt_moved: list[Path] = []
+        # Records salvaged from corrupt files, and those of their live range lost.
+        self.salvaged = dict.fromkeys(sinks, 0)
+        self.salvage_lost = dict.fromkeys(sinks, 0)
         self.degraded = True  # until the file is open and the last write worked
         self._lock = trio.Lock()
         self._pending_since: float | None = None
@@ -215,19 +219,12 @@ class BufferStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
-                opened = self._open_file()
+                return self._open_read()
             except STORE_ERRORS as exc:
                 if not _is_corruption(exc):
                     raise
-                self._move_aside(exc)
-                opened = self._open_file()
-            try:
-                self._read_state(opened)
-            except BaseException:
-                opened.cache.close()
-                os.close(opened.fd)
-                raise
-            return opened
+                self._replace_corrupt(exc)
+                return self._open_read()
         except STORE_ERRORS as exc:
             self._retry_at = time.monotonic() + REOPEN_INTERVAL
             _errlog.log(
@@ -292,26 +289,26 @@ class BufferStore:
         self.degraded = False
         self._identity = _file_identity(self.path)
 
-    def _move_aside(self, exc: BaseException) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        n = 0
-        while True:
-            # A second corruption within the same second gets a name of its own.
-            stem = f"buffer.corrupt-{stamp}" + (f"-{n}" if n else "")
-            aside = self.directory / f"{stem}.db"
-            if not aside.exists():
-                break
-            n += 1
-        log.error(
-            "buffer store %s is corrupt (%s); moving it aside to %s and starting an empty one",
-            self.path,
-            exc,
-            aside,
-        )
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+    def _open_read(self) -> _Opened:
+        opened = self._open_file()
+        try:
+            self._read_state(opened)  # every item is read: damage quick_check missed shows here
+        except BaseException as exc:
+            opened.cache.close()
+            os.close(opened.fd)
+            if isinstance(exc, ValueError):  # an item or a document that does not decode
+                raise CorruptItem(str(exc)) from exc
+            raise
+        return opened
+
+    def _replace_corrupt(self, exc: BaseException) -> None:
+        """Move a corrupt file aside; the new one holds what could be salvaged from it."""
+        bounds = {name: buf.max_records for name, buf in self.buffers.items()}
+        aside, found = recovery.replace(self.path, exc, bounds, self.durability)
         self.corrupt_moved.append(aside)
+        for name in bounds:
+            self.salvaged[name] += found.count(name) if found else 0
+            self.salvage_lost[name] += found.lost.get(name, 0) if found else 0
 
     @staticmethod
     def _adopt(

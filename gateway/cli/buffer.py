@@ -225,6 +225,8 @@ def _buffer_read(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except StoreError as exc:
         _error(str(exc))
+        if exc.corrupt and args.action == "stats":
+            _salvage_estimate(buffer_dir, sinks, as_json=args.json)
         return EXIT_FAILURE
     except OSError as exc:
         _error(f"cannot read buffer directory {buffer_dir}: {exc.strerror or exc}")
@@ -243,6 +245,36 @@ def _buffer_read(args: argparse.Namespace) -> int:
                 for sink, row in report.items():
                     print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
     return EXIT_OK
+
+
+def _salvage_estimate(buffer_dir: Path, sinks: list[str], *, as_json: bool) -> None:
+    """What a gateway would salvage from the corrupt store in ``buffer_dir``, per buffer.
+
+    Read from a copy in a temporary directory elsewhere: nothing is written
+    in the buffer directory, and the store stays as it is for the gateway.
+    """
+    import sqlite3
+
+    from gateway.buffer import STORE_FILE
+    from gateway.buffer.recovery import salvage
+
+    try:
+        found = salvage(buffer_dir / STORE_FILE, sinks)
+    except (OSError, sqlite3.Error) as exc:
+        _error(f"cannot read it for a salvage estimate: {exc}")
+        return
+    report = {
+        sink: {"corrupt": True, "recoverable": found.count(sink), "lost": found.lost[sink]}
+        for sink in sinks
+    }
+    for sink, row in report.items():
+        _error(
+            f"{sink}: {row['recoverable']} record(s) look recoverable, {row['lost']} lost "
+            "(`gateway run` salvages them into a new store and keeps this file)"
+        )
+    if as_json:
+        with _stdout():
+            print(json.dumps(report))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

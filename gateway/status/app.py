@@ -122,6 +122,8 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             "dropped": figures.dropped,
             "dead_letters": figures.dead_letters,
             "dead_letters_waiting": figures.dead_letters_waiting,
+            "salvaged": figures.salvaged,
+            "salvage_lost": figures.salvage_lost,
             "last_error": ctx.sinks[name].last_error,
             "backlog": p.backlog,
             "max_records": ctx.buffers[name].max_records,

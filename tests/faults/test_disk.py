@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import time
@@ -206,3 +207,84 @@ def test_records_that_never_reached_the_disk_are_reported_and_the_exit_code_says
         assert "never reached the disk and are lost" in gw.log_text()
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_store_with_a_damaged_page_is_salvaged_and_delivered(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    """1,000 packets buffered with the links down, one page in the store's middle
+    overwritten: after a restart with the links up, what could be read arrives,
+    and the log and the counters say how much that was."""
+    import re
+    import sqlite3
+    import urllib.request
+
+    from gateway.buffer.cachefile import PAGE_SIZE
+    from tests.services import free_port
+
+    script = tmp_path / "numbered.py"
+    script.write_text(NUMBERED)
+    command = [sys.executable, str(script), str(tmp_path / "state"), "1000", "200"]
+    down = base_config(tmp_path, test_id, free_port(), f"http://127.0.0.1:{free_port()}", command)
+    buffer_dir = tmp_path / "buffer"
+    gw = gateway_factory(down)
+    try:
+        assert wait_until(
+            lambda: (
+                (buffer_dir / STORE_FILE).exists()
+                and buffer_stats(buffer_dir)["mqtt"]["records"] == 1000
+                and buffer_stats(buffer_dir)["influx"]["records"] == 1000
+            ),
+            120,
+            interval=1.0,
+        ), gw.log_text()
+    finally:
+        assert gw.terminate() == 0
+    db = buffer_dir / STORE_FILE
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
+    (pages,) = con.execute("PRAGMA page_count").fetchone()
+    con.close()
+    with open(db, "r+b") as f:
+        f.seek((pages // 2 - 1) * PAGE_SIZE)
+        f.write(random.Random(27).randbytes(PAGE_SIZE))
+
+    up = base_config(tmp_path, test_id, broker.port, tsdb.url, command)
+    port = free_port()
+    up["status"] = {"listen": f"127.0.0.1:{port}"}
+    sub = Subscriber(broker.port, f"{test_id}/#")
+    gw = gateway_factory(up)
+
+    def counters() -> dict[str, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        found = re.findall(
+            r'^gateway_buffer_(salvaged|salvage_lost)_total\{sink="(\w+)"\} (\S+)$', text, re.M
+        )
+        return {f"{what}:{sink}": int(float(v)) for what, sink, v in found}
+
+    def points() -> set[int]:
+        return set(
+            numbers(str(v) for name, _, _, v, _ in tsdb.points(testid=test_id) if name == "n")
+        )
+
+    try:
+        assert wait_until(lambda: "salvaged" in gw.log_text(), 60), gw.log_text()
+        got: dict[str, int] = {}
+        assert wait_until(lambda: bool(got.update(counters()) or got), 30)
+        assert sub.wait_for(lambda m: len(set(delivered(sub))) >= got["salvaged:mqtt"], 120)
+        assert wait_until(lambda: len(points()) >= got["salvaged:influx"], 120, interval=1.0)
+    finally:
+        assert gw.terminate() == 0
+        sub.close()
+    log = gw.log_text()
+    print("salvage:", got, "messages", len(set(delivered(sub))), "points", len(points()))
+    for sink in ("mqtt", "influx"):
+        assert got[f"salvaged:{sink}"] >= 900
+        assert got[f"salvaged:{sink}"] + got[f"salvage_lost:{sink}"] <= 1000
+        assert (
+            f"{sink} {got[f'salvaged:{sink}']} salvaged, {got[f'salvage_lost:{sink}']} lost" in log
+        )
+    assert len(set(delivered(sub))) >= 900
+    assert len(points()) >= 900
+    assert list(buffer_dir.glob("buffer.corrupt-*.db"))

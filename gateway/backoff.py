@@ -61,13 +61,21 @@ class Backoff:
         """The current upper bound of the delay, before jitter."""
         return min(self.maximum, self.initial * 2.0**self.attempt)
 
-    def next_delay(self) -> float:
-        """Return the delay before the next attempt and count this failure."""
+    def next_delay(self, *, floor: float = 0.0) -> float:
+        """Return the delay before the next attempt and count this failure.
+
+        Args:
+            floor: the share of the ceiling (0..1) the delay is at least. 0 is
+                full jitter; 0.5 ("equal jitter") is for a retry known to do
+                harm when it comes at once, such as reconnecting with a client
+                id another client holds (it throws that client off).
+        """
         if self._up_since is not None:
             if trio.current_time() - self._up_since >= self.stable_after:
                 self.attempt = 0
             self._up_since = None
-        delay = self._jitter(self.ceiling())
+        ceiling = self.ceiling()
+        delay = max(self._jitter(ceiling), floor * ceiling)
         # Cap the exponent so 2**attempt never overflows on a month-long outage.
         if self.initial * 2.0**self.attempt < self.maximum:
             self.attempt += 1

@@ -156,6 +156,7 @@ class Gateway:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
+        log_identity(self.cfg)
         stall = self.cfg.source.stall_timeout
         if self.cfg.source.kind == "command" and 0 < stall <= HEARTBEAT_S:
             log.warning(
@@ -389,6 +390,39 @@ class Gateway:
         if self.stages is not None:
             self.stages.mqtt.abort()
         self._stages_scope.cancel()
+
+
+def log_identity(cfg: Config) -> None:
+    """Log the ``gateway.id`` and MQTT client id in use, and where the id came from.
+
+    An id derived without a machine id is a WARNING: a cloned card shares it
+    with every other box of its host name, and the broker will keep throwing
+    one of them off. The id also names the tags and Home Assistant entities,
+    so an operator who sees it change here knows why dashboards moved.
+    """
+    derived = cfg.derived_id
+    if derived is None:
+        log.info(
+            "gateway id %r (gateway.id in the config); mqtt client id %r",
+            cfg.gateway.id,
+            cfg.mqtt.client_id,
+        )
+    elif derived.machine_id:
+        log.info(
+            "gateway id %r derived from the host name %r and the machine id (no gateway.id "
+            "in the config: set one to keep it across re-imaging); mqtt client id %r",
+            cfg.gateway.id,
+            derived.host,
+            cfg.mqtt.client_id,
+        )
+    else:
+        log.warning(
+            "gateway id %r derived from the host name only: %s, so boxes with this host "
+            "name share the id and the mqtt client id %r; set gateway.id in the config",
+            cfg.gateway.id,
+            derived.note,
+            cfg.mqtt.client_id,
+        )
 
 
 async def _run_in(scope: trio.CancelScope, fn: Any) -> None:

@@ -100,6 +100,10 @@ class SinkMetrics:
     # under MQTT 5 capped by the broker's Receive Maximum).
     window: int = 0
     protocol: str = ""  # MQTT: "5" or "3.1.1", as spoken on the last connection
+    # MQTT: connections (probably) taken over by another client with our client id,
+    # and while the last ones were, what was seen (else "").
+    takeovers: int = 0
+    takeover: str = ""
     # MQTT 5: messages the broker refused in its PUBACK, by reason code ("0x87").
     refused: LabelledCounter = field(default_factory=lambda: LabelledCounter("code"))
     last_delivery_at: float | None = None
@@ -221,6 +225,12 @@ class _Collector(Collector):
             mq.window,
         )
         yield _counter("gateway_mqtt_connects", "Successful broker connections", mq.connects)
+        yield _counter(
+            "gateway_mqtt_takeovers",
+            "Connections taken over by another client with this client id (MQTT 5 reason "
+            "0x8E, or closed right after every connect)",
+            mq.takeovers,
+        )
         yield _counter(
             "gateway_mqtt_connect_failures",
             "Failed connection attempts or dropped connections",

@@ -8,8 +8,8 @@
 # What it installs (docs/operations.md has the whole story):
 #   user iiot-gateway           system user, groups dialout and plugdev (plugdev created if missing)
 #   /opt/iiot-gateway/venv      a venv with the package installed from a wheel (not editable)
-#   /etc/iiot-gateway/config.toml   from config.toml with absolute paths and gateway.id = host name;
-#                               an existing one is kept
+#   /etc/iiot-gateway/config.toml   from config.toml with absolute paths and gateway.id written
+#                               out (host name + machine-id hash); an existing one is kept
 #   /usr/share/iiot-gateway/node2.elf   the Node 2 firmware, when built (or --elf FILE)
 #   /etc/systemd/system/iiot-gateway.service, enabled and started when systemd runs
 #   /etc/udev/rules.d/60-iiot-gateway.rules   the ST-LINK for plugdev, its serial port for dialout
@@ -19,7 +19,9 @@
 #   --wheel FILE   install this wheel instead of building one from the repository
 #                  (pip fetches the dependencies; PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR for offline sites)
 #   --elf FILE     the Node 2 ELF to install (default firmware/build/nucleo-f446re/node2.elf)
-#   --id NAME      gateway.id for a new config (default: this host's name, uname -n)
+#   --id NAME      gateway.id for a new config (default: what the gateway derives itself, the host
+#                  name plus a hash of /etc/machine-id, written out so that it never changes; with
+#                  --root and no DIR/etc/machine-id the id is left out: each box derives its own)
 #   --python PY    the interpreter for the venv (default python3; 3.11 or newer)
 #   --no-venv      leave /opt/iiot-gateway/venv alone (everything else is installed)
 #   --root DIR     lay the files out under DIR as they would be under /, for tests and image
@@ -223,20 +225,23 @@ install_config() {
     # Section-aware rewrite of the example: the host's id, absolute paths, the client id
     # that goes with the id. Comments and every other key stay as they are; [gateway] id and
     # buffer_dir are added at the end of the section when the example leaves them out.
+    # An empty id (an image without a machine id) writes neither id nor client_id.
     awk -v id="$gw_id" -v state="$STATE_DIR" -v elf="$ELF" '
         function close_gateway() {
             if (section != "gateway") return
-            if (!seen_id) print "id = \"" id "\""
+            if (!seen_id && id != "") print "id = \"" id "\""
             if (!seen_dir) print "buffer_dir = \"" state "\""
             seen_id = seen_dir = 1
         }
         /^[[:space:]]*\[/ { close_gateway(); section = $0; gsub(/[[:space:]\[\]]/, "", section) }
-        section == "gateway" && /^id[[:space:]]*=/ { print "id = \"" id "\""; seen_id = 1; next }
+        section == "gateway" && /^id[[:space:]]*=/ && id != "" {
+            print "id = \"" id "\""; seen_id = 1; next
+        }
         section == "gateway" && /^buffer_dir[[:space:]]*=/ {
             print "buffer_dir = \"" state "\""; seen_dir = 1; next
         }
         section == "source" && /^command[[:space:]]*=/ { gsub(/"[^"]*\.elf"/, "\"" elf "\"") }
-        section == "mqtt" && /^client_id[[:space:]]*=/ {
+        section == "mqtt" && /^client_id[[:space:]]*=/ && id != "" {
             print "client_id = \"iiot-gateway-" id "\""; next
         }
         { print }
@@ -246,7 +251,11 @@ install_config() {
     chmod 640 "$tmp"
     [ "$is_root" = yes ] && chown "0:$group" "$tmp"
     mv "$tmp" "$dest"
-    say "config   wrote $CONF (gateway.id = \"$gw_id\", buffer_dir $STATE_DIR, ELF $ELF)"
+    if [ -n "$gw_id" ]; then
+        say "config   wrote $CONF (gateway.id = \"$gw_id\", buffer_dir $STATE_DIR, ELF $ELF)"
+    else
+        say "config   wrote $CONF (no gateway.id: each box derives its own; buffer_dir $STATE_DIR, ELF $ELF)"
+    fi
     [ "$group" != 0 ] || say "         (group root: chgrp $USER_NAME $CONF once the user exists)"
 }
 
@@ -262,7 +271,7 @@ import sys, tomllib
 path, gw_id, state, elf = sys.argv[1:]
 with open(path, "rb") as f:
     cfg = tomllib.load(f)
-assert cfg["gateway"]["id"] == gw_id, cfg["gateway"]
+assert cfg["gateway"].get("id", "") == gw_id, cfg["gateway"]
 assert cfg["gateway"]["buffer_dir"] == state, cfg["gateway"]
 command = cfg.get("source", {}).get("command", [])
 assert not any(a.endswith(".elf") and a != elf for a in command), command
@@ -359,9 +368,41 @@ start_service() {
     fi
 }
 
+# The id the gateway would derive itself (gateway.config.derive_gateway_id, stdlib only, so
+# it runs from the repository): the host name plus a hash of the machine id. Written into
+# the config so that it never changes afterwards, whatever happens to the host name or
+# the machine id. Prints nothing for an image without a machine id (a card image gets
+# one at first boot): baking an id into it would give every card made from it one id.
+derived_id() {
+    local host machine=$root/etc/machine-id
+    host=$(uname -n)
+    if ! python_ok "$python"; then
+        warn "no Python 3.11 to derive gateway.id with: using the host name $host"
+        printf '%s\n' "$host"
+        return
+    fi
+    PYTHONPATH=$repo "$python" - "$host" "$machine" "$rooted" <<'PY'
+import sys
+from gateway.config import derive_gateway_id
+host, machine, rooted = sys.argv[1:]
+derived = derive_gateway_id(host, machine)
+if derived.machine_id:
+    print(derived.value)
+elif rooted == "yes":
+    print(f"warning: {derived.note}: gateway.id left out, each box derives its own at its "
+          "first start (or pass --id NAME)", file=sys.stderr)
+else:
+    print(f"warning: {derived.note}: gateway.id = host name {derived.value!r}; boxes with one "
+          "host name will share it (pass --id NAME)", file=sys.stderr)
+    print(derived.value)
+PY
+}
+
 do_install() {
-    if [ -z "$gw_id" ]; then gw_id=$(uname -n); fi
-    [[ "$gw_id" =~ ^[A-Za-z0-9._-]+$ ]] \
+    if [ -z "$gw_id" ]; then
+        gw_id=$(derived_id) || die "deriving gateway.id failed (pass --id NAME)"
+    fi
+    [ -z "$gw_id" ] || [[ "$gw_id" =~ ^[A-Za-z0-9._-]+$ ]] \
         || die "gateway id '$gw_id': use letters, digits, '.', '_' and '-' (--id NAME)"
     if [ "$venv" = yes ]; then
         python_ok "$python" || die "$python: Python 3.11 or newer is needed (--python PY)"

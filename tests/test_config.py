@@ -245,7 +245,7 @@ def test_every_number_has_a_range() -> None:
     """A new int or float field needs an entry in RANGES (or this test fails)."""
     numeric = set()
     for section in fields(Config):
-        if section.name == "plausibility":
+        if section.name in ("plausibility", "derived_id"):  # not sections
             continue
         hints = typing.get_type_hints(section.default_factory)  # type: ignore[arg-type]
         numeric |= {f"{section.name}.{n}" for n, h in hints.items() if h in (int, float)}
@@ -269,7 +269,7 @@ def _toml_number(x: float) -> str:
 INT_KEYS = {
     f"{s.name}.{n}"
     for s in fields(Config)
-    if s.name != "plausibility"
+    if s.name not in ("plausibility", "derived_id")  # not sections
     for n, h in typing.get_type_hints(s.default_factory).items()  # type: ignore[arg-type]
     if h is int
 }
@@ -665,14 +665,81 @@ def test_secret_from_environment_with_a_line_break_is_refused(
         ("x" * 100, "x" * 64),
     ],
 )
-def test_gateway_id_defaults_to_the_host_name(
+def test_gateway_id_is_the_host_name_without_a_machine_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostname: str, expect: str
 ) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: hostname)
-    cfg = load_config(write(tmp_path, ""), environ=NO_ENV)
+    cfg = load_config(write(tmp_path, ""), environ=NO_ENV, machine_id_file=tmp_path / "none")
     assert cfg.gateway.id == expect
     assert cfg.mqtt.client_id == f"iiot-gateway-{expect}"
-    assert cfg == Config()
+    assert cfg.derived_id is not None
+    assert not cfg.derived_id.machine_id
+    assert "does not exist" in cfg.derived_id.note
+
+
+def machine_id(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_two_boxes_with_one_host_name_get_two_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "raspberrypi")
+    recipe = write(tmp_path, '[mqtt]\nhost = "broker"\n')
+    a = load_config(
+        recipe, environ=NO_ENV, machine_id_file=machine_id(tmp_path, "a", "0" * 31 + "1\n")
+    )
+    b = load_config(
+        recipe, environ=NO_ENV, machine_id_file=machine_id(tmp_path, "b", "0" * 31 + "2\n")
+    )
+    assert a.gateway.id != b.gateway.id
+    assert a.mqtt.client_id != b.mqtt.client_id
+    for cfg in (a, b):
+        assert re.fullmatch(r"raspberrypi-[0-9a-f]{8}", cfg.gateway.id)
+        assert cfg.derived_id is not None
+        assert cfg.derived_id.machine_id
+        assert cfg.mqtt.client_id == f"iiot-gateway-{cfg.gateway.id}"
+
+
+def test_derived_id_is_stable_and_does_not_show_the_machine_id(tmp_path: Path) -> None:
+    mid = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+    path = machine_id(tmp_path, "m", mid + "\n")
+    first = config_mod.derive_gateway_id("edge", path)
+    assert first == config_mod.derive_gateway_id("edge", path)
+    assert mid[:8] not in first.value
+    # Whitespace around the id is not part of it (systemd writes a newline).
+    assert config_mod.derive_gateway_id("edge", machine_id(tmp_path, "n", f"  {mid}")) == first
+
+
+def test_derived_id_stays_within_the_length_limit(tmp_path: Path) -> None:
+    derived = config_mod.derive_gateway_id("x" * 100, machine_id(tmp_path, "m", "ab" * 16))
+    assert len(derived.value) == config_mod.MAX_DERIVED_ID_CHARS
+    assert re.fullmatch(r"x{55}-[0-9a-f]{8}", derived.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "uninitialized\n"])
+def test_an_empty_machine_id_falls_back_to_the_host_name(tmp_path: Path, text: str) -> None:
+    derived = config_mod.derive_gateway_id("edge-1", machine_id(tmp_path, "m", text))
+    assert (derived.value, derived.machine_id) == ("edge-1", False)
+    assert "is empty" in derived.note
+
+
+def test_an_unreadable_machine_id_falls_back_to_the_host_name(tmp_path: Path) -> None:
+    derived = config_mod.derive_gateway_id("edge-1", tmp_path)  # a directory
+    assert (derived.value, derived.machine_id) == ("edge-1", False)
+    assert "unreadable" in derived.note
+
+
+def test_explicit_gateway_id_is_kept_whatever_the_machine_id(tmp_path: Path) -> None:
+    text = '[gateway]\nid = "line-3"\n'
+    for n in range(2):
+        mid = machine_id(tmp_path, f"m{n}", f"{n:032x}")
+        cfg = load_config(write(tmp_path, text), environ=NO_ENV, machine_id_file=mid)
+        assert cfg.gateway.id == "line-3"
+        assert cfg.mqtt.client_id == "iiot-gateway-line-3"
+        assert cfg.derived_id is None
 
 
 def test_gateway_id_falls_back_when_the_host_name_is_unknown(
@@ -682,7 +749,8 @@ def test_gateway_id_falls_back_when_the_host_name_is_unknown(
         raise OSError("no name")
 
     monkeypatch.setattr(socket, "gethostname", fail)
-    assert load_config(write(tmp_path, ""), environ=NO_ENV).gateway.id == "gateway"
+    cfg = load_config(write(tmp_path, ""), environ=NO_ENV, machine_id_file=tmp_path / "none")
+    assert cfg.gateway.id == "gateway"
 
 
 def test_ten_boxes_from_one_recipe_get_ten_client_ids(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config import derive_gateway_id, load_config
 from tests.conftest import Subscriber, write_config
 from tests.services import Broker, free_port, stop_process
 
@@ -207,15 +207,34 @@ def test_rerun_keeps_the_config_and_says_so(tmp_path: Path, guard: Guard) -> Non
     assert load_config(config_path, environ={}).gateway.id == "first"
 
 
-def test_gateway_id_defaults_to_the_host_name(tmp_path: Path, guard: Guard) -> None:
+def test_gateway_id_is_derived_and_written_out(tmp_path: Path, guard: Guard) -> None:
     root = tmp_path / "root"
     host = os.uname().nodename
     if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
         pytest.skip(f"host name {host!r} is not a valid gateway id")
-    install(root, "--no-venv", guard=guard)
-    cfg = load_config(root / "etc/iiot-gateway/config.toml", environ={})
-    assert cfg.gateway.id == host
-    assert cfg.mqtt.client_id == f"iiot-gateway-{host}"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    out = install(root, "--no-venv", guard=guard)
+    config_path = root / "etc/iiot-gateway/config.toml"
+    written = tomllib.loads(config_path.read_text())
+    # What the gateway itself derives on this box, but explicit: it never changes now.
+    expected = derive_gateway_id(host, root / "etc/machine-id").value
+    assert written["gateway"]["id"] == expected
+    assert re.fullmatch(re.escape(host[:55]) + r"-[0-9a-f]{8}", expected)
+    assert f'gateway.id = "{expected}"' in out.stdout
+    cfg = load_config(config_path, environ={}, machine_id_file=tmp_path / "another")
+    assert (cfg.gateway.id, cfg.derived_id) == (expected, None)
+    assert cfg.mqtt.client_id == f"iiot-gateway-{expected}"
+
+
+def test_an_image_without_a_machine_id_gets_no_baked_in_id(tmp_path: Path, guard: Guard) -> None:
+    root = tmp_path / "root"
+    out = install(root, "--no-venv", guard=guard)
+    written = tomllib.loads((root / "etc/iiot-gateway/config.toml").read_text())
+    assert "id" not in written["gateway"]
+    assert "client_id" not in written.get("mqtt", {})
+    assert "each box derives its own" in out.stdout
+    assert "machine-id does not exist" in out.stderr
 
 
 def test_firmware_from_the_build_tree_when_built(tmp_path: Path, guard: Guard) -> None:

@@ -321,6 +321,7 @@ async def test_live_status_endpoints(tmp_path: Path, broker: Broker, tsdb: Tsdb)
             mqtt, influx = doc["sinks"]["mqtt"], doc["sinks"]["influx"]
             assert mqtt["connected"] is True
             assert mqtt["target"] == f"127.0.0.1:{broker.port}"
+            assert (mqtt["takeovers"], mqtt["takeover"]) == (0, "")
             assert influx["healthy"] is True
             for sink in (mqtt, influx):
                 assert set(sink) >= {

@@ -39,6 +39,7 @@ from gateway.config.sections import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_INFLUX_BUFFER_MAX,
+    DEFAULT_MACHINE_ID_FILE,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MQTT_BUFFER_MAX,
@@ -57,6 +58,7 @@ from gateway.config.sections import (
     AlertRule,
     AlertsSection,
     Config,
+    DerivedId,
     GatewaySection,
     HomeAssistantSection,
     InfluxSection,
@@ -65,6 +67,7 @@ from gateway.config.sections import (
     StatusSection,
     default_client_id,
     default_gateway_id,
+    derive_gateway_id,
 )
 from gateway.errors import ConfigError
 
@@ -77,6 +80,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_INFLUX_BUFFER_MAX",
+    "DEFAULT_MACHINE_ID_FILE",
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_MQTT_BUFFER_MAX",
@@ -95,6 +99,7 @@ __all__ = [
     "AlertRule",
     "AlertsSection",
     "Config",
+    "DerivedId",
     "GatewaySection",
     "HomeAssistantSection",
     "InfluxSection",
@@ -103,6 +108,7 @@ __all__ = [
     "StatusSection",
     "default_client_id",
     "default_gateway_id",
+    "derive_gateway_id",
     "load_config",
     "parse_config",
 ]
@@ -395,10 +401,13 @@ def load_config(
     *,
     buffer_dir: str | None = None,
     environ: typing.Mapping[str, str] | None = None,
+    machine_id_file: str | os.PathLike[str] = DEFAULT_MACHINE_ID_FILE,
 ) -> Config:
     """Load, validate and resolve the configuration.
 
     The file is ``path``, else ``$GATEWAY_CONFIG``, else ``./config.toml``.
+    ``machine_id_file`` feeds the default ``gateway.id`` (see
+    :func:`derive_gateway_id`).
 
     Raises:
         ConfigError: the file is missing or unreadable, not TOML, has an unknown
@@ -414,7 +423,7 @@ def load_config(
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("", f"{chosen} is not valid TOML: {exc}") from None
-    cfg = parse_config(data, environ=environ)
+    cfg = parse_config(data, environ=environ, machine_id_file=machine_id_file)
     if buffer_dir:
         cfg = dataclasses.replace(
             cfg, gateway=dataclasses.replace(cfg.gateway, buffer_dir=buffer_dir)
@@ -436,9 +445,15 @@ def _world_readable(path: Path) -> bool:
 
 
 def parse_config(
-    data: dict[str, Any], *, environ: typing.Mapping[str, str] | None = None
+    data: dict[str, Any],
+    *,
+    environ: typing.Mapping[str, str] | None = None,
+    machine_id_file: str | os.PathLike[str] = DEFAULT_MACHINE_ID_FILE,
 ) -> Config:
     """Build a :class:`Config` from already-parsed TOML data.
+
+    Without ``gateway.id`` in ``data`` the id is derived from the host name and
+    ``machine_id_file``, and :attr:`Config.derived_id` says how.
 
     Raises:
         ConfigError: as :func:`load_config`.
@@ -472,6 +487,11 @@ def parse_config(
         else:
             raise ConfigError(_join("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
+    if "id" not in data.get("gateway", {}):
+        derived = derive_gateway_id(machine_id_file=machine_id_file)
+        cfg = dataclasses.replace(
+            cfg, gateway=dataclasses.replace(cfg.gateway, id=derived.value), derived_id=derived
+        )
     if "client_id" not in data.get("mqtt", {}):
         client_id = default_client_id(cfg.gateway.id)
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, client_id=client_id))

@@ -6,6 +6,9 @@ reference of every key.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -43,6 +46,13 @@ FALLBACK_GATEWAY_ID = "gateway"
 CLIENT_ID_PREFIX = "iiot-gateway-"
 # A host-name-derived gateway.id is cut to this many characters.
 MAX_DERIVED_ID_CHARS = 64
+# systemd's per-installation id: what tells two boxes with one host name apart.
+DEFAULT_MACHINE_ID_FILE = "/etc/machine-id"
+# Hex digits of the machine-id hash in a derived gateway.id: 32 bits, so a fleet
+# of a thousand boxes with one host name collides with a chance of about 1e-4.
+MACHINE_HASH_CHARS = 8
+# The HMAC message that makes the hash ours (see derive_gateway_id).
+_MACHINE_HASH_APP = b"iiot-gateway gateway.id"
 # MQTT strings (client id, topic) are at most this many UTF-8 bytes.
 MAX_MQTT_STRING_BYTES = 65535
 
@@ -55,19 +65,80 @@ DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
 }
 
 
-def default_gateway_id() -> str:
-    """This box's default ``gateway.id``: its host name reduced to ``[A-Za-z0-9_-]``.
+@dataclass(frozen=True)
+class DerivedId:
+    """A ``gateway.id`` the config left out, and how it was made (for the start-up log).
 
-    Boxes installed from one recipe differ in host name, so their ids (and the
-    MQTT client ids made from them) do not collide. ``"gateway"`` when the host
-    name is empty or has no usable character.
+    Attributes:
+        value: the id.
+        host: the host name it starts with ("" when there was none).
+        machine_id: whether the machine id went into it; False means two boxes
+            with one host name share it.
+        note: why the machine id is missing, when it is.
     """
+
+    value: str
+    host: str
+    machine_id: bool
+    note: str = ""
+
+
+def _clean_host(name: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:limit].strip("-")
+
+
+def _read_machine_id(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(machine id, "") or ("", why there is none)."""
     try:
-        name = socket.gethostname()
-    except OSError:
-        name = ""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:MAX_DERIVED_ID_CHARS]
-    return cleaned or FALLBACK_GATEWAY_ID
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(4096).strip()
+    except FileNotFoundError:
+        return "", f"{os.fspath(path)} does not exist"
+    except OSError as exc:
+        return "", f"{os.fspath(path)} is unreadable ({exc.strerror})"
+    # systemd writes "uninitialized" before its first boot ends.
+    if not text or text == "uninitialized":
+        return "", f"{os.fspath(path)} is empty"
+    return text, ""
+
+
+def derive_gateway_id(
+    hostname: str | None = None,
+    machine_id_file: str | os.PathLike[str] = DEFAULT_MACHINE_ID_FILE,
+) -> DerivedId:
+    """This box's default ``gateway.id``: host name plus a short hash of its machine id.
+
+    A card image boots every box with one host name (Raspberry Pi OS: ``raspberrypi``),
+    so the host name alone gave them one MQTT client id and the broker kept
+    throwing one of them off. ``/etc/machine-id`` is made per installation;
+    it is hashed with HMAC-SHA256 keyed by it, as systemd asks of ids shown
+    outside the box (``sd_id128_get_machine_app_specific``), so the id does
+    not give the machine id away. Without a machine id (missing, empty,
+    unreadable) the host name alone is used and :attr:`DerivedId.note` says
+    why. ``"gateway"`` stands in for a host name with nothing usable in it.
+
+    Args:
+        hostname: the host name (default: this machine's).
+        machine_id_file: where the machine id is read from.
+    """
+    if hostname is None:
+        try:
+            hostname = socket.gethostname()
+        except OSError:
+            hostname = ""
+    machine_id, note = _read_machine_id(machine_id_file)
+    if not machine_id:
+        host = _clean_host(hostname, MAX_DERIVED_ID_CHARS)
+        return DerivedId(host or FALLBACK_GATEWAY_ID, host, False, note)
+    digest = hmac.new(machine_id.encode(), _MACHINE_HASH_APP, hashlib.sha256).hexdigest()
+    host = _clean_host(hostname, MAX_DERIVED_ID_CHARS - MACHINE_HASH_CHARS - 1)
+    value = f"{host or FALLBACK_GATEWAY_ID}-{digest[:MACHINE_HASH_CHARS]}"
+    return DerivedId(value, host, True)
+
+
+def default_gateway_id() -> str:
+    """This box's default ``gateway.id`` (see :func:`derive_gateway_id`)."""
+    return derive_gateway_id().value
 
 
 def default_client_id(gateway_id: str) -> str:
@@ -262,3 +333,7 @@ class Config:
     plausibility: dict[str, tuple[float, float]] = field(
         default_factory=lambda: dict(DEFAULT_PLAUSIBILITY)
     )
+    # How gateway.id was made when the file leaves it out; None: the file sets it.
+    # Not a key of the file (only sections are), and not part of equality: two
+    # configs that say the same are the same, however the id came about.
+    derived_id: DerivedId | None = field(default=None, compare=False)

@@ -144,6 +144,8 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
                 "protocol": m.mqtt.protocol,
                 "window": m.mqtt.window,
                 "refused": int(m.mqtt.refused.total()),
+                "takeovers": m.mqtt.takeovers,
+                "takeover": m.mqtt.takeover,
             },
         ),
         "influx": sink(

@@ -11,12 +11,15 @@ from typing import Any
 
 import aiomqtt
 import trio_asyncio
-from aiomqtt.exceptions import MqttConnectError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 
 from gateway.config import MqttSection
 from gateway.homeassistant import config_filter
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
+
+# paho's reason code for a connection that ended without a DISCONNECT from the broker.
+UNSPECIFIED_ERROR = 0x80
 
 
 def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
@@ -69,8 +72,30 @@ def describe_error(exc: BaseException) -> str:
 
 
 def reason_value(rc: object) -> int | None:
+    """The number of a paho reason code (or an int as it is); None for anything else."""
     value = getattr(rc, "value", rc)
     return value if isinstance(value, int) else None
+
+
+def disconnect_reason(exc: BaseException) -> int | None:
+    """The reason code of the broker's DISCONNECT behind a dropped connection, if it sent one.
+
+    paho hands ``on_disconnect`` the DISCONNECT's reason code; aiomqtt keeps it
+    in a ``MqttCodeError`` and raises its own ``MqttError`` from that while
+    messages are iterated (or a publish fails). So the code is found down the
+    exception's ``__cause__`` / ``__context__`` chain. A socket that simply
+    closed gives paho's 0x80 "Unspecified error", which says nothing.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MqttCodeError) and not isinstance(current, MqttConnectError):
+            value = reason_value(current.rc)
+            if value is not None and value != UNSPECIFIED_ERROR:
+                return value
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def remove_discovery(cfg: MqttSection, gateway_id: str, *, settle: float = 2.0) -> int:

@@ -42,8 +42,15 @@ from gateway.records import (
     status_topic,
 )
 from gateway.sinks.mqtt import window as wire
-from gateway.sinks.mqtt.client import describe_error, new_client, reason_value, tls_context
+from gateway.sinks.mqtt.client import (
+    describe_error,
+    disconnect_reason,
+    new_client,
+    reason_value,
+    tls_context,
+)
 from gateway.sinks.mqtt.properties import PackedProperties, new_properties, refused_letter
+from gateway.sinks.mqtt.takeover import Takeover, TakeoverWatch
 from gateway.sinks.mqtt.window import (
     InFlight,
     Window,
@@ -78,6 +85,13 @@ V311: Literal["3.1.1"] = "3.1.1"
 UNSUPPORTED_PROTOCOL = 0x84
 # MQTT 5: without a Receive Maximum in its CONNACK a broker takes 65535 at once.
 DEFAULT_RECEIVE_MAXIMUM = 65535
+# Seconds a connection must last before the reconnect backoff starts over. Not
+# mqtt.backoff_max: a connection another client keeps taking over lasts as long
+# as that client's backoff delay, up to backoff_max, and must not count as stable.
+STABLE_CONNECTION_S = 60.0
+# After a takeover the delay is at least this share of the backoff ceiling: an
+# immediate reconnect only throws the other gateway off again.
+TAKEOVER_DELAY_FLOOR = 0.5
 
 
 class MqttSink:
@@ -125,7 +139,12 @@ class MqttSink:
         self._props_key: tuple[int, bool, bool] | None = None
         self._props: Properties | None = None
         self._discovery_wake = trio.Event()
-        self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self.backoff = Backoff(
+            cfg.backoff_initial,
+            cfg.backoff_max,
+            stable_after=max(cfg.backoff_max, STABLE_CONNECTION_S),
+        )
+        self.takeovers = TakeoverWatch()
         self.connected = False
         self.last_error = ""
         self.last_delivery: float | None = None  # trio time of the last acknowledgement
@@ -177,7 +196,14 @@ class MqttSink:
             if failure is not None:
                 self._set_connected(False)
                 self.last_error = scrub(describe_error(failure), self._secrets)
-                delay = self.backoff.next_delay()
+                takeover = self.takeovers.ended(disconnect_reason(failure))
+                if takeover is not None:
+                    self._note_takeover(takeover)
+                elif not self.takeovers.suspected:
+                    self.figures.takeover = ""
+                delay = self.backoff.next_delay(
+                    floor=TAKEOVER_DELAY_FLOOR if self.takeovers.suspected else 0.0
+                )
                 self.figures.connect_failures += 1
                 log.debug("mqtt: attempt failed: %s; next in %.2f s", self.last_error, delay)
                 self._errlog.log(
@@ -191,6 +217,25 @@ class MqttSink:
                     delay,
                 )
                 await wait_any(functools.partial(trio.sleep, delay), self._stop.wait)
+
+    def _note_takeover(self, takeover: Takeover) -> None:
+        """Count, show and log a connection another client with our id took over."""
+        client_id = self.cfg.client_id
+        self.figures.takeovers += 1
+        verdict = "" if takeover.certain else "probably "
+        self.figures.takeover = (
+            f"{verdict}another client uses client id {client_id!r}: {takeover.evidence}"
+        )
+        self.last_error = self.figures.takeover
+        self._errlog.log(
+            logging.ERROR,
+            "takeover",
+            "mqtt: %stwo gateways use client id %r (%s): give each box its own gateway.id "
+            '(or mqtt.client_id) in its config; see docs/operations.md, "One client id per box"',
+            verdict,
+            client_id,
+            takeover.evidence,
+        )
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value
@@ -297,6 +342,7 @@ class MqttSink:
                 self._fall_back(exc)
                 return  # run() tries again at once, in 3.1.1
             raise
+        self.takeovers.connected()
         if wire.WINDOW_API:
             cork_writes(client._client)
         self.effective_window = self._connection_window()

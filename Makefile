@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNDIR := .run
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint install deps firmware bench soak fuzz clean services-stop
+.PHONY: run test test-fast lint install deps firmware bench soak powercut fuzz clean services-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ fuzz: install
 
 soak: install deps
 	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py
+
+# Power cuts on LazyFS: every kind of cut, POWERCUT_CUTS of them per case, then one
+# table of the figures (`make test` runs a few cuts of the short cases only).
+POWERCUT_CUTS ?= 20
+powercut: install deps
+	mkdir -p $(RUNDIR) && rm -f $(RUNDIR)/powercut.jsonl
+	POWERCUT_CUTS=$(POWERCUT_CUTS) POWERCUT_REPORT=$(CURDIR)/$(RUNDIR)/powercut.jsonl \
+		$(BIN)/pytest -q tests/faults/test_powercut.py; status=$$?; \
+		$(BIN)/python -m tests.faults.powercut_table $(RUNDIR)/powercut.jsonl; exit $$status
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) firmware/build .pytest_cache .mypy_cache .ruff_cache

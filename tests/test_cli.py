@@ -102,7 +102,8 @@ def test_stats_of_a_closed_store_touch_nothing(
     assert report["influx"]["records"] == 2
     assert report["mqtt"]["bytes"] == before[STORE_FILE][0]
     assert report["mqtt"]["oldest_age_seconds"] > 0
-    assert report["dead_letter"] == {"influx": 0}
+    assert report["dead_letter"] == {"mqtt": 0, "influx": 0}
+    assert report["dead_waiting"] == {"mqtt": 0, "influx": 0}
     export(capsys, tmp_path)
     assert listing(tmp_path) == before  # no -wal, no -shm, nothing rewritten
 
@@ -211,10 +212,20 @@ def test_an_empty_buffer_dir_holds_no_records(
     assert listing(tmp_path) == {}
 
 
+def test_stats_counts_both_dead_letter_files_and_those_waiting_in_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_store(tmp_path, MQTT, INFLUX)
+    (tmp_path / "dead-letter").mkdir()
+    (tmp_path / "dead-letter" / "mqtt.txt").write_text("t/x 1 (Invalid topic.)\n")
+    report = stats(capsys, tmp_path)
+    assert report["dead_letter"] == {"mqtt": 1, "influx": 0}
+
+
 def test_stats_text_and_sink_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_store(tmp_path, MQTT, INFLUX)
     report = stats(capsys, tmp_path, "--sink", "influx")
-    assert set(report) == {"influx", "dead_letter"}
+    assert set(report) == {"influx", "dead_letter", "dead_waiting"}
     assert report["influx"]["records"] == 2
     assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()

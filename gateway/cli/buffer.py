@@ -197,6 +197,9 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 def _buffer_read(args: argparse.Namespace) -> int:
     """``gateway buffer stats|export``: what is waiting on disk, read without writing."""
     from gateway.buffer import StoreError, StoreReader
+    from gateway.buffer.cachefile import DEAD_SUFFIX
+    from gateway.capture import DEAD_LETTER_FILES
+    from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile
 
     buffer_dir = Path(args.buffer_dir or _load(args).gateway.buffer_dir)
     sinks = [args.sink] if args.sink else ["mqtt", "influx"]
@@ -220,6 +223,8 @@ def _buffer_read(args: argparse.Namespace) -> int:
                     "bytes": store.disk_bytes(),
                     "oldest_age_seconds": None if ns is None else round((now - ns) / 1e9, 3),
                 }
+            # Dead letters the file refused, kept in the store until it takes them.
+            waiting = {sink: store.count(sink + DEAD_SUFFIX) for sink in sinks}
     except FileNotFoundError:
         _error(f"buffer directory {buffer_dir} does not exist")
         return EXIT_FAILURE
@@ -232,12 +237,11 @@ def _buffer_read(args: argparse.Namespace) -> int:
         _error(f"cannot read buffer directory {buffer_dir}: {exc.strerror or exc}")
         return EXIT_FAILURE
     if args.action == "stats":
-        dead = buffer_dir / "dead-letter" / "influx.lp"
-        dead_count = 0
-        if dead.exists():
-            with open(dead, "rb") as f:
-                dead_count = sum(1 for _ in f)
-        report["dead_letter"] = {"influx": dead_count}
+        report["dead_letter"] = {
+            sink: DeadLetterFile(buffer_dir / DEAD_LETTER_DIR / DEAD_LETTER_FILES[sink]).count()
+            for sink in sinks
+        }
+        report["dead_waiting"] = dict(waiting)
         with _stdout():
             if args.json:
                 print(json.dumps(report))

@@ -4,28 +4,38 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUNDIR := .run
 STAMP  := $(VENV)/.installed
+RUNSTAMP := $(VENV)/.installed-run
 
-.PHONY: run test test-fast lint install deps firmware bench soak powercut fuzz clean services-stop
+.PHONY: run test test-fast lint install install-run deps firmware bench soak powercut fuzz clean services-stop
 
-$(STAMP): pyproject.toml
+# `make run` needs only the package and its runtime dependencies; the test and
+# lint extras (mypy, ruff, hypothesis ...) come with `make test` and `make lint`.
+$(RUNSTAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,lint]'
+	$(BIN)/pip install -q --disable-pip-version-check -e .
+	touch $(RUNSTAMP)
+
+$(STAMP): pyproject.toml $(RUNSTAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,lint]'
 	touch $(STAMP)
 
+install-run: $(RUNSTAMP)
 install: $(STAMP)
 
 # Debian packages the tests and `make run` need (installed only when missing).
 deps:
 	ops/install-deps.sh
 
-run: install
-	ops/services.sh start $(RUNDIR) 1883 8428
+run: install-run
+	@ops/services.sh start $(RUNDIR) 1883 8428
 	@echo
+	@echo "  Status page:     http://127.0.0.1:9108/   (or: $(BIN)/gateway status)"
 	@echo "  Watch MQTT:      mosquitto_sub -v -t 'iiot/#'"
 	@echo "  Watch the TSDB:  curl -s http://127.0.0.1:8428/api/v1/export --data-urlencode 'match[]={node=~\".+\"}'"
+	@echo "                   (VictoriaMetrics shows a point about 10 s after it arrives)"
 	@echo "  Buffers:         $(BIN)/gateway buffer stats --buffer-dir $(RUNDIR)/buffer"
-	@echo "  Stop:            Ctrl-C (then: make services-stop)"
+	@echo "  Stop:            Ctrl-C stops the gateway; the broker and TSDB keep running"
+	@echo "                   (make services-stop stops those started here)"
 	@echo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gateway run --config ops/local.toml --buffer-dir $(RUNDIR)/buffer
 

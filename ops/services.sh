@@ -46,7 +46,8 @@ start() {
         sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto/mosquitto.conf" \
             | grep -v '^persistence_location\|^log_dest' > "$dir/mosquitto.conf"
         echo "persistence_location $dir/" >> "$dir/mosquitto.conf"
-        "$mosq" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+        # setsid: a session of its own, so Ctrl-C on `make run` stops only the gateway.
+        setsid "$mosq" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 < /dev/null &
         echo $! > "$dir/mosquitto.pid"
         wait_port "$mqtt_port"
         echo "mqtt: mosquitto on 127.0.0.1:$mqtt_port (pid $(cat "$dir/mosquitto.pid"))"
@@ -54,9 +55,9 @@ start() {
     if listening "$tsdb_port"; then
         echo "tsdb: reusing the server on 127.0.0.1:$tsdb_port"
     else
-        victoria-metrics -httpListenAddr "127.0.0.1:$tsdb_port" \
+        setsid victoria-metrics -httpListenAddr "127.0.0.1:$tsdb_port" \
             -storageDataPath "$dir/victoria-metrics" -retentionPeriod "${TSDB_RETENTION:-90d}" \
-            -search.latencyOffset 0s >"$dir/victoria-metrics.log" 2>&1 &
+            -search.latencyOffset 0s >"$dir/victoria-metrics.log" 2>&1 < /dev/null &
         echo $! > "$dir/victoria-metrics.pid"
         wait_port "$tsdb_port"
         echo "tsdb: victoria-metrics on 127.0.0.1:$tsdb_port (pid $(cat "$dir/victoria-metrics.pid"))"

@@ -107,7 +107,7 @@ async def test_damaged_bytes_sqlite_does_not_notice_are_found_at_open(tmp_path: 
     try:
         assert len(store.corrupt_moved) == 1
         assert numbers(store, "mqtt") == [n for n in range(1, 51) if n != 20]
-        assert store.salvage_lost == {"mqtt": 1, "influx": 0}
+        assert store.salvage_lost == {"mqtt": 1, "influx": 0, "mqtt_dead": 0, "influx_dead": 0}
         assert len(numbers(store, "influx")) == 50
     finally:
         store.close()

@@ -306,9 +306,10 @@ class BufferStore:
         bounds = {name: buf.max_records for name, buf in self.buffers.items()}
         aside, found = recovery.replace(self.path, exc, bounds, self.durability)
         self.corrupt_moved.append(aside)
-        for name in bounds:
-            self.salvaged[name] += found.count(name) if found else 0
-            self.salvage_lost[name] += found.lost.get(name, 0) if found else 0
+        for name in bounds:  # dead-letter queues included
+            self.salvaged[name] = self.salvaged.get(name, 0) + (found.count(name) if found else 0)
+            lost = found.lost.get(name, 0) if found else 0
+            self.salvage_lost[name] = self.salvage_lost.get(name, 0) + lost
 
     @staticmethod
     def _adopt(

@@ -1,4 +1,4 @@
-""""Oldest waiting" during an outage: it grows while nothing can be sent.
+""" "Oldest waiting" during an outage: it grows while nothing can be sent.
 
 The broker and the database are both down for 30 s while packets flow. The
 oldest waiting record's age, computed from its stamp, must say so on
@@ -96,8 +96,8 @@ def test_oldest_age_grows_during_an_outage_of_both_servers(
         assert shown.returncode == 0, shown.stderr
         assert "oldest" in shown.stdout.lower(), shown.stdout
         # Healed: the backlog drains and what waits is young again.
-        assert wait_until(lambda: all(v < 5 for v in oldest(status_port).values()), 60), (
-            oldest(status_port)
+        assert wait_until(lambda: all(v < 5 for v in oldest(status_port).values()), 60), oldest(
+            status_port
         )
     finally:
         code = gw.terminate()

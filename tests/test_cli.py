@@ -479,6 +479,13 @@ def test_run_on_a_buffer_dir_in_use_is_one_line_and_exit_4(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == ["gateway.lock"]
 
 
+def test_the_unit_does_not_restart_a_gateway_whose_buffer_dir_is_in_use() -> None:
+    from gateway.cli.common import EXIT_IN_USE
+
+    unit = (REPO / "ops" / "iiot-gateway.service").read_text().splitlines()
+    assert f"RestartPreventExitStatus={EXIT_IN_USE}" in unit
+
+
 def _crash(**kwargs: Any) -> int:
     raise RuntimeError("boom")
 

@@ -1,5 +1,9 @@
 """The daemon: build the stages, run them in one Trio nursery tree, stop them in order.
 
+First of all the daemon takes its buffer directory's lock
+(:func:`gateway.buffer.lock_dir`), held until it exits: a second gateway on the
+same directory stops there with :class:`~gateway.errors.BufferDirInUse`.
+
 Start-up, in dependency order, each stage with ``nursery.start`` so that a
 start-up failure surfaces before "ready":
 
@@ -33,7 +37,7 @@ import trio
 import trio_asyncio
 
 from gateway import alerts
-from gateway.buffer import BufferStore
+from gateway.buffer import BufferStore, DirLock, lock_dir
 from gateway.clock import ClockTracker, boottime_ns
 from gateway.config import HEARTBEAT_S, Config
 from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile, DeadLetterMover
@@ -155,7 +159,45 @@ class Gateway:
         self._stop.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until :meth:`request_stop` or a signal; then shut down cleanly."""
+        """Run until :meth:`request_stop` or a signal; then shut down cleanly.
+
+        Raises:
+            BufferDirInUse: another gateway runs on the buffer directory; this
+                one stopped before logging or opening anything else.
+        """
+        # Before anything else, so that a second gateway says only that: a
+        # SIGTERM meanwhile is noted by the CLI (early_signals).
+        lock = await trio.to_thread.run_sync(self._lock_buffer_dir)
+        try:
+            await self._run(task_status)
+        finally:
+            # After the store has closed: no other gateway writes before it is done.
+            if lock is not None:
+                lock.close()
+
+    def _lock_buffer_dir(self) -> DirLock | None:
+        """The buffer directory's lock, or None where none can be taken (blocking).
+
+        A directory where the lock file cannot be made (a read-only or full
+        disk) is not fatal, as it is not for the store, which then holds
+        records in memory: the gateway runs, unlocked, and says so.
+
+        Raises:
+            BufferDirInUse: another gateway holds it.
+        """
+        directory = Path(self.cfg.gateway.buffer_dir)
+        try:
+            return lock_dir(directory)
+        except OSError as exc:
+            log.warning(
+                "buffer directory %s cannot be locked (%s): a second gateway on it "
+                "would not be refused",
+                directory,
+                exc,
+            )
+            return None
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         log_identity(self.cfg)
         stall = self.cfg.source.stall_timeout
         if self.cfg.source.kind == "command" and 0 < stall <= HEARTBEAT_S:

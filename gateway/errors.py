@@ -42,6 +42,26 @@ class InfluxWriteError(GatewayError):
         self.split = split
 
 
+class BufferDirInUse(GatewayError):
+    """Another gateway holds the buffer directory: two would lose each other's records.
+
+    Attributes:
+        directory: the buffer directory.
+        pid: the process holding it, as it wrote itself into the lock file;
+            None where that cannot be known (an older gateway, a file it
+            could not write, or a process of another pid namespace).
+    """
+
+    def __init__(self, directory: str, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"buffer directory {directory} is in use by another gateway ({who}): "
+            "stop that one first, or give this one a buffer directory of its own"
+        )
+        self.directory = directory
+        self.pid = pid
+
+
 def leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first leaf exception of a (possibly nested) exception group.
 

@@ -362,6 +362,17 @@ def test_buffer_dir_under_a_file(
     assert "set gateway.buffer_dir" in line
 
 
+def test_a_buffer_dir_in_use_is_information_not_a_failure(tmp_path: Path) -> None:
+    from gateway.buffer import lock_dir
+    from gateway.check.local import check_buffer
+
+    with lock_dir(tmp_path):  # as a running gateway holds it
+        line = check_buffer(str(tmp_path))
+    assert not line.failed
+    assert line.verdict == f"ok (in use by a running gateway, pid {os.getpid()})"
+    assert check_buffer(str(tmp_path)).verdict == "ok"
+
+
 # -- MQTT ----------------------------------------------------------------------------
 
 

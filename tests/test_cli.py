@@ -470,6 +470,33 @@ def test_a_config_error_in_text_is_one_plain_line(tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+def test_run_on_a_buffer_dir_in_use_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    from gateway.buffer import lock_dir
+
+    config = tmp_path / "config.toml"
+    config.write_text(f"[gateway]\nbuffer_dir = {str(tmp_path / 'buffer')!r}\n")
+    # This process holds it, as a running gateway would.
+    with lock_dir(tmp_path / "buffer"):
+        text = run("run", "--config", str(config))
+        as_json = run("--log-format", "json", "run", "--config", str(config))
+    assert text.returncode == as_json.returncode == 4
+    assert text.stderr == (
+        f"gateway: buffer directory {tmp_path / 'buffer'} is in use by another gateway "
+        f"(pid {os.getpid()}): stop that one first, or give this one a buffer directory "
+        "of its own\n"
+    )
+    (line,) = as_json.stderr.splitlines()
+    assert json.loads(line)["msg"] == text.stderr.removeprefix("gateway: ").rstrip("\n")
+    assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == ["gateway.lock"]
+
+
+def test_the_unit_does_not_restart_a_gateway_whose_buffer_dir_is_in_use() -> None:
+    from gateway.cli.common import EXIT_IN_USE
+
+    unit = (REPO / "ops" / "iiot-gateway.service").read_text().splitlines()
+    assert f"RestartPreventExitStatus={EXIT_IN_USE}" in unit
+
+
 def _crash(**kwargs: Any) -> int:
     raise RuntimeError("boom")
 

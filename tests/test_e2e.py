@@ -16,6 +16,7 @@ from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 from gateway.telemetry import UNITS, format_value
 from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
+from tests.faults.common import NUMBERED, numbers
 from tests.faults.proxy import Proxy
 from tests.services import free_port
 
@@ -503,3 +504,69 @@ def test_an_alert_raised_while_the_broker_is_down_arrives_in_order_after_it_heal
         proxy.close()
     assert code == 0, gw.log_text()
     assert json.loads(retained(broker.port, topic)[topic])["state"] == "resolved"
+
+
+def test_a_second_gateway_on_a_running_ones_buffer_dir_exits_and_nothing_is_lost(
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory
+) -> None:
+    """Issue 27's technician: `gateway run` by hand next to the service, same config.
+
+    The second one exits 4 at once with one line naming the directory and the
+    first one's pid; the first buffers on (its broker link is down meanwhile,
+    as in the field report) and, once the link is back, delivers every packet.
+    """
+    total = 200
+    script = tmp_path / "numbered.py"
+    script.write_text(NUMBERED)
+    state = tmp_path / "state"
+    proxy = Proxy(broker.port).start()
+    cfg = base_config(
+        tmp_path,
+        test_id,
+        proxy.port,
+        tsdb.url,
+        [sys.executable, str(script), str(state), str(total), "20"],
+    )
+    buffer_dir = tmp_path / "buffer"
+    sub = Subscriber(broker.port, f"{test_id}/#")
+
+    def delivered() -> set[int]:
+        return set(numbers(p for t, p in sub.snapshot() if t.endswith("/a/n")))
+
+    def printed() -> int:
+        return int(state.read_text() or 0) if state.exists() else 0
+
+    first = gateway_factory(cfg)
+    try:
+        assert wait_until(lambda: "running: source=" in first.log_text(), 30), first.log_text()
+        assert wait_until(lambda: len(delivered()) >= 5, 30), first.log_text()[-3000:]
+        proxy.set_mode("refuse")
+        buffered_from = printed()
+        assert wait_until(lambda: printed() >= buffered_from + 20, 30)
+
+        second = gateway_factory(cfg)
+        code = second.proc.wait(timeout=5)
+        assert code == 4, second.log_text()[-3000:]
+        assert (
+            f"gateway: buffer directory {buffer_dir} is in use by another gateway "
+            f"(pid {first.proc.pid}): stop that one first" in second.log_text()
+        ), second.log_text()
+        assert first.alive(), first.log_text()[-3000:]
+
+        proxy.set_mode("heal")
+        everything = set(range(1, total + 1))
+        assert wait_until(lambda: delivered() >= everything, 60), (
+            sorted(everything - delivered())[:20],
+            first.log_text()[-3000:],
+        )
+
+        def points() -> set[int]:
+            found = tsdb.points(testid=test_id)
+            return set(numbers(str(v) for name, _, _, v, _ in found if name == "n"))
+
+        assert wait_until(lambda: points() >= everything, 60), sorted(everything - points())[:20]
+        assert first.terminate() == 0, first.log_text()[-3000:]
+    finally:
+        sub.close()
+        proxy.close()
+    assert "never reached the disk" not in first.log_text()

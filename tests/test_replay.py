@@ -7,6 +7,7 @@ Mosquitto and a real TSDB.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -217,6 +218,33 @@ def test_import_refuses_a_store_a_gateway_holds_open(tmp_path: Path) -> None:
     finally:
         store.close()
     assert stored(target) == {"mqtt": [], "influx": []}
+
+
+def test_import_names_the_pid_of_the_gateway_holding_the_store(tmp_path: Path) -> None:
+    from gateway.buffer import lock_dir
+
+    write_store(tmp_path / "a", sample_records("iiot", "x"), {})
+    capture = write_lines(tmp_path / "export.jsonl", export(tmp_path / "a"))
+    target = tmp_path / "b"
+    dead = target / "dead-letter" / "influx.lp"
+    dead.parent.mkdir(parents=True)
+    dead.write_text(f"m,t=1 value=1 {T0}\n")
+    # What `gateway run` holds: the directory's lock, then the store.
+    with lock_dir(target):
+        store = BufferStore(target, {"mqtt": 100, "influx": 100}, ack_delay=0)
+        try:
+            result = run("buffer", "import", str(capture), "--buffer-dir", str(target))
+            resend = run("buffer", "resend-dead", "--buffer-dir", str(target))
+        finally:
+            store.close()
+    assert result.returncode == 1
+    assert f"open in another process (a running gateway, pid {os.getpid()}); stop it first" in (
+        result.stderr
+    )
+    assert resend.returncode == 1
+    assert f"(a running gateway, pid {os.getpid()}); stop it first" in resend.stderr
+    assert stored(target) == {"mqtt": [], "influx": []}
+    assert dead.exists()  # not set aside: it was not sent again
 
 
 def test_import_never_makes_a_buffer_drop_records(tmp_path: Path) -> None:

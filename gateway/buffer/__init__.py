@@ -7,10 +7,12 @@ the acknowledgements that arrived since the last packet, go to disk in one
 transaction. :class:`StoreReader` (:mod:`gateway.buffer.reader`) reads a store
 without ever writing it, for ``gateway buffer stats|export``;
 :func:`import_records` appends to a store no gateway has open (``gateway buffer
-import|resend-dead``).
+import|resend-dead``). :func:`lock_dir` (:mod:`gateway.buffer.dirlock`) keeps a
+second gateway off a buffer directory one already runs on.
 """
 
 from gateway.buffer.cachefile import FORMAT_VERSION, STORE_ERRORS, STORE_FILE
+from gateway.buffer.dirlock import LOCK_FILE, DirLock, holder, lock_dir
 from gateway.buffer.importer import BufferFull, StoreInUse, import_records
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.reader import StoreError, StoreReader, read_store
@@ -18,15 +20,19 @@ from gateway.buffer.store import BufferStore
 
 __all__ = [
     "FORMAT_VERSION",
+    "LOCK_FILE",
     "STORE_ERRORS",
     "STORE_FILE",
     "BufferFull",
     "BufferStore",
+    "DirLock",
     "DiskBuffer",
     "Record",
     "StoreError",
     "StoreInUse",
     "StoreReader",
+    "holder",
     "import_records",
+    "lock_dir",
     "read_store",
 ]

@@ -23,6 +23,7 @@ from gateway.buffer.cachefile import (
     seq_of,
 )
 from gateway.buffer.chunks import MAX_ITEM, decode, encode
+from gateway.buffer.dirlock import holder
 
 
 class StoreInUse(Exception):
@@ -95,10 +96,21 @@ def _hold_alone(path: Path, busy_timeout: float) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 raise StoreInUse(
-                    f"buffer store {path} is open in another process (a running gateway?); "
+                    f"buffer store {path} is open in another process ({_who(path.parent)}); "
                     "stop it first"
                 ) from None
             time.sleep(0.05)
+
+
+def _who(directory: Path) -> str:
+    """Who has the store open, as far as the buffer directory's lock tells."""
+    try:
+        in_use = holder(directory)
+    except OSError:
+        in_use = None
+    if in_use is None or in_use.pid is None:
+        return "a running gateway?"
+    return f"a running gateway, pid {in_use.pid}"
 
 
 def _append(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from serial.tools import list_ports
 
-from gateway.buffer import STORE_FILE
+from gateway.buffer import STORE_FILE, holder
 from gateway.check.common import (
     SERVICE_DIR,
     Line,
@@ -196,7 +196,7 @@ def _stat(path: Path) -> os.stat_result | None:
 
 
 def check_buffer(directory: str) -> Line:
-    """Can this user create and write the buffer store in ``directory``?
+    """Can this user create and write the buffer store in ``directory``? Is a gateway on it?
 
     Nothing is created: a directory that does not exist yet is judged by its
     nearest existing parent, in which ``gateway run`` would create it.
@@ -242,6 +242,11 @@ def check_buffer(directory: str) -> Line:
                     f"{entry} is not writable by user {user} (owner {_owner(entry_st)}):"
                     f" sudo chown -R {user} {path}",
                 )
+        # Information, not a failure: the service normally runs while one checks.
+        in_use = holder(path)
     except OSError as exc:
         return _failed("buffer", directory, f"cannot look at it: {exc}: {fix}")
+    if in_use is not None:
+        who = f"pid {in_use.pid}" if in_use.pid is not None else "pid unknown"
+        return Line("buffer", directory, f"ok (in use by a running gateway, {who})")
     return Line("buffer", directory)

@@ -31,6 +31,7 @@ from gateway.cli.common import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_DATA_LOST,
     EXIT_FAILURE,
+    EXIT_IN_USE,
     EXIT_OK,
     STATE,
     StdoutClosed,
@@ -40,7 +41,7 @@ from gateway.cli.common import (  # noqa: E402
     setup_logging,
 )
 from gateway.cli.status import cmd_status  # noqa: E402
-from gateway.errors import ConfigError  # noqa: E402
+from gateway.errors import BufferDirInUse, ConfigError  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 
@@ -60,7 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # GIL for the default 5 ms while the next packet waits to be published:
     # that was the p99 of line → broker latency (`make bench`).
     sys.setswitchinterval(0.0005)
-    trio.run(gateway.run)
+    try:
+        trio.run(gateway.run)
+    except BufferDirInUse as exc:
+        _error(str(exc))
+        return EXIT_IN_USE
     # Records that never reached the disk were lost: say so to systemd too.
     return EXIT_DATA_LOST if gateway.lost_records else EXIT_OK
 
@@ -144,7 +149,8 @@ DESCRIPTION = (
 EPILOG = (
     "exit status: 0 done; 1 failed (a server unreachable, a buffer store unreadable or "
     "corrupt, an unexpected error); 2 bad usage or an invalid config; "
-    "3 (run) records that never reached the disk were lost. "
+    "3 (run) records that never reached the disk were lost; "
+    "4 (run) another gateway runs on the buffer directory. "
     'Run "gateway COMMAND --help" for a command\'s options.'
 )
 

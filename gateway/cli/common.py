@@ -15,6 +15,9 @@ from gateway.config import Config, load_config
 log = logging.getLogger("gateway")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_DATA_LOST = 0, 1, 2, 3
+# `gateway run`: another gateway runs on the buffer directory. Its own code, so
+# that a script (or systemd) can tell "already running" from "failed".
+EXIT_IN_USE = 4
 CONFIG_HELP = "config file (default $GATEWAY_CONFIG or ./config.toml)"
 
 

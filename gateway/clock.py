@@ -34,24 +34,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import trio
 from trio_util import AsyncBool, periodic
 
+from gateway.config.sections import DEFAULT_CLOCK_SYNC_FILE, ClockSync
+
 log = logging.getLogger("gateway.clock")
 
-ClockSync = Literal["auto", "file", "none"]
-"""``[gateway] clock_sync``: which evidence says the wall clock is right.
-
-``"auto"``: the kernel's NTP status or the flag file; ``"file"``: only the flag
-file; ``"none"``: always trust the clock (a box with a battery-backed RTC).
-"""
-
 CLOCK_SYNC_POLICIES: tuple[ClockSync, ...] = get_args(ClockSync)
-
-DEFAULT_SYNC_FILE = "/run/systemd/timesync/synchronized"
-"""Created by systemd-timesyncd at its first synchronisation of this boot (/run is tmpfs)."""
 
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
@@ -250,7 +242,7 @@ class SyncVerdict:
 
 def check_sync(
     policy: ClockSync = "auto",
-    sync_file: str | os.PathLike[str] = DEFAULT_SYNC_FILE,
+    sync_file: str | os.PathLike[str] = DEFAULT_CLOCK_SYNC_FILE,
     *,
     adjtimex: Adjtimex = libc_adjtimex,
 ) -> SyncVerdict:
@@ -362,7 +354,7 @@ class ClockTracker:
     def __init__(
         self,
         policy: ClockSync = "auto",
-        sync_file: str | os.PathLike[str] = DEFAULT_SYNC_FILE,
+        sync_file: str | os.PathLike[str] = DEFAULT_CLOCK_SYNC_FILE,
         *,
         boot: str | None = None,
         wall: Callable[[], int] = time.time_ns,

@@ -29,6 +29,7 @@ from gateway.clock import (
     check_sync,
     read_kernel_clock,
 )
+from gateway.config.sections import DEFAULT_CLOCK_SYNC_FILE
 
 # What an NTP-synchronised Linux reports besides the two bits that matter.
 STA_PLL = 0x0001
@@ -290,7 +291,7 @@ def test_unknown_policy_is_refused() -> None:
 
 
 def test_the_default_flag_file_is_timesyncds() -> None:
-    assert clock.DEFAULT_SYNC_FILE == "/run/systemd/timesync/synchronized"
+    assert DEFAULT_CLOCK_SYNC_FILE == "/run/systemd/timesync/synchronized"
     assert clock.CLOCK_SYNC_POLICIES == ("auto", "file", "none")
 
 

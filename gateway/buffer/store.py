@@ -49,7 +49,6 @@ from gateway.buffer.cachefile import (
     STORE_ERRORS,
     STORE_FILE,
     CorruptItem,
-    Durability,
     _create,
     _file_identity,
     _is_corruption,
@@ -63,6 +62,7 @@ from gateway.buffer.cachefile import (
 from gateway.buffer.chunks import MAX_ITEM, Chunks, decode, encode
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.worker import StoreThread
+from gateway.config.sections import Durability
 from gateway.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)

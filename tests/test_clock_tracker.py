@@ -11,14 +11,16 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.clock import ClockTracker, Stamp, SyncVerdict, boot_id
+from gateway.clock import ClockTracker, Stamp, SyncVerdict, boot_id, boot_key
+from gateway.records import StampResolver
 
 # --- the tracker ------------------------------------------------------------------
 
 S = 1_000_000_000
 MS = 1_000_000
 BOOT = "0b0e1d00-0000-4000-8000-000000000001"
-OTHER_BOOT = "0b0e1d00-0000-4000-8000-000000000002"
+KEY = boot_key(BOOT)  # what the stamps of BOOT carry
+OTHER_KEY = "0b0e1d02"  # a boot before it
 # wall - boottime of a right clock: booted at 2026-11-28 00:00:00 UTC.
 RIGHT = 1_795_824_000 * S
 HOUR = 3600 * S
@@ -91,7 +93,7 @@ def test_a_right_clock_stamps_its_own_time() -> None:
     tracker = make_tracker(clocks, sync)
     tracker.refresh()
     s = tracker.stamp()
-    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert s == Stamp(clocks.wall(), clocks.boottime(), KEY, True)
     assert tracker.offset_ns == RIGHT
     assert tracker.correct(s) == s.wall_ns
 
@@ -100,7 +102,7 @@ def test_before_any_check_the_clock_is_not_trusted() -> None:
     clocks = Clocks()
     tracker = make_tracker(clocks, Sync(True))
     s = tracker.stamp()
-    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, False)
+    assert s == Stamp(clocks.wall(), clocks.boottime(), KEY, False)
     assert tracker.offset_ns is None
     assert tracker.correct(s) is None
 
@@ -116,18 +118,18 @@ def test_forward_step_before_the_first_sync_is_followed_and_corrected(behind: in
     tracker = make_tracker(clocks, sync)
     tracker.refresh()
     early = tracker.stamp()
-    assert early == Stamp(RIGHT - behind + 10 * S, 10 * S, BOOT, False)
+    assert early == Stamp(RIGHT - behind + 10 * S, 10 * S, KEY, False)
     clocks.advance(S)
     clocks.step(behind)
     stepped = tracker.stamp()
     # No offset known yet: the wall clock as it is now; a gap, never a squeeze.
-    assert stepped == Stamp(RIGHT + 11 * S, 11 * S, BOOT, False)
+    assert stepped == Stamp(RIGHT + 11 * S, 11 * S, KEY, False)
     assert tracker.correct(early) is None
     clocks.advance(S)
     sync.synchronised = True
     tracker.refresh()
     synced = tracker.stamp()
-    assert synced == Stamp(RIGHT + 12 * S, 12 * S, BOOT, True)
+    assert synced == Stamp(RIGHT + 12 * S, 12 * S, KEY, True)
     assert tracker.correct(early) == RIGHT + 10 * S
     assert tracker.correct(stepped) == RIGHT + 11 * S
     assert_in_order([early, stepped, synced])
@@ -141,7 +143,7 @@ def test_forward_step_while_synchronised_is_followed() -> None:
     clocks.advance(MS)
     clocks.step(5 * S)
     after = tracker.stamp()
-    assert after == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert after == Stamp(clocks.wall(), clocks.boottime(), KEY, True)
     assert after.wall_ns - before.wall_ns == 5 * S + MS
     assert tracker.offset_ns == RIGHT + 5 * S
 
@@ -157,7 +159,7 @@ def test_a_step_while_unsynchronised_is_ignored_once_an_offset_is_known() -> Non
         clocks.advance(S)
         clocks.step(step)
         s = tracker.stamp()
-        assert s == Stamp(clocks.boottime() + RIGHT, clocks.boottime(), BOOT, False)
+        assert s == Stamp(clocks.boottime() + RIGHT, clocks.boottime(), KEY, False)
         assert tracker.correct(s) == s.wall_ns
 
 
@@ -198,12 +200,12 @@ def test_backward_step_while_synchronised_is_held_and_correctable() -> None:
     clocks.advance(2 * S)
     clocks.step(-30 * S)
     held = tracker.stamp()
-    assert held == Stamp(ahead.wall_ns + 2 * S, ahead.boottime_ns + 2 * S, BOOT, False)
+    assert held == Stamp(ahead.wall_ns + 2 * S, ahead.boottime_ns + 2 * S, KEY, False)
     assert tracker.offset_ns == RIGHT
     assert tracker.correct(held) == clocks.wall()
     clocks.advance(S)
     later = tracker.stamp()
-    assert later == Stamp(held.wall_ns + S, held.boottime_ns + S, BOOT, False)
+    assert later == Stamp(held.wall_ns + S, held.boottime_ns + S, KEY, False)
     assert tracker.correct(later) == clocks.wall()
 
 
@@ -215,7 +217,7 @@ def test_read_jitter_is_not_a_step(clock_log: pytest.LogCaptureFixture) -> None:
     clocks.advance(MS)
     clocks.step(-500)  # well under JITTER_NS
     second = tracker.stamp()
-    assert second == Stamp(first.wall_ns + MS, first.boottime_ns + MS, BOOT, True)
+    assert second == Stamp(first.wall_ns + MS, first.boottime_ns + MS, KEY, True)
     assert not [m for m in messages(clock_log) if m[0] >= logging.WARNING]
 
 
@@ -260,14 +262,14 @@ def test_sync_lost_and_regained(clock_log: pytest.LogCaptureFixture) -> None:
     clocks.step(2 * S)
     clocks.advance(S)
     away = tracker.stamp()
-    assert away == Stamp(12 * S + RIGHT, 12 * S, BOOT, False)
+    assert away == Stamp(12 * S + RIGHT, 12 * S, KEY, False)
     clocks.advance(S)
     sync.synchronised = True
     tracker.refresh()
     assert tracker.offset_ns == RIGHT + 2 * S
     assert tracker.since_ns == 13 * S + RIGHT + 2 * S
     back = tracker.stamp()
-    assert back == Stamp(13 * S + RIGHT + 2 * S, 13 * S, BOOT, True)
+    assert back == Stamp(13 * S + RIGHT + 2 * S, 13 * S, KEY, True)
     assert tracker.correct(away) == 12 * S + RIGHT + 2 * S
     assert tracker.correct(right) == right.wall_ns
     assert_in_order([right, away, back])
@@ -289,22 +291,22 @@ def test_sync_lost_and_regained(clock_log: pytest.LogCaptureFixture) -> None:
 def test_foreign_boot() -> None:
     tracker = make_tracker(Clocks(), Sync(True))
     tracker.refresh()
-    unsynced = Stamp(RIGHT - HOUR, 5 * S, OTHER_BOOT, False)
-    synced = Stamp(RIGHT + 7 * S, 7 * S, OTHER_BOOT, True)
+    unsynced = Stamp(RIGHT - HOUR, 5 * S, OTHER_KEY, False)
+    synced = Stamp(RIGHT + 7 * S, 7 * S, OTHER_KEY, True)
     # That boot never saw a right clock (as far as we know): no correction.
     assert tracker.correct(unsynced) is None
     assert tracker.correct(synced) == synced.wall_ns
-    tracker.restore(OTHER_BOOT, None)
-    assert tracker.correct(unsynced) is None
-    # A store saved that boot's offset: its stamps can be put right.
-    tracker.restore(OTHER_BOOT, RIGHT - 100 * S)
-    assert tracker.correct(unsynced) == RIGHT - 95 * S
+    assert StampResolver(tracker, {}).resolve(unsynced) == (unsynced.wall_ns, False)
+    # A store saved that boot's offset: the resolver puts its stamps right ...
+    resolver = StampResolver(tracker, {OTHER_KEY: RIGHT - 100 * S})
+    assert resolver.resolve(unsynced) == (RIGHT - 95 * S, True)
     # ... without touching this boot's offset.
+    assert tracker.correct(unsynced) is None
     assert tracker.offset_ns == RIGHT
 
 
 def test_restart_within_the_same_boot() -> None:
-    """A store saved boot id, offset and last stamp; a new process takes them back."""
+    """A store saved boot id and offset; a new process of the same boot takes the offset back."""
     clocks, sync = Clocks(RIGHT - HOUR), Sync(False)
     old = make_tracker(clocks, sync)
     old.refresh()
@@ -313,7 +315,7 @@ def test_restart_within_the_same_boot() -> None:
     clocks.advance(S)
     clocks.step(HOUR)
     old.refresh()
-    saved = (old.boot_id, old.offset_ns, old.last)
+    saved = (old.boot_id, old.offset_ns)
     # The daemon restarts while NTP is unreachable and the clock has been stepped.
     clocks.advance(5 * S)
     clocks.step(-HOUR)
@@ -321,26 +323,27 @@ def test_restart_within_the_same_boot() -> None:
     new = make_tracker(clocks, sync)
     new.refresh()
     assert new.correct(early) is None
-    boot, offset, last = saved
-    new.restore(boot, offset, last=last)
+    boot, offset = saved
+    assert boot == new.boot_id
+    new.restore(offset)
     assert new.offset_ns == RIGHT
     assert new.correct(early) == RIGHT + 10 * S
     after = new.stamp()
-    assert after == Stamp(RIGHT + 16 * S, 16 * S, BOOT, False)
+    assert after == Stamp(RIGHT + 16 * S, 16 * S, KEY, False)
     assert_in_order([early, after])
 
 
 def test_a_learned_offset_beats_a_restored_one() -> None:
     tracker = make_tracker(Clocks(), Sync(True))
     tracker.refresh()
-    tracker.restore(BOOT, RIGHT - HOUR)
+    tracker.restore(RIGHT - HOUR)
     assert tracker.offset_ns == RIGHT
 
 
-def test_restore_refuses_a_last_stamp_of_another_boot() -> None:
-    tracker = make_tracker(Clocks(), Sync(True))
-    with pytest.raises(ValueError, match="boot"):
-        tracker.restore(BOOT, RIGHT, last=Stamp(RIGHT, S, OTHER_BOOT, True))
+def test_a_stamp_of_a_wrong_clock_needs_its_boot_and_boottime() -> None:
+    with pytest.raises(ValueError, match="boot time"):
+        Stamp(RIGHT, synced=False)
+    assert Stamp(RIGHT).synced
 
 
 def test_a_preempted_read_is_retried() -> None:
@@ -355,7 +358,7 @@ def test_a_preempted_read_is_retried() -> None:
     )
     tracker.synchronised.value = True
     s = tracker.stamp()
-    assert s == Stamp(RIGHT + 11 * S + 50, 11 * S + 50, BOOT, True)
+    assert s == Stamp(RIGHT + 11 * S + 50, 11 * S + 50, KEY, True)
     assert tracker.offset_ns == RIGHT
 
 
@@ -381,7 +384,7 @@ def test_real_tracker_on_this_machine() -> None:
     verdict = tracker.refresh()
     assert tracker.verdict is verdict
     stamps = [tracker.stamp() for _ in range(100)]
-    assert {s.boot for s in stamps} == {boot_id()}
+    assert {s.boot for s in stamps} == {boot_key(boot_id())}
     assert_in_order(stamps)
 
 

@@ -11,13 +11,14 @@ from gateway.clock.kernel import (
     boottime_ns,
     check_sync,
 )
-from gateway.clock.tracker import ClockTracker, Stamp
+from gateway.clock.tracker import ClockTracker, Stamp, boot_key
 
 __all__ = [
     "ClockTracker",
     "Stamp",
     "SyncVerdict",
     "boot_id",
+    "boot_key",
     "boottime_ns",
     "check_sync",
 ]

@@ -9,8 +9,10 @@ right time of a stamp of this boot taken while it was not
 (:meth:`ClockTracker.correct`): ``boottime + offset``.
 
 Nothing here stores anything: a store saves :attr:`ClockTracker.boot_id` and
-:attr:`ClockTracker.offset_ns` (and the last stamp) and hands them back through
-:meth:`ClockTracker.restore` after a restart within the same boot.
+:attr:`ClockTracker.offset_ns` and hands the offset back through
+:meth:`ClockTracker.restore` after a restart within the same boot. The offsets
+of earlier boots are the store's, and :class:`gateway.records.StampResolver`
+applies them.
 """
 
 from __future__ import annotations
@@ -46,25 +48,40 @@ _READ_SPREAD_NS = 20_000
 _READ_TRIES = 3
 
 
+def boot_key(boot_id: str) -> str:
+    """A boot's short key in stamps and records: the first 8 hex digits of its id."""
+    return boot_id.replace("-", "")[:8].lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """When a reading arrived, in a form that can still be put right later.
+
+    The tracker makes them with every field; a stamp read back from a record
+    (:func:`gateway.records.parse_stamp`) taken while the clock was right has
+    only its wall time, the rest being of no further use.
 
     Attributes:
         wall_ns: the best-known wall time at receipt (ns since the epoch, UTC).
         boottime_ns: ``CLOCK_BOOTTIME`` at receipt; strictly increasing per boot
             (nudged by a ns or so when readings share an instant).
-        boot: the boot id ``boottime_ns`` counts from. Kept as the id itself so
-            the tracker needs no store; a store keeps each boot id once and
-            writes a small index per record instead.
+        boot: the key (:func:`boot_key`) of the boot ``boottime_ns`` counts
+            from; a store keeps each boot's full id and offset once.
         synced: the wall clock was known right at that moment, so ``wall_ns``
             needs no correction.
+
+    Raises:
+        ValueError: a stamp that is not ``synced`` without its boot and boottime.
     """
 
     wall_ns: int
-    boottime_ns: int
-    boot: str
-    synced: bool
+    boottime_ns: int | None = None
+    boot: str | None = None
+    synced: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.synced and (self.boot is None or self.boottime_ns is None):
+            raise ValueError("a stamp taken while the clock was not right needs its boot time")
 
 
 class ClockTracker:
@@ -87,18 +104,24 @@ class ClockTracker:
     check has said otherwise the clock counts as not synchronised.
 
     Args:
-        policy: ``[gateway] clock_sync`` (see :func:`check_sync`).
+        policy: ``[gateway] clock_sync`` (see :func:`~gateway.clock.kernel.check_sync`).
         sync_file: ``[gateway] clock_sync_file``.
-        boot: this boot's id (default: :func:`boot_id`).
+        boot: this boot's id (default: :func:`~gateway.clock.kernel.boot_id`).
         wall: the wall clock in ns (default ``time.time_ns``; injectable).
-        boottime: the boot clock in ns (default :func:`boottime_ns`; injectable).
+        boottime: the boot clock in ns (default
+            :func:`~gateway.clock.kernel.boottime_ns`; injectable).
         check: the sync check (default ``check_sync(policy, sync_file)``; injectable).
         jitter_ns: see :data:`JITTER_NS`.
 
+    Raises:
+        ValueError: for an unknown policy.
+
     Attributes:
+        boot_id: this boot's id; :attr:`boot_key` its key, which its stamps carry.
         synchronised: whether the wall clock is right, as of the last check
             (``AsyncBool``: wait on it, or on its transitions).
-        verdict: the last check's :class:`SyncVerdict`; None before the first.
+        verdict: the last check's :class:`~gateway.clock.kernel.SyncVerdict`;
+            None before the first.
         since_ns: best-known wall time at which ``synchronised`` last changed
             (or was first checked); None before the first check.
         offset_ns: ``wall - boottime`` learned this boot while the clock was
@@ -121,6 +144,7 @@ class ClockTracker:
         self.policy = policy
         self.sync_file = sync_file
         self.boot_id = boot_id() if boot is None else boot
+        self.boot_key = boot_key(self.boot_id)
         self.jitter_ns = jitter_ns
         self._wall = wall
         self._boottime = boottime
@@ -129,18 +153,13 @@ class ClockTracker:
         self.verdict: SyncVerdict | None = None
         self.since_ns: int | None = None
         self.offset_ns: int | None = None
-        self._offsets: dict[str, int] = {}  # other boots' offsets, from restore()
-        self._last: Stamp | None = None
+        # The latest stamp's boottime and offset: the next one goes on from them.
+        self._last: tuple[int, int] | None = None
         self._holding = False  # stamps are held ahead of a clock that stepped back
         # Offsets of the stamps made unsynchronised since the clock was last
         # right: how far off they are is worth one line when it is right again.
         self._unsynced = 0
         self._unsynced_offsets = (0, 0)
-
-    @property
-    def last(self) -> Stamp | None:
-        """The latest stamp of this boot (for a store to save with the offset)."""
-        return self._last
 
     def _read(self) -> tuple[int, int]:
         """``(boottime, wall)`` of one instant, as near as two clock reads allow.
@@ -168,19 +187,18 @@ class ClockTracker:
             right (and then remembered), else this boot's remembered one, else
             the wall clock's now; never less than the previous stamp's offset.
         """
-        boot, wall = self._read()
+        boottime_ns, wall = self._read()
         synced = bool(self.synchronised.value)
-        offset = wall - boot
+        offset = wall - boottime_ns
         if synced:
             self.offset_ns = offset
         elif self.offset_ns is not None:
             # The clock may have been stepped meanwhile (by hand, or by a
             # wrong source): the offset learned while it was right is better.
             offset = self.offset_ns
-        last = self._last
-        if last is not None:
-            boot = max(boot, last.boottime_ns + 1)
-            held = last.wall_ns - last.boottime_ns
+        if self._last is not None:
+            last_boottime, held = self._last
+            boottime_ns = max(boottime_ns, last_boottime + 1)
             if offset < held:
                 # The clock went back (or a read was late): going on from the
                 # last stamp along boottime keeps order without squeezing.
@@ -203,50 +221,36 @@ class ClockTracker:
                 (offset, offset) if not self._unsynced else (min(lo, offset), max(hi, offset))
             )
             self._unsynced += 1
-        stamp = Stamp(boot + offset, boot, self.boot_id, synced)
-        self._last = stamp
-        return stamp
+        self._last = (boottime_ns, offset)
+        return Stamp(boottime_ns + offset, boottime_ns, self.boot_key, synced)
 
     def correct(self, stamp: Stamp) -> int | None:
-        """The right wall time of ``stamp``, as far as it can be known now.
+        """The right wall time of ``stamp``, as far as this boot knows it now.
 
         Returns:
             ``stamp.wall_ns`` for a stamp taken while the clock was right;
-            ``boottime + offset`` for one taken while it was not, once an offset
-            of its boot is known (learned now, or restored); None when it is
-            not (no offset yet, or a foreign boot that never saw a right clock).
+            ``boottime + offset`` for one of this boot taken while it was not,
+            once the offset is known (learned now, or restored); None when it
+            is not, or the stamp is of another boot (whose offset is the
+            store's: :class:`gateway.records.StampResolver`).
         """
         if stamp.synced:
             return stamp.wall_ns
-        offset = self.offset_ns if stamp.boot == self.boot_id else self._offsets.get(stamp.boot)
-        return None if offset is None else stamp.boottime_ns + offset
+        if stamp.boot != self.boot_key or self.offset_ns is None or stamp.boottime_ns is None:
+            return None
+        return stamp.boottime_ns + self.offset_ns
 
-    def restore(self, boot_id: str, offset_ns: int | None, *, last: Stamp | None = None) -> None:
-        """Take back what a store saved before a restart.
+    def restore(self, offset_ns: int | None) -> None:
+        """Take back this boot's offset, as a store saved it before a restart.
 
-        For this boot, a saved offset counts until the clock is seen right again
-        (one learned since is newer and wins), and ``last`` keeps new stamps
-        after the saved ones. For another boot, the offset only serves
-        :meth:`correct` for that boot's stamps.
+        It counts until the clock is seen right again; one learned since is
+        newer and wins.
 
         Args:
-            boot_id: the boot the values belong to.
-            offset_ns: its ``wall - boottime``, or None if it never had one.
-            last: the latest stamp saved for that boot.
-
-        Raises:
-            ValueError: if ``last`` belongs to another boot than ``boot_id``.
+            offset_ns: this boot's ``wall - boottime``, or None if it never had one.
         """
-        if last is not None and last.boot != boot_id:
-            raise ValueError(f"last stamp is of boot {last.boot}, not {boot_id}")
-        if boot_id != self.boot_id:
-            if offset_ns is not None:
-                self._offsets[boot_id] = offset_ns
-            return
         if self.offset_ns is None:
             self.offset_ns = offset_ns
-        if last is not None and (self._last is None or last.boottime_ns > self._last.boottime_ns):
-            self._last = last
 
     def refresh(self) -> SyncVerdict:
         """Check once whether the clock is right; learn its offset if so; log changes.
@@ -255,11 +259,11 @@ class ClockTracker:
             The check's verdict (also in :attr:`verdict`).
         """
         verdict = self._check()
-        boot, wall = self._read()
+        boottime_ns, wall = self._read()
         first = self.verdict is None
         changed = first or verdict.synchronised != self.synchronised.value
         if verdict.synchronised:
-            self.offset_ns = wall - boot
+            self.offset_ns = wall - boottime_ns
             if changed:
                 log.info("clock synchronised: %s%s", verdict.how, self._unsynced_summary())
         elif first:
@@ -270,7 +274,7 @@ class ClockTracker:
                 verdict.how,
             )
         if changed:
-            self.since_ns = wall if self.offset_ns is None else boot + self.offset_ns
+            self.since_ns = wall if self.offset_ns is None else boottime_ns + self.offset_ns
         self.verdict = verdict
         self.synchronised.value = verdict.synchronised
         return verdict

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.clock import ClockTracker, SyncVerdict
+from gateway.clock import ClockTracker, SyncVerdict, boot_key
 from gateway.config import Config
 from gateway.deadletter import DEAD_LETTER_DIR
 from gateway.records import (
-    boot_key,
     packet_points,
     packet_records,
     parse_stamp,

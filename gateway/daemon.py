@@ -45,7 +45,7 @@ from gateway.errors import leaf
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.pipeline import PacketObserver, Pipeline
-from gateway.records import StampResolver, boot_key, stamp_age_s
+from gateway.records import StampResolver, stamp_age_s
 from gateway.sinks import influx, mqtt
 from gateway.source import Source
 from gateway.status.app import StatusContext, serve_status
@@ -262,10 +262,11 @@ class Gateway:
     async def _restore_clock(self, store: BufferStore) -> dict[str, int]:
         """What the store knows of boots: restore this boot's offset; others' for the resolver."""
         boots = await trio.to_thread.run_sync(store.boot_offsets)
-        current = boot_key(self.clock.boot_id)
+        current = self.clock.boot_key
         for key, (boot_id, offset) in boots.items():
-            if key == current:
-                self.clock.restore(boot_id, offset)
+            # A key is 8 hex digits of the id: another boot's may share it.
+            if key == current and boot_id == self.clock.boot_id:
+                self.clock.restore(offset)
         await store.save_boot(self.clock.boot_id, self.clock.offset_ns)
         return {k: off for k, (_, off) in boots.items() if k != current and off is not None}
 
@@ -306,7 +307,7 @@ class Gateway:
         is what an operator's alert on it needs.
         """
         task_status.started()
-        boot = boot_key(self.clock.boot_id)
+        boot = self.clock.boot_key
         while True:
             for name in ("mqtt", "influx"):
                 text = await store.buffers[name].oldest_stamp()

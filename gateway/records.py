@@ -6,10 +6,10 @@ reading's *stamp*:
 
 - ``<wall_ns>`` when the wall clock was known right at receipt, or
 - ``<wall_ns>~<boot>~<boottime_ns>`` when it was not: the best-known wall
-  time, the boot's key (:func:`boot_key`: 8 hex digits of the boot id; the
+  time, the boot's key (:func:`gateway.clock.boot_key`: 8 hex digits of the boot id; the
   store keeps each boot's id and learned offset once) and ``CLOCK_BOOTTIME``
   at receipt, from which the right time is computed once the clock is right
-  (:class:`StampResolver`).
+  (:class:`StampResolver`). Both forms are read back as a :class:`gateway.clock.Stamp`.
 
 Then, separated by single spaces (names never contain spaces):
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from gateway.clock import ClockTracker, Stamp
 from gateway.telemetry import UNITS, Packet, format_value
@@ -41,48 +40,23 @@ UNSYNCED_TAG = ",clock=unsynced"
 _TAGS_END = re.compile(r"(?<!\\) ")
 
 
-@dataclass(frozen=True, slots=True)
-class RecordStamp:
-    """A record's stamp as stored.
-
-    Attributes:
-        wall_ns: the best-known wall time at receipt.
-        boot: the boot's key (:func:`boot_key`); None when the clock was right.
-        boottime_ns: ``CLOCK_BOOTTIME`` at receipt; None when the clock was right.
-    """
-
-    wall_ns: int
-    boot: str | None = None
-    boottime_ns: int | None = None
-
-    @property
-    def synced(self) -> bool:
-        """The wall clock was known right at receipt: ``wall_ns`` is final."""
-        return self.boot is None
-
-
-def boot_key(boot_id: str) -> str:
-    """A boot's short key in records: the first 8 hex digits of its id."""
-    return boot_id.replace("-", "")[:8].lower()
-
-
 def stamp_text(stamp: Stamp) -> str:
     """The stored form of ``stamp``."""
     if stamp.synced:
         return str(stamp.wall_ns)
-    return f"{stamp.wall_ns}~{boot_key(stamp.boot)}~{stamp.boottime_ns}"
+    return f"{stamp.wall_ns}~{stamp.boot}~{stamp.boottime_ns}"
 
 
-def parse_stamp(text: str) -> RecordStamp:
-    """Inverse of :func:`stamp_text`.
+def parse_stamp(text: str) -> Stamp:
+    """Inverse of :func:`stamp_text`; a synced stamp comes back with its wall time only.
 
     Raises:
         ValueError: not a stamp.
     """
     if "~" not in text:
-        return RecordStamp(int(text))
+        return Stamp(int(text))
     wall, boot, boottime = text.split("~")
-    return RecordStamp(int(wall), boot, int(boottime))
+    return Stamp(int(wall), int(boottime), boot, synced=False)
 
 
 def stamp_age_s(text: str, now_ns: int, boot: str, boottime_now_ns: int) -> float:
@@ -108,7 +82,7 @@ def rfc3339_ms(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{rest // 1_000_000:03d}Z"
 
 
-def json_payload(topic: str, payload: str, stamp: RecordStamp) -> str:
+def json_payload(topic: str, payload: str, stamp: Stamp) -> str:
     """The ``mqtt.payload = "json"`` form of a reading: value, unit and the reading's time.
 
     ``{"value":26.7,"unit":"celsius","ts":"2026-…Z"}``; no ``unit`` where none
@@ -147,7 +121,7 @@ def packet_records(packet: Packet, prefix: str, stamp: str) -> list[str]:
     ]
 
 
-def split_record(value: str) -> tuple[RecordStamp, str, str]:
+def split_record(value: str) -> tuple[Stamp, str, str]:
     """Inverse of :func:`packet_records` for one record: (stamp, topic, payload).
 
     Raises:
@@ -183,7 +157,7 @@ def gateway_points(values: Mapping[str, float], static_tags: str, stamp: str) ->
     ]
 
 
-def split_point(value: str) -> tuple[RecordStamp, str]:
+def split_point(value: str) -> tuple[Stamp, str]:
     """An InfluxDB record's stamp and its point without a timestamp.
 
     Raises:
@@ -225,9 +199,8 @@ class StampResolver:
     def __init__(self, clock: ClockTracker, offsets: Mapping[str, int]) -> None:
         self.clock = clock
         self.offsets = offsets
-        self.current = boot_key(clock.boot_id)
 
-    def resolve(self, stamp: RecordStamp, *, force: bool = False) -> tuple[int, bool] | None:
+    def resolve(self, stamp: Stamp, *, force: bool = False) -> tuple[int, bool] | None:
         """``(ns, right)`` to deliver with, or None to hold the record.
 
         A stamp taken while the clock was right is final. One taken while it
@@ -239,10 +212,8 @@ class StampResolver:
         if stamp.synced:
             return stamp.wall_ns, True
         assert stamp.boottime_ns is not None
-        if stamp.boot == self.current:
-            corrected = self.clock.correct(
-                Stamp(stamp.wall_ns, stamp.boottime_ns, self.clock.boot_id, False)
-            )
+        if stamp.boot == self.clock.boot_key:
+            corrected = self.clock.correct(stamp)
             if corrected is not None:
                 return corrected, True
             return None if not force else (stamp.wall_ns, False)

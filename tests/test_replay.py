@@ -19,7 +19,8 @@ import trio
 
 from gateway.buffer import BufferStore, read_store
 from gateway.capture import CaptureError, decode_record, read_capture, read_export
-from gateway.records import boot_key, point_line
+from gateway.clock import boot_key
+from gateway.records import point_line
 from gateway.simulate import NodeSimulator
 from tests.conftest import Subscriber, base_config, retained, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port

@@ -27,13 +27,13 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import diskcache
 
 from gateway import records
+from gateway.config.sections import Durability
 
-Durability = Literal["full", "normal"]
 _SYNCHRONOUS = {"full": 2, "normal": 1}  # SQLite's FULL and NORMAL
 
 STORE_FILE: str = diskcache.core.DBNAME  # "cache.db"

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import records
 from gateway.buffer.cachefile import (
     BOOTS_KEY,
     HEADS_KEY,
@@ -24,6 +23,7 @@ from gateway.buffer.cachefile import (
 )
 from gateway.buffer.chunks import MAX_ITEM, decode, encode
 from gateway.buffer.dirlock import holder
+from gateway.clock import boot_key
 
 
 class StoreInUse(Exception):
@@ -142,7 +142,7 @@ def _append(
         known = {k: tuple(v) for k, v in load_json(c.get(BOOTS_KEY), {}).items()}
         merged = dict(known)
         for boot_id, offset in boots:
-            key = records.boot_key(boot_id)
+            key = boot_key(boot_id)
             if key in merged:
                 # A boot the store knows keeps its offset.
                 old_id, old_offset = merged[key]

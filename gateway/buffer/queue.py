@@ -53,8 +53,8 @@ from trio_util import AsyncValue
 from gateway.buffer.cachefile import STORE_ERRORS, check_name
 
 if TYPE_CHECKING:
-    from gateway.buffer.cachefile import Durability
     from gateway.buffer.store import BufferStore
+    from gateway.config.sections import Durability
 
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 _READ_FAILED_PAUSE = 1.0

@@ -46,13 +46,13 @@ from gateway.buffer.cachefile import (
     FORMAT_VERSION,
     HEADS_KEY,
     SEQ_DIGITS,
-    Durability,
     StoreFormatError,
     check_name,
     open_cache,
     record_key,
 )
 from gateway.buffer.chunks import MAX_ITEM, decode, encode
+from gateway.config.sections import Durability
 
 log = logging.getLogger(__name__)
 

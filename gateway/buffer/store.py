@@ -38,7 +38,6 @@ from typing import Any
 
 import trio
 
-from gateway import records
 from gateway.buffer import recovery
 from gateway.buffer.cachefile import (
     ALERT_STATE_KEY,
@@ -49,7 +48,6 @@ from gateway.buffer.cachefile import (
     STORE_ERRORS,
     STORE_FILE,
     CorruptItem,
-    Durability,
     _create,
     _file_identity,
     _is_corruption,
@@ -63,6 +61,8 @@ from gateway.buffer.cachefile import (
 from gateway.buffer.chunks import MAX_ITEM, Chunks, decode, encode
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.worker import StoreThread
+from gateway.clock import boot_key
+from gateway.config.sections import Durability
 from gateway.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -652,7 +652,7 @@ class BufferStore:
         self.cache.set(ALERT_STATE_KEY, json.dumps(self._alert_rows))
 
     def _save_boot_sync(self, boot_id: str, offset_ns: int | None) -> None:
-        key = records.boot_key(boot_id)
+        key = boot_key(boot_id)
         known = self._boots.get(key)
         if offset_ns is None and known is not None and known[0] == boot_id:
             offset_ns = known[1]  # a boot keeps the offset it learned

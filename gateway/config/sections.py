@@ -23,6 +23,16 @@ DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
 # systemd-timesyncd touches this file once the clock is synchronised.
 DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
 DEFAULT_MQTT_BUFFER_MAX = 1000
+
+ClockSync = Literal["auto", "file", "none"]
+"""``[gateway] clock_sync``: which evidence says the wall clock is right (gateway.clock).
+
+``"auto"``: the kernel's NTP status or the flag file; ``"file"``: only the flag
+file; ``"none"``: always trust the clock (a box with a battery-backed RTC).
+"""
+
+Durability = Literal["full", "normal"]
+"""``[gateway] durability``: how the buffer store's SQLite file syncs (gateway.buffer)."""
 # QoS1 messages the MQTT sink keeps in flight (see README "Performance").
 DEFAULT_MAX_INFLIGHT = 200
 # MQTT 5 unless the broker refuses it (then 3.1.1, see gateway.sinks.mqtt).
@@ -158,7 +168,7 @@ class GatewaySection:
     buffer_dir: str = DEFAULT_BUFFER_DIR
     # "full": SQLite synchronous=FULL, a commit survives power loss.
     # "normal": WAL + synchronous=NORMAL, fewer writes, survives kill -9 only.
-    durability: Literal["full", "normal"] = "full"
+    durability: Durability = "full"
     # Write-behind: seconds a record may live only in memory while its sinks
     # deliver it; records acknowledged within it never touch the disk, and
     # kill -9 or a power cut loses at most the records of the last write_delay
@@ -169,7 +179,7 @@ class GatewaySection:
     # When the wall clock counts as right (see README "Time and the clock"):
     # "auto": the kernel's NTP status (adjtimex) or clock_sync_file exists;
     # "file": only clock_sync_file; "none": always (a box with a real-time clock).
-    clock_sync: Literal["auto", "file", "none"] = "auto"
+    clock_sync: ClockSync = "auto"
     clock_sync_file: str = DEFAULT_CLOCK_SYNC_FILE
 
 

@@ -131,21 +131,20 @@ def test_only_a_connack_refusal_gets_the_credentials_hint() -> None:
 
 
 def test_json_payload_format() -> None:
-    from gateway.records import RecordStamp, json_payload
+    from gateway.clock import Stamp
+    from gateway.records import json_payload
 
     ns = 1_795_773_905_582_000_000
     assert (
-        json_payload("iiot/node1/temperature", "26.7", RecordStamp(ns))
+        json_payload("iiot/node1/temperature", "26.7", Stamp(ns))
         == '{"value":26.7,"unit":"celsius","ts":"2026-11-27T10:05:05.582Z"}'
     )
-    assert json_payload("iiot/stats/crc_errors", "0", RecordStamp(ns)) == (
+    assert json_payload("iiot/stats/crc_errors", "0", Stamp(ns)) == (
         '{"value":0,"ts":"2026-11-27T10:05:05.582Z"}'
     )
-    unsynced = RecordStamp(ns, "abcd1234", 5)
+    unsynced = Stamp(ns, 5, "abcd1234", synced=False)
     assert json_payload("iiot/a/b", "-3", unsynced).endswith('"clock":"unsynced"}')
-    assert json_payload("iiot/alerts/x", '{"state":"firing"}', RecordStamp(ns)) == (
-        '{"state":"firing"}'
-    )
+    assert json_payload("iiot/alerts/x", '{"state":"firing"}', Stamp(ns)) == ('{"state":"firing"}')
 
 
 PUBLISH, PUBACK = 0x30, 0x40

@@ -22,10 +22,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.buffer import DiskBuffer
+from gateway.clock import Stamp
 from gateway.config import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import Metrics
-from gateway.records import RecordStamp
 from gateway.sinks.mqtt import MqttSink
 from tests.conftest import Subscriber
 from tests.services import Broker
@@ -322,7 +322,7 @@ def test_message_properties_carry_the_readings_time_and_expire_only_if_not_retai
     cfg = MqttSection(message_expiry=60)
     buffer = object.__new__(DiskBuffer)  # never used: properties need no buffer
     sink = MqttSink(cfg, buffer, Metrics(), DeadLetterFile(Path("unused")), gateway_id="gw-7")
-    props = sink.message_properties(RecordStamp(ns), retained=False)
+    props = sink.message_properties(Stamp(ns), retained=False)
     assert props is not None
     assert props.UserProperty == [("ts", "2026-11-27T10:05:05.582Z"), ("gw", "gw-7")]
     assert props.MessageExpiryInterval == 60
@@ -331,10 +331,10 @@ def test_message_properties_carry_the_readings_time_and_expire_only_if_not_retai
     fresh.UserProperty = [("ts", "2026-11-27T10:05:05.582Z"), ("gw", "gw-7")]
     fresh.MessageExpiryInterval = 60
     assert props.pack() == fresh.pack()
-    retained = sink.message_properties(RecordStamp(ns), retained=True)
+    retained = sink.message_properties(Stamp(ns), retained=True)
     assert retained is not None
     assert not hasattr(retained, "MessageExpiryInterval")  # it would delete the value
-    unsynced = sink.message_properties(RecordStamp(ns, "abcd1234", 5), retained=True)
+    unsynced = sink.message_properties(Stamp(ns, 5, "abcd1234", synced=False), retained=True)
     assert unsynced is not None
     assert unsynced.UserProperty == [
         ("ts", "2026-11-27T10:05:05.582Z"),
@@ -342,10 +342,10 @@ def test_message_properties_carry_the_readings_time_and_expire_only_if_not_retai
         ("clock", "unsynced"),
     ]
     never = MqttSink(MqttSection(), buffer, Metrics(), DeadLetterFile(Path("unused")))
-    no_expiry = never.message_properties(RecordStamp(ns), retained=False)
+    no_expiry = never.message_properties(Stamp(ns), retained=False)
     assert no_expiry is not None
     assert not hasattr(no_expiry, "MessageExpiryInterval")
     v311 = MqttSink(
         MqttSection(protocol="3.1.1"), buffer, Metrics(), DeadLetterFile(Path("unused"))
     )
-    assert v311.message_properties(RecordStamp(ns), retained=False) is None
+    assert v311.message_properties(Stamp(ns), retained=False) is None

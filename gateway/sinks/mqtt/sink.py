@@ -28,13 +28,13 @@ from trio_util import wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
+from gateway.clock import Stamp
 from gateway.config import DEFAULT_MAX_INFLIGHT, MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import (
-    RecordStamp,
     alerts_topic,
     json_payload,
     rfc3339_ms,
@@ -411,7 +411,7 @@ class MqttSink:
         props.UserProperty = [("ts", rfc3339_ms(time.time_ns())), ("gw", self.gateway_id)]
         return props
 
-    def message_properties(self, stamp: RecordStamp, retained: bool) -> Properties | None:
+    def message_properties(self, stamp: Stamp, retained: bool) -> Properties | None:
         """The MQTT 5 properties of a buffered message (None under 3.1.1).
 
         ``ts`` is the reading's receive time as stamped; while the clock was

@@ -1,305 +1,26 @@
-"""gateway.clock: the kernel's NTP status, the sync policies, and the stamps."""
+"""gateway.clock.tracker: the stamps, their offsets and corrections, watch() on Trio's clock."""
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import functools
 import itertools
 import logging
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from gateway import clock
-from gateway.clock import (
-    STA_UNSYNC,
-    TIME_ERROR,
-    TIME_OK,
-    ClockTracker,
-    KernelClock,
-    Stamp,
-    SyncVerdict,
-    Timex,
-    check_sync,
-    read_kernel_clock,
-)
-
-# What an NTP-synchronised Linux reports besides the two bits that matter.
-STA_PLL = 0x0001
-STA_NANO = 0x2000
-
-
-def answering(state: int, status: int, maxerror_us: int = 16_000) -> clock.Adjtimex:
-    """A fake adjtimex(2) that fills the struct as the kernel would."""
-
-    def adjtimex(buf: Timex) -> int:
-        assert buf.modes == 0, "the gateway must only ever read"
-        buf.status = status
-        buf.maxerror = maxerror_us
-        return state
-
-    return adjtimex
-
-
-def failing(err: int) -> clock.Adjtimex:
-    """A fake adjtimex(2) that a seccomp filter (or an old kernel) refuses."""
-
-    def adjtimex(buf: Timex) -> int:
-        raise OSError(err, "refused")
-
-    return adjtimex
-
-
-SYNCED = answering(TIME_OK, STA_PLL | STA_NANO)
-UNSYNC = answering(TIME_ERROR, STA_PLL | STA_UNSYNC, maxerror_us=16_000_000)
-# A state other than TIME_ERROR with STA_UNSYNC set still is not synchronised.
-UNSYNC_BIT_ONLY = answering(TIME_OK, STA_UNSYNC)
-# TIME_ERROR for a reason other than STA_UNSYNC (e.g. a PPS fault).
-TIME_ERROR_ONLY = answering(TIME_ERROR, STA_PLL)
-EPERM = failing(errno.EPERM)
-
-
-# --- boot id and boottime ----------------------------------------------------
-
-
-def test_boot_id_is_this_boots_uuid() -> None:
-    first = clock.boot_id()
-    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", first)
-    assert clock.boot_id() == first
-
-
-def test_boot_id_is_stripped(tmp_path: Path) -> None:
-    path = tmp_path / "boot_id"
-    path.write_text("  abc-123\n")
-    assert clock.boot_id(str(path)) == "abc-123"
-
-
-def test_boottime_never_goes_back() -> None:
-    readings = [clock.boottime_ns() for _ in range(1000)]
-    assert readings[0] > 0
-    assert readings == sorted(readings)
-
-
-# --- adjtimex ------------------------------------------------------------------
-
-
-def test_struct_timex_has_the_kernels_size() -> None:
-    # LP64 (x86-64, aarch64): 208 bytes; ILP32 (armv7): 128 bytes.
-    assert ctypes.sizeof(Timex) == (208 if ctypes.sizeof(ctypes.c_long) == 8 else 128)
-
-
-@pytest.mark.parametrize(
-    ("adjtimex", "synchronised", "how"),
-    [
-        (SYNCED, True, "kernel NTP status: synchronised (adjtimex)"),
-        (
-            UNSYNC,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)",
-        ),
-        (
-            UNSYNC_BIT_ONLY,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_OK, STA_UNSYNC, maxerror 0.016 s)",
-        ),
-        (
-            TIME_ERROR_ONLY,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, maxerror 0.016 s)",
-        ),
-        (EPERM, False, "adjtimex not permitted (EPERM)"),
-        (failing(errno.ENOSYS), False, "adjtimex failed (ENOSYS: Function not implemented)"),
-    ],
-)
-def test_kernel_status(adjtimex: clock.Adjtimex, synchronised: bool, how: str) -> None:
-    kernel = read_kernel_clock(adjtimex)
-    assert kernel.synchronised is synchronised
-    assert kernel.describe() == how
-
-
-def test_a_refused_call_keeps_its_errno() -> None:
-    assert read_kernel_clock(EPERM) == KernelClock(state=None, errno=errno.EPERM)
-    assert check_sync("auto", "/nonexistent", adjtimex=EPERM).errno == errno.EPERM
-
-
-def test_libc_wrapper_raises_the_calls_errno(monkeypatch: pytest.MonkeyPatch) -> None:
-    """libc returns -1 and sets errno: the wrapper turns that into OSError."""
-
-    def denied(_buf: object) -> int:
-        ctypes.set_errno(errno.EPERM)
-        return -1
-
-    monkeypatch.setattr(clock, "_libc_adjtimex", lambda: denied)
-    with pytest.raises(PermissionError) as info:
-        clock.libc_adjtimex(Timex())
-    assert info.value.errno == errno.EPERM
-    assert read_kernel_clock().errno == errno.EPERM
-
-
-def test_real_adjtimex_on_this_machine() -> None:
-    """Only that it answers: DESIGN.md says STA_UNSYNC is set here although the clock is right."""
-    kernel = read_kernel_clock()
-    verdict = check_sync("auto")
-    print(kernel, verdict.how, sep="\n")
-    assert isinstance(verdict, SyncVerdict)
-    assert verdict.how
-    if kernel.errno is None:
-        assert kernel.state in range(6)
-        assert kernel.maxerror_us >= 0
-
-
-# A child that denies some system calls (EPERM, as systemd's SystemCallErrorNumber=
-# does) through libseccomp, then prints the verdict of the real adjtimex call.
-SECCOMP_CHILD = """
-import ctypes, errno, sys
-try:
-    lib = ctypes.CDLL("libseccomp.so.2")
-except OSError:
-    sys.exit(77)
-lib.seccomp_init.restype = ctypes.c_void_p
-lib.seccomp_init.argtypes = [ctypes.c_uint32]
-lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
-lib.seccomp_load.argtypes = [ctypes.c_void_p]
-ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
-for name in sys.argv[1:]:
-    nr = lib.seccomp_syscall_resolve_name(name.encode())
-    if nr >= 0:  # clock_adjtime64 exists on 32-bit ABIs only
-        assert lib.seccomp_rule_add(ctx, 0x00050000 | errno.EPERM, nr, 0) == 0
-if lib.seccomp_load(ctx) != 0:
-    sys.exit(77)
-from gateway.clock import check_sync
-print(check_sync("auto", "/nonexistent").how)
-"""
-
-
-@pytest.mark.parametrize(
-    "denied",
-    [
-        # What ProtectClock=yes and SystemCallFilter=@system-service deny.
-        ["adjtimex", "clock_adjtime", "clock_adjtime64"],
-        # glibc's adjtimex() is clock_adjtime(): the unit must allow that one too.
-        ["clock_adjtime", "clock_adjtime64"],
-    ],
-)
-def test_real_adjtimex_under_a_seccomp_filter(denied: list[str]) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", SECCOMP_CHILD, *denied],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if out.returncode == 77:
-        pytest.skip("no libseccomp, or no seccomp filters here")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "adjtimex not permitted (EPERM); /nonexistent absent: not synchronised\n"
-
-
-# --- the policies ----------------------------------------------------------------
-
-
-@pytest.fixture
-def flag(tmp_path: Path) -> Path:
-    """Where the test's systemd-timesyncd flag file would be (absent until touched)."""
-    return tmp_path / "timesync" / "synchronized"
-
-
-@pytest.mark.parametrize(
-    ("adjtimex", "present", "synchronised", "how"),
-    [
-        (SYNCED, False, True, "kernel NTP status: synchronised (adjtimex)"),
-        (SYNCED, True, True, "kernel NTP status: synchronised (adjtimex)"),
-        (
-            UNSYNC,
-            False,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)"
-            "; {flag} absent: not synchronised",
-        ),
-        (
-            UNSYNC,
-            True,
-            True,
-            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, STA_UNSYNC, maxerror 16 s)"
-            "; {flag} present: synchronised",
-        ),
-        (
-            UNSYNC_BIT_ONLY,
-            False,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_OK, STA_UNSYNC, maxerror 0.016 s)"
-            "; {flag} absent: not synchronised",
-        ),
-        (
-            TIME_ERROR_ONLY,
-            False,
-            False,
-            "kernel NTP status: not synchronised (adjtimex: TIME_ERROR, maxerror 0.016 s)"
-            "; {flag} absent: not synchronised",
-        ),
-        (EPERM, False, False, "adjtimex not permitted (EPERM); {flag} absent: not synchronised"),
-        (EPERM, True, True, "adjtimex not permitted (EPERM); {flag} present: synchronised"),
-    ],
-)
-def test_policy_auto(
-    flag: Path, adjtimex: clock.Adjtimex, present: bool, synchronised: bool, how: str
-) -> None:
-    if present:
-        flag.parent.mkdir()
-        flag.touch()
-    verdict = check_sync("auto", flag, adjtimex=adjtimex)
-    assert verdict.synchronised is synchronised
-    assert verdict.how == how.format(flag=flag)
-    assert verdict.kernel == read_kernel_clock(adjtimex)
-
-
-@pytest.mark.parametrize("adjtimex", [SYNCED, UNSYNC, EPERM])
-def test_policy_file_ignores_the_kernel(flag: Path, adjtimex: clock.Adjtimex) -> None:
-    absent = check_sync("file", flag, adjtimex=adjtimex)
-    assert absent == SyncVerdict(False, f'clock_sync = "file": {flag} absent: not synchronised')
-    flag.parent.mkdir()
-    flag.touch()
-    present = check_sync("file", flag, adjtimex=adjtimex)
-    assert present == SyncVerdict(True, f'clock_sync = "file": {flag} present: synchronised')
-
-
-@pytest.mark.parametrize("adjtimex", [SYNCED, UNSYNC, EPERM])
-@pytest.mark.parametrize("present", [False, True])
-def test_policy_none_always_trusts_the_clock(
-    flag: Path, adjtimex: clock.Adjtimex, present: bool
-) -> None:
-    if present:
-        flag.parent.mkdir()
-        flag.touch()
-    verdict = check_sync("none", flag, adjtimex=adjtimex)
-    assert verdict == SyncVerdict(True, 'clock_sync = "none": the wall clock is trusted')
-    assert verdict.errno is None
-
-
-def test_unknown_policy_is_refused() -> None:
-    with pytest.raises(ValueError, match="clock_sync"):
-        check_sync("ntp")  # type: ignore[arg-type]
-
-
-def test_the_default_flag_file_is_timesyncds() -> None:
-    assert clock.DEFAULT_SYNC_FILE == "/run/systemd/timesync/synchronized"
-    assert clock.CLOCK_SYNC_POLICIES == ("auto", "file", "none")
-
+from gateway.clock import ClockTracker, Stamp, SyncVerdict, boot_id, boot_key
+from gateway.records import StampResolver
 
 # --- the tracker ------------------------------------------------------------------
 
 S = 1_000_000_000
 MS = 1_000_000
 BOOT = "0b0e1d00-0000-4000-8000-000000000001"
-OTHER_BOOT = "0b0e1d00-0000-4000-8000-000000000002"
+KEY = boot_key(BOOT)  # what the stamps of BOOT carry
+OTHER_KEY = "0b0e1d02"  # a boot before it
 # wall - boottime of a right clock: booted at 2026-11-28 00:00:00 UTC.
 RIGHT = 1_795_824_000 * S
 HOUR = 3600 * S
@@ -372,7 +93,7 @@ def test_a_right_clock_stamps_its_own_time() -> None:
     tracker = make_tracker(clocks, sync)
     tracker.refresh()
     s = tracker.stamp()
-    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert s == Stamp(clocks.wall(), clocks.boottime(), KEY, True)
     assert tracker.offset_ns == RIGHT
     assert tracker.correct(s) == s.wall_ns
 
@@ -381,7 +102,7 @@ def test_before_any_check_the_clock_is_not_trusted() -> None:
     clocks = Clocks()
     tracker = make_tracker(clocks, Sync(True))
     s = tracker.stamp()
-    assert s == Stamp(clocks.wall(), clocks.boottime(), BOOT, False)
+    assert s == Stamp(clocks.wall(), clocks.boottime(), KEY, False)
     assert tracker.offset_ns is None
     assert tracker.correct(s) is None
 
@@ -397,18 +118,18 @@ def test_forward_step_before_the_first_sync_is_followed_and_corrected(behind: in
     tracker = make_tracker(clocks, sync)
     tracker.refresh()
     early = tracker.stamp()
-    assert early == Stamp(RIGHT - behind + 10 * S, 10 * S, BOOT, False)
+    assert early == Stamp(RIGHT - behind + 10 * S, 10 * S, KEY, False)
     clocks.advance(S)
     clocks.step(behind)
     stepped = tracker.stamp()
     # No offset known yet: the wall clock as it is now; a gap, never a squeeze.
-    assert stepped == Stamp(RIGHT + 11 * S, 11 * S, BOOT, False)
+    assert stepped == Stamp(RIGHT + 11 * S, 11 * S, KEY, False)
     assert tracker.correct(early) is None
     clocks.advance(S)
     sync.synchronised = True
     tracker.refresh()
     synced = tracker.stamp()
-    assert synced == Stamp(RIGHT + 12 * S, 12 * S, BOOT, True)
+    assert synced == Stamp(RIGHT + 12 * S, 12 * S, KEY, True)
     assert tracker.correct(early) == RIGHT + 10 * S
     assert tracker.correct(stepped) == RIGHT + 11 * S
     assert_in_order([early, stepped, synced])
@@ -422,7 +143,7 @@ def test_forward_step_while_synchronised_is_followed() -> None:
     clocks.advance(MS)
     clocks.step(5 * S)
     after = tracker.stamp()
-    assert after == Stamp(clocks.wall(), clocks.boottime(), BOOT, True)
+    assert after == Stamp(clocks.wall(), clocks.boottime(), KEY, True)
     assert after.wall_ns - before.wall_ns == 5 * S + MS
     assert tracker.offset_ns == RIGHT + 5 * S
 
@@ -438,7 +159,7 @@ def test_a_step_while_unsynchronised_is_ignored_once_an_offset_is_known() -> Non
         clocks.advance(S)
         clocks.step(step)
         s = tracker.stamp()
-        assert s == Stamp(clocks.boottime() + RIGHT, clocks.boottime(), BOOT, False)
+        assert s == Stamp(clocks.boottime() + RIGHT, clocks.boottime(), KEY, False)
         assert tracker.correct(s) == s.wall_ns
 
 
@@ -479,12 +200,12 @@ def test_backward_step_while_synchronised_is_held_and_correctable() -> None:
     clocks.advance(2 * S)
     clocks.step(-30 * S)
     held = tracker.stamp()
-    assert held == Stamp(ahead.wall_ns + 2 * S, ahead.boottime_ns + 2 * S, BOOT, False)
+    assert held == Stamp(ahead.wall_ns + 2 * S, ahead.boottime_ns + 2 * S, KEY, False)
     assert tracker.offset_ns == RIGHT
     assert tracker.correct(held) == clocks.wall()
     clocks.advance(S)
     later = tracker.stamp()
-    assert later == Stamp(held.wall_ns + S, held.boottime_ns + S, BOOT, False)
+    assert later == Stamp(held.wall_ns + S, held.boottime_ns + S, KEY, False)
     assert tracker.correct(later) == clocks.wall()
 
 
@@ -496,7 +217,7 @@ def test_read_jitter_is_not_a_step(clock_log: pytest.LogCaptureFixture) -> None:
     clocks.advance(MS)
     clocks.step(-500)  # well under JITTER_NS
     second = tracker.stamp()
-    assert second == Stamp(first.wall_ns + MS, first.boottime_ns + MS, BOOT, True)
+    assert second == Stamp(first.wall_ns + MS, first.boottime_ns + MS, KEY, True)
     assert not [m for m in messages(clock_log) if m[0] >= logging.WARNING]
 
 
@@ -541,14 +262,14 @@ def test_sync_lost_and_regained(clock_log: pytest.LogCaptureFixture) -> None:
     clocks.step(2 * S)
     clocks.advance(S)
     away = tracker.stamp()
-    assert away == Stamp(12 * S + RIGHT, 12 * S, BOOT, False)
+    assert away == Stamp(12 * S + RIGHT, 12 * S, KEY, False)
     clocks.advance(S)
     sync.synchronised = True
     tracker.refresh()
     assert tracker.offset_ns == RIGHT + 2 * S
     assert tracker.since_ns == 13 * S + RIGHT + 2 * S
     back = tracker.stamp()
-    assert back == Stamp(13 * S + RIGHT + 2 * S, 13 * S, BOOT, True)
+    assert back == Stamp(13 * S + RIGHT + 2 * S, 13 * S, KEY, True)
     assert tracker.correct(away) == 12 * S + RIGHT + 2 * S
     assert tracker.correct(right) == right.wall_ns
     assert_in_order([right, away, back])
@@ -570,22 +291,22 @@ def test_sync_lost_and_regained(clock_log: pytest.LogCaptureFixture) -> None:
 def test_foreign_boot() -> None:
     tracker = make_tracker(Clocks(), Sync(True))
     tracker.refresh()
-    unsynced = Stamp(RIGHT - HOUR, 5 * S, OTHER_BOOT, False)
-    synced = Stamp(RIGHT + 7 * S, 7 * S, OTHER_BOOT, True)
+    unsynced = Stamp(RIGHT - HOUR, 5 * S, OTHER_KEY, False)
+    synced = Stamp(RIGHT + 7 * S, 7 * S, OTHER_KEY, True)
     # That boot never saw a right clock (as far as we know): no correction.
     assert tracker.correct(unsynced) is None
     assert tracker.correct(synced) == synced.wall_ns
-    tracker.restore(OTHER_BOOT, None)
-    assert tracker.correct(unsynced) is None
-    # A store saved that boot's offset: its stamps can be put right.
-    tracker.restore(OTHER_BOOT, RIGHT - 100 * S)
-    assert tracker.correct(unsynced) == RIGHT - 95 * S
+    assert StampResolver(tracker, {}).resolve(unsynced) == (unsynced.wall_ns, False)
+    # A store saved that boot's offset: the resolver puts its stamps right ...
+    resolver = StampResolver(tracker, {OTHER_KEY: RIGHT - 100 * S})
+    assert resolver.resolve(unsynced) == (RIGHT - 95 * S, True)
     # ... without touching this boot's offset.
+    assert tracker.correct(unsynced) is None
     assert tracker.offset_ns == RIGHT
 
 
 def test_restart_within_the_same_boot() -> None:
-    """A store saved boot id, offset and last stamp; a new process takes them back."""
+    """A store saved boot id and offset; a new process of the same boot takes the offset back."""
     clocks, sync = Clocks(RIGHT - HOUR), Sync(False)
     old = make_tracker(clocks, sync)
     old.refresh()
@@ -594,7 +315,7 @@ def test_restart_within_the_same_boot() -> None:
     clocks.advance(S)
     clocks.step(HOUR)
     old.refresh()
-    saved = (old.boot_id, old.offset_ns, old.last)
+    saved = (old.boot_id, old.offset_ns)
     # The daemon restarts while NTP is unreachable and the clock has been stepped.
     clocks.advance(5 * S)
     clocks.step(-HOUR)
@@ -602,26 +323,27 @@ def test_restart_within_the_same_boot() -> None:
     new = make_tracker(clocks, sync)
     new.refresh()
     assert new.correct(early) is None
-    boot, offset, last = saved
-    new.restore(boot, offset, last=last)
+    boot, offset = saved
+    assert boot == new.boot_id
+    new.restore(offset)
     assert new.offset_ns == RIGHT
     assert new.correct(early) == RIGHT + 10 * S
     after = new.stamp()
-    assert after == Stamp(RIGHT + 16 * S, 16 * S, BOOT, False)
+    assert after == Stamp(RIGHT + 16 * S, 16 * S, KEY, False)
     assert_in_order([early, after])
 
 
 def test_a_learned_offset_beats_a_restored_one() -> None:
     tracker = make_tracker(Clocks(), Sync(True))
     tracker.refresh()
-    tracker.restore(BOOT, RIGHT - HOUR)
+    tracker.restore(RIGHT - HOUR)
     assert tracker.offset_ns == RIGHT
 
 
-def test_restore_refuses_a_last_stamp_of_another_boot() -> None:
-    tracker = make_tracker(Clocks(), Sync(True))
-    with pytest.raises(ValueError, match="boot"):
-        tracker.restore(BOOT, RIGHT, last=Stamp(RIGHT, S, OTHER_BOOT, True))
+def test_a_stamp_of_a_wrong_clock_needs_its_boot_and_boottime() -> None:
+    with pytest.raises(ValueError, match="boot time"):
+        Stamp(RIGHT, synced=False)
+    assert Stamp(RIGHT).synced
 
 
 def test_a_preempted_read_is_retried() -> None:
@@ -636,8 +358,14 @@ def test_a_preempted_read_is_retried() -> None:
     )
     tracker.synchronised.value = True
     s = tracker.stamp()
-    assert s == Stamp(RIGHT + 11 * S + 50, 11 * S + 50, BOOT, True)
+    assert s == Stamp(RIGHT + 11 * S + 50, 11 * S + 50, KEY, True)
     assert tracker.offset_ns == RIGHT
+
+
+@pytest.fixture
+def flag(tmp_path: Path) -> Path:
+    """Where the test's systemd-timesyncd flag file would be (absent until touched)."""
+    return tmp_path / "timesync" / "synchronized"
 
 
 def test_the_tracker_checks_as_its_policy_says(flag: Path) -> None:
@@ -656,7 +384,7 @@ def test_real_tracker_on_this_machine() -> None:
     verdict = tracker.refresh()
     assert tracker.verdict is verdict
     stamps = [tracker.stamp() for _ in range(100)]
-    assert {s.boot for s in stamps} == {clock.boot_id()}
+    assert {s.boot for s in stamps} == {boot_key(boot_id())}
     assert_in_order(stamps)
 
 

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.buffer import DiskBuffer
-from gateway.config import MqttSection
+from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import Metrics
 from gateway.records import RecordStamp

@@ -36,7 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.config import DEFAULT_FLUSH_INTERVAL
+from gateway.config.sections import DEFAULT_FLUSH_INTERVAL
 from tests.conftest import base_config, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port, stop_process, wait_listening
 

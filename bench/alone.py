@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from gateway.config import DEFAULT_MAX_INFLIGHT as WINDOW  # the gateway's own window
+from gateway.config.sections import DEFAULT_MAX_INFLIGHT as WINDOW  # the gateway's own window
 from gateway.sinks.mqtt.properties import PackedProperties
 
 METRICS = ("temperature", "humidity", "pressure", "gas", "rssi", "snr", "seq", "received", "lost")

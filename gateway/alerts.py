@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import trio
 
-from gateway.config import STALE_PREFIX, AlertRule, AlertsSection
+from gateway.config.sections import STALE_PREFIX, AlertRule, AlertsSection
 from gateway.metrics import Metrics
 from gateway.records import alerts_topic, rfc3339_ms, tag_suffix
 from gateway.telemetry import Packet

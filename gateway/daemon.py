@@ -39,7 +39,8 @@ import trio_asyncio
 from gateway import alerts
 from gateway.buffer import BufferStore, DirLock, lock_dir
 from gateway.clock import ClockTracker, boottime_ns
-from gateway.config import HEARTBEAT_S, Config
+from gateway.config import Config
+from gateway.config.sections import HEARTBEAT_S
 from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
 from gateway.homeassistant import Discovery

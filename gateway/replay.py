@@ -24,7 +24,8 @@ import trio_asyncio
 from gateway.buffer import BufferStore, DiskBuffer
 from gateway.capture import DEAD_LETTER_FILES, REPLAY_BOOT, SINKS, Capture
 from gateway.clock import ClockTracker
-from gateway.config import Config, MqttSection
+from gateway.config import Config
+from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
 from gateway.metrics import Metrics

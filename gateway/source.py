@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.backoff import Backoff
-from gateway.config import SourceSection
+from gateway.config.sections import SourceSection
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.telemetry import LineSplitter
 

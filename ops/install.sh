@@ -368,7 +368,7 @@ start_service() {
     fi
 }
 
-# The id the gateway would derive itself (gateway.config.derive_gateway_id, stdlib only, so
+# The id the gateway would derive itself (gateway.config.sections.derive_gateway_id, stdlib only, so
 # it runs from the repository): the host name plus a hash of the machine id. Written into
 # the config so that it never changes afterwards, whatever happens to the host name or
 # the machine id. Prints nothing for an image without a machine id (a card image gets
@@ -383,7 +383,7 @@ derived_id() {
     fi
     PYTHONPATH=$repo "$python" - "$host" "$machine" "$rooted" <<'PY'
 import sys
-from gateway.config import derive_gateway_id
+from gateway.config.sections import derive_gateway_id
 host, machine, rooted = sys.argv[1:]
 derived = derive_gateway_id(host, machine)
 if derived.machine_id:

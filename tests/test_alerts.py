@@ -33,7 +33,8 @@ from gateway.alerts import (
 from gateway.buffer import BufferStore
 from gateway.cli.status import _status_tables
 from gateway.clock import ClockTracker
-from gateway.config import AlertRule, AlertsSection, parse_config
+from gateway.config import parse_config
+from gateway.config.sections import AlertRule, AlertsSection
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.records import packet_points, packet_records, split_point, split_record

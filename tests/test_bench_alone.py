@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.__main__ import StockBroker
 from bench.alone import publish_alone
-from gateway.config import DEFAULT_MAX_INFLIGHT
+from gateway.config.sections import DEFAULT_MAX_INFLIGHT
 from tests.conftest import Subscriber
 
 

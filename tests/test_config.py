@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import gateway.config as config_mod
-from gateway.config import (
-    DEFAULT_PLAUSIBILITY,
-    INFLUX_TOKEN_ENV,
-    MQTT_PASSWORD_ENV,
-    Config,
-    load_config,
-    parse_config,
-)
-from gateway.config import checks as config_checks
+from gateway.config import Config, load_config, parse_config
+from gateway.config import sections as config_mod
+from gateway.config.ranges import Range, range_of
+from gateway.config.sections import DEFAULT_PLAUSIBILITY, INFLUX_TOKEN_ENV, MQTT_PASSWORD_ENV
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,15 +235,25 @@ def test_cli_out_of_range_number_exits_2_with_one_line(tmp_path: Path) -> None:
 # -- numbers: every one has a range, NaN and infinity never pass ------------------
 
 
+# The Range on each section field's annotation, by dotted key.
+RANGES: dict[str, Range] = {
+    f"{s.name}.{n}": allowed
+    for s in fields(Config)
+    if s.name not in ("plausibility", "derived_id")  # not sections
+    for n, h in typing.get_type_hints(s.default_factory, include_extras=True).items()  # type: ignore[arg-type]
+    if (allowed := range_of(h)) is not None
+}
+
+
 def test_every_number_has_a_range() -> None:
-    """A new int or float field needs an entry in RANGES (or this test fails)."""
+    """A new int or float field needs a Range in its annotation (or this test fails)."""
     numeric = set()
     for section in fields(Config):
         if section.name in ("plausibility", "derived_id"):  # not sections
             continue
         hints = typing.get_type_hints(section.default_factory)  # type: ignore[arg-type]
         numeric |= {f"{section.name}.{n}" for n, h in hints.items() if h in (int, float)}
-    assert numeric == set(config_checks.RANGES)
+    assert numeric == set(RANGES)
 
 
 def _table(key: str, value: object, *, pair: bool = False) -> str:
@@ -273,12 +277,12 @@ INT_KEYS = {
     for n, h in typing.get_type_hints(s.default_factory).items()  # type: ignore[arg-type]
     if h is int
 }
-FLOAT_KEYS = sorted(set(config_checks.RANGES) - INT_KEYS)
+FLOAT_KEYS = sorted(set(RANGES) - INT_KEYS)
 
 
-@pytest.mark.parametrize("key", sorted(config_checks.RANGES))
+@pytest.mark.parametrize("key", sorted(RANGES))
 def test_range_edges_are_accepted_and_beyond_refused(tmp_path: Path, key: str) -> None:
-    allowed = config_checks.RANGES[key]
+    allowed = RANGES[key]
     for edge in (allowed.lo, allowed.hi):
         load_config(write(tmp_path, _table(key, _toml_number(edge), pair=True)), environ=NO_ENV)
     step = 1 if key in INT_KEYS else allowed.lo / 2 or 0.5

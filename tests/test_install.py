@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import derive_gateway_id, load_config
+from gateway.config import load_config
+from gateway.config.sections import derive_gateway_id
 from tests.conftest import Subscriber, write_config
 from tests.services import Broker, free_port, stop_process
 

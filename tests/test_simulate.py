@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gateway import simulate
-from gateway.config import DEFAULT_PLAUSIBILITY
+from gateway.config.sections import DEFAULT_PLAUSIBILITY
 from gateway.telemetry import Packet, check_plausibility, parse_line
 
 REPO = Path(__file__).resolve().parent.parent

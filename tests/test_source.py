@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.config import SourceSection
+from gateway.config.sections import SourceSection
 from gateway.metrics import Metrics
 from gateway.source import Source, open_serial
 from tests.conftest import CHUNKY_CHILD

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.config import DEFAULT_PLAUSIBILITY
+from gateway.config.sections import DEFAULT_PLAUSIBILITY
 from gateway.telemetry import (
     BAD_NAME,
     BAD_VERSION,

@@ -7,10 +7,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from gateway.config import (
-    DEFAULT_BUFFER_DIR,
-    INFLUX_TOKEN_ENV,
-)
+from gateway.config.sections import DEFAULT_BUFFER_DIR, INFLUX_TOKEN_ENV
 
 CHECK_TIMEOUT = 10.0
 # Seconds to wait for the MQTT probe to come back through the subscription.

@@ -19,9 +19,7 @@ from gateway.check.common import (
     _owner,
     _user,
 )
-from gateway.config import (
-    SourceSection,
-)
+from gateway.config.sections import SourceSection
 from gateway.deadletter import DEAD_LETTER_DIR
 
 # -- the source -------------------------------------------------------------------

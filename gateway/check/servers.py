@@ -26,10 +26,7 @@ from gateway.check.common import (
     Line,
     _failed,
 )
-from gateway.config import (
-    InfluxSection,
-    MqttSection,
-)
+from gateway.config.sections import InfluxSection, MqttSection
 from gateway.errors import leaf
 from gateway.sinks.influx import InfluxWriter
 from gateway.sinks.mqtt import describe_error, new_client

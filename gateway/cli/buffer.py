@@ -78,7 +78,7 @@ def _export_boots(store: StoreReader) -> None:
 
 def _buffer_target(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
     """The buffer directory to write and each buffer's bound (from the config, if read)."""
-    from gateway.config import InfluxSection, MqttSection
+    from gateway.config.sections import InfluxSection, MqttSection
 
     if args.buffer_dir and not args.config:
         # No config to read: the default bounds (a larger bound needs --config).

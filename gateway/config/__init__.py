@@ -2,154 +2,84 @@
 
 Unknown keys, wrong types and values out of range raise :class:`ConfigError`
 naming the dotted key, so a mistake is reported at start-up rather than as a
-traceback hours later. Every number has a range
-(:data:`gateway.config.checks.RANGES`), strings that reach MQTT, line protocol
-or HTTP carry no control characters, and the TLS and secret files are read
-once at load. Secrets (MQTT password, InfluxDB token) come from files or the
+traceback hours later. Every number has a range on its field
+(``Annotated[int, Range(…)]`` in :mod:`gateway.config.sections`), each section
+has its check (:mod:`gateway.config.checks`), strings that reach MQTT, line
+protocol or HTTP carry no control characters, and the TLS and secret files are
+read once at load. Secrets (MQTT password, InfluxDB token) come from files or the
 environment and never appear in logs, reprs or error messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import stat
 import tomllib
 import types
 import typing
-import unicodedata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from gateway.config.checks import (
-    RULE_FOR,
-    check_listen,
-    check_ranges,
-    check_tls,
-    check_url,
-    valid_host,
+    NAME_CHARS,
+    check_gateway,
+    check_influxdb,
+    check_mqtt,
+    check_plausibility,
+    check_source,
+    check_status,
+    check_text,
+    control_char,
+    join_key,
 )
+from gateway.config.ranges import range_of
 from gateway.config.sections import (
-    CLIENT_ID_PREFIX,
     CONFIG_ENV,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BUFFER_DIR,
-    DEFAULT_CLOCK_SYNC_FILE,
     DEFAULT_CONFIG_FILE,
-    DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_INFLUX_BUFFER_MAX,
     DEFAULT_MACHINE_ID_FILE,
-    DEFAULT_MAX_INFLIGHT,
-    DEFAULT_MAX_LINE_BYTES,
-    DEFAULT_MQTT_BUFFER_MAX,
-    DEFAULT_MQTT_PROTOCOL,
     DEFAULT_PLAUSIBILITY,
-    DEFAULT_STALE_AFTER,
-    DEFAULT_STALL_TIMEOUT,
-    FALLBACK_GATEWAY_ID,
-    HEARTBEAT_S,
     INFLUX_TOKEN_ENV,
     MAX_ALERT_NAME_CHARS,
-    MAX_DERIVED_ID_CHARS,
-    MAX_MQTT_STRING_BYTES,
     MQTT_PASSWORD_ENV,
     STALE_PREFIX,
     AlertRule,
     AlertsSection,
     Config,
-    DerivedId,
     GatewaySection,
-    HomeAssistantSection,
     InfluxSection,
     MqttSection,
     SourceSection,
     StatusSection,
     default_client_id,
-    default_gateway_id,
     derive_gateway_id,
 )
 from gateway.errors import ConfigError
 
-__all__ = [
-    "CLIENT_ID_PREFIX",
-    "CONFIG_ENV",
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_BUFFER_DIR",
-    "DEFAULT_CLOCK_SYNC_FILE",
-    "DEFAULT_CONFIG_FILE",
-    "DEFAULT_FLUSH_INTERVAL",
-    "DEFAULT_INFLUX_BUFFER_MAX",
-    "DEFAULT_MACHINE_ID_FILE",
-    "DEFAULT_MAX_INFLIGHT",
-    "DEFAULT_MAX_LINE_BYTES",
-    "DEFAULT_MQTT_BUFFER_MAX",
-    "DEFAULT_MQTT_PROTOCOL",
-    "DEFAULT_PLAUSIBILITY",
-    "DEFAULT_STALE_AFTER",
-    "DEFAULT_STALL_TIMEOUT",
-    "FALLBACK_GATEWAY_ID",
-    "HEARTBEAT_S",
-    "INFLUX_TOKEN_ENV",
-    "MAX_ALERT_NAME_CHARS",
-    "MAX_DERIVED_ID_CHARS",
-    "MAX_MQTT_STRING_BYTES",
-    "MQTT_PASSWORD_ENV",
-    "STALE_PREFIX",
-    "AlertRule",
-    "AlertsSection",
-    "Config",
-    "DerivedId",
-    "GatewaySection",
-    "HomeAssistantSection",
-    "InfluxSection",
-    "MqttSection",
-    "SourceSection",
-    "StatusSection",
-    "default_client_id",
-    "default_gateway_id",
-    "derive_gateway_id",
-    "load_config",
-    "parse_config",
-]
+# The loading API and what it returns; the sections, their defaults and the
+# checks are imported from where they live (gateway.config.sections, .ranges, .checks).
+__all__ = ["Config", "load_config", "parse_config"]
 
 _SECRET_FIELDS = {"password", "token"}
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-# Tag keys every point already has, or that InfluxDB refuses as a tag key.
-_RESERVED_TAGS = frozenset({"node", "unit", "time"})
-# Arguments of source.command may be shell scripts spanning lines.
-_COMMAND_CONTROL_OK = frozenset("\t\n\r")
 
 
-def _join(prefix: str, key: str) -> str:
-    """``prefix.key``, quoting ``key`` the TOML way unless it is a bare key.
-
-    A key holding a newline must not split the one-line error in two.
-    """
-    bare = bool(key) and set(key) <= _NAME_CHARS
-    return f"{prefix}.{key if bare else json.dumps(key, ensure_ascii=False)}"
-
-
-def _control_char(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
-    """The first control character in ``text`` that is not ``allowed``, if any."""
-    for char in text:
-        if unicodedata.category(char) == "Cc" and char not in allowed:
-            return char
-    return None
-
-
-def _check_text(key: str, text: str) -> None:
-    # A newline in a tag, topic or header value ends the record early and lets
-    # the rest be read as another one (line-protocol injection).
-    allowed = _COMMAND_CONTROL_OK if key.startswith("source.command[") else frozenset()
-    char = _control_char(text, allowed)
-    if char is not None:
-        raise ConfigError(key, f"must not contain control characters (found {char!r})")
+def _check_range(key: str, value: Any, hint: Any) -> Any:
+    """``value``, if the :class:`~gateway.config.ranges.Range` in ``hint`` (if any) admits it."""
+    allowed = range_of(hint)
+    if allowed is not None and not allowed.admits(value):
+        raise ConfigError(key, f"must be {allowed.describe()}, got {value!r}")
+    return value
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the type ``hint``; return it normalised."""
+    """Check ``value`` against the type ``hint``; return it normalised.
+
+    An ``Annotated`` hint's :class:`~gateway.config.ranges.Range` bounds the
+    value once it has the type.
+    """
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _check_range(key, _coerce(key, value, typing.get_args(hint)[0]), hint)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
@@ -169,7 +99,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
-        _check_text(key, value)
+        check_text(key, value)
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _section(hint, key, value)
@@ -195,7 +125,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table, got {value!r}")
         _, vhint = typing.get_args(hint)
-        return {k: _coerce(_join(key, k), v, vhint) for k, v in value.items()}
+        return {k: _coerce(join_key(key, k), v, vhint) for k, v in value.items()}
     if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in use
         raise ConfigError(key, "unsupported type")
     raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
@@ -204,11 +134,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _section(cls: type[Any], name: str, table: Any) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(name, f"expected a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls) if f.name not in _SECRET_FIELDS}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = _join(name, key)
+        dotted = join_key(name, key)
         if key not in fields:
             if key in _SECRET_FIELDS:
                 raise ConfigError(
@@ -220,10 +150,11 @@ def _section(cls: type[Any], name: str, table: Any) -> Any:
 
 
 _RULE_KEYS = ("name", "metric", "above", "below", "for", "clear")
+_RULE_HINTS = typing.get_type_hints(AlertRule, include_extras=True)
 
 
 def _valid_name(text: str) -> bool:
-    return 0 < len(text) <= MAX_ALERT_NAME_CHARS and set(text) <= _NAME_CHARS
+    return 0 < len(text) <= MAX_ALERT_NAME_CHARS and set(text) <= NAME_CHARS
 
 
 def _alert_rule(key: str, table: Any) -> AlertRule:
@@ -232,7 +163,7 @@ def _alert_rule(key: str, table: Any) -> AlertRule:
         raise ConfigError(key, f"expected a table, got {table!r}")
     for name in table:
         if name not in _RULE_KEYS:
-            raise ConfigError(_join(key, name), "unknown key")
+            raise ConfigError(join_key(key, name), "unknown key")
     for required in ("name", "metric"):
         if required not in table:
             raise ConfigError(f"{key}.{required}", "is required")
@@ -254,9 +185,7 @@ def _alert_rule(key: str, table: Any) -> AlertRule:
         raise ConfigError(f"{key}.below", "give above or below, not both")
     if "above" not in numbers and "below" not in numbers:
         raise ConfigError(key, "needs above or below")
-    hold = numbers.get("for", 0.0)
-    if not RULE_FOR.admits(hold):
-        raise ConfigError(f"{key}.for", f"must be {RULE_FOR.describe()}, got {hold!r}")
+    hold = _check_range(f"{key}.for", numbers.get("for", 0.0), _RULE_HINTS["for_s"])
     rule = AlertRule(
         name, metric, numbers.get("above"), numbers.get("below"), hold, numbers.get("clear")
     )
@@ -330,7 +259,7 @@ def _read_secret(key: str, path: str, env: str, environ: typing.Mapping[str, str
     # A line break left after that is a mistake (a second line, a stray CR) that
     # would fail later as a wrong password, or end the HTTP Authorization header
     # early; no real password or token holds a control character.
-    char = _control_char(secret)
+    char = control_char(secret)
     if char is not None:
         what = "a line break" if char in "\r\n" else "a control character"
         raise ConfigError(
@@ -340,60 +269,13 @@ def _read_secret(key: str, path: str, env: str, environ: typing.Mapping[str, str
 
 
 def _validate(cfg: Config) -> None:
-    """Everything a type cannot say: ranges, relations, formats."""
-    check_ranges(cfg)
-    g, s, m, i = cfg.gateway, cfg.source, cfg.mqtt, cfg.influxdb
-    if not g.id:
-        raise ConfigError("gateway.id", "must not be empty")
-    if not g.buffer_dir:
-        raise ConfigError("gateway.buffer_dir", "must not be empty")
-    if s.kind == "command" and not (s.command and s.command[0]):
-        raise ConfigError("source.command", "must name a program when kind = 'command'")
-    if s.kind == "file":
-        if not s.path:
-            raise ConfigError("source.path", "must be set when kind = 'file'")
-        try:
-            Path(s.path).open("rb").close()
-        except OSError as exc:
-            raise ConfigError("source.path", f"cannot read {s.path}: {exc.strerror}") from None
-    if s.kind == "serial" and not s.port:
-        raise ConfigError("source.port", "must name the device when kind = 'serial'")
-    if s.restart_max < s.restart_initial:
-        raise ConfigError("source.restart_max", "must be >= restart_initial")
-    if not valid_host(m.host):
-        raise ConfigError("mqtt.host", f"expected a host name or IP address, got {m.host!r}")
-    if not m.client_id or len(m.client_id.encode()) > MAX_MQTT_STRING_BYTES:
-        raise ConfigError("mqtt.client_id", f"must be 1..{MAX_MQTT_STRING_BYTES} bytes")
-    prefix_parts = m.topic_prefix.split("/")
-    if not m.topic_prefix or any(not p or not set(p) <= _NAME_CHARS for p in prefix_parts):
-        # Also keeps out the wildcards '+' and '#', which no PUBLISH may carry.
-        raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
-    discovery = m.homeassistant.discovery_prefix
-    if not discovery or any(not p or not set(p) <= _NAME_CHARS for p in discovery.split("/")):
-        raise ConfigError(
-            "mqtt.homeassistant.discovery_prefix",
-            "must be levels of [A-Za-z0-9_-] separated by '/'",
-        )
-    if m.backoff_max < m.backoff_initial:
-        raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
-    check_tls(m)
-    check_url(i.url)
-    for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
-        if not value:
-            raise ConfigError(key, "must not be empty")
-    if i.backoff_max < i.backoff_initial:
-        raise ConfigError("influxdb.backoff_max", "must be >= backoff_initial")
-    for tag in i.tags:
-        key = _join("influxdb.tags", tag)
-        _check_text(key, tag)
-        if not tag or tag.startswith("_"):
-            raise ConfigError(key, "tag keys must not be empty or start with '_' (InfluxDB's own)")
-        if tag in _RESERVED_TAGS:
-            raise ConfigError(key, "'node' and 'unit' are set per point; 'time' is reserved")
-    for metric, (lo, hi) in cfg.plausibility.items():
-        if not lo < hi:
-            raise ConfigError(_join("plausibility", metric), "min must be < max")
-    check_listen(cfg.status.listen)
+    """Everything a type or a range cannot say, section by section."""
+    check_gateway(cfg.gateway)
+    check_source(cfg.source)
+    check_mqtt(cfg.mqtt)
+    check_influxdb(cfg.influxdb)
+    check_plausibility(cfg.plausibility)
+    check_status(cfg.status)
 
 
 def load_config(
@@ -479,13 +361,13 @@ def parse_config(
                 ranges = dict(DEFAULT_PLAUSIBILITY)
                 for metric, bounds in value.items():
                     ranges[metric] = _coerce(
-                        _join("plausibility", metric), bounds, tuple[float, float]
+                        join_key("plausibility", metric), bounds, tuple[float, float]
                     )
                 kwargs[key] = ranges
             else:
                 raise ConfigError("plausibility", "expected a table or false")
         else:
-            raise ConfigError(_join("", key)[1:], "unknown section")
+            raise ConfigError(join_key("", key)[1:], "unknown section")
     cfg = Config(**kwargs)
     if "id" not in data.get("gateway", {}):
         derived = derive_gateway_id(machine_id_file=machine_id_file)

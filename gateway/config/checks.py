@@ -1,130 +1,156 @@
-"""Value checks for :mod:`gateway.config`: the range of every number, addresses, TLS files.
+"""Value checks for :mod:`gateway.config`: one per section, for what a type or range cannot say.
 
 Each check raises :class:`ConfigError` naming the dotted key at fault, at load,
-instead of a struct.error, OverflowError or SSLError in a sink later on.
+instead of an SSLError, a rejected publish or a broken line-protocol record in a
+sink later on. The number ranges are not here: each field says its own (see
+:mod:`gateway.config.ranges`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import ssl
 import termios
-from dataclasses import dataclass
+import unicodedata
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
+from gateway.config.ranges import MAX_PORT
+from gateway.config.sections import MAX_MQTT_STRING_BYTES
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.config import Config, MqttSection
+    from gateway.config.sections import (
+        GatewaySection,
+        InfluxSection,
+        MqttSection,
+        SourceSection,
+        StatusSection,
+    )
 
-# Seconds. Below MIN_DELAY a sleep is a busy loop; beyond MAX_DELAY a backoff or
-# flush is no longer a delay but an outage; MAX_WINDOW bounds the watchdogs.
-MIN_DELAY = 0.01
-MAX_DELAY = 3600.0
-MAX_WINDOW = 86_400.0
-# A network timeout shorter than this fails on any real link.
-MIN_TIMEOUT = 0.1
-MAX_TIMEOUT = 600.0
-# The gateway's own stats points; the end-to-end test asks for 0.3 s.
-MIN_STATS_INTERVAL = 0.1
-# Write-behind: below 0.1 s it saves nothing; beyond 60 s a kill -9 could cost
-# a minute of readings, more than the buffer is there to protect against.
-MIN_WRITE_DELAY = 0.1
-MAX_WRITE_DELAY = 60.0
-# MQTT's keepalive is a 16-bit field; below 5 s the pings are most of the traffic,
-# and 0 (off) would hide a broker that accepts TCP and then hangs.
-MIN_KEEPALIVE = 5
-MAX_KEEPALIVE = 65535
-MAX_PORT = 65535
-# Replay pace, lines per second (0 = as fast as possible).
-MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
-# termios' slowest and fastest speeds on Linux.
-MIN_BAUD = 50
-MAX_BAUD = 4_000_000
-MIN_LINE_BYTES = 64
-MAX_LINE_BYTES = 16 * 1024 * 1024
-# A group's freshness; below a second every gap between two packets would be "stale".
-MIN_STALE_AFTER = 1.0
-# Records a disk buffer may hold; beyond 10^8 the SQLite file outgrows a gateway's disk.
-MAX_BUFFER_RECORDS = 100_000_000
-# MQTT packet identifiers are 16-bit (0 is not one): no more can be in flight at once.
-MAX_INFLIGHT = 65535
-# MQTT 5's Message Expiry Interval is a four-byte integer (seconds).
-MAX_MESSAGE_EXPIRY = 2**32 - 1
-# Points per write; InfluxDB advises about 5000, ten times that still fits a request.
-MAX_BATCH_SIZE = 50_000
 # Host names: RFC 1123 labels (plus '_', which resolvers accept), at most 253 characters.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Tag keys every point already has, or that InfluxDB refuses as a tag key.
+_RESERVED_TAGS = frozenset({"node", "unit", "time"})
+# Arguments of source.command may be shell scripts spanning lines.
+_COMMAND_CONTROL_OK = frozenset("\t\n\r")
 
 
-@dataclass(frozen=True)
-class Range:
-    """The values one number may take: ``lo..hi`` inclusive, and 0 too when ``zero_is_off``."""
+def join_key(prefix: str, key: str) -> str:
+    """``prefix.key``, quoting ``key`` the TOML way unless it is a bare key.
 
-    lo: float
-    hi: float
-    zero_is_off: bool = False
-
-    def admits(self, value: float) -> bool:
-        """Whether ``value`` is allowed (never for NaN)."""
-        return (self.zero_is_off and value == 0) or self.lo <= value <= self.hi
-
-    def describe(self) -> str:
-        """The range as an error message says it: ``0 (off) or 0.1..86400``."""
-        span = f"{_num(self.lo)}..{_num(self.hi)}"
-        return f"0 (off) or {span}" if self.zero_is_off else span
+    A key holding a newline must not split the one-line error in two.
+    """
+    bare = bool(key) and set(key) <= NAME_CHARS
+    return f"{prefix}.{key if bare else json.dumps(key, ensure_ascii=False)}"
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+def control_char(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first control character in ``text`` that is not ``allowed``, if any."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return char
+    return None
 
 
-# Every int and float field of the config, by dotted key; a test holds new
-# fields to having an entry here.
-RANGES: dict[str, Range] = {
-    "gateway.stats_interval": Range(MIN_STATS_INTERVAL, MAX_WINDOW, zero_is_off=True),
-    "gateway.write_delay": Range(MIN_WRITE_DELAY, MAX_WRITE_DELAY, zero_is_off=True),
-    "source.rate": Range(MIN_RATE, MAX_RATE, zero_is_off=True),
-    "source.baud": Range(MIN_BAUD, MAX_BAUD),
-    "source.stall_timeout": Range(MIN_TIMEOUT, MAX_WINDOW, zero_is_off=True),
-    "source.restart_initial": Range(MIN_DELAY, MAX_DELAY),
-    "source.restart_max": Range(MIN_DELAY, MAX_DELAY),
-    "source.max_line_bytes": Range(MIN_LINE_BYTES, MAX_LINE_BYTES),
-    "mqtt.port": Range(1, MAX_PORT),
-    "mqtt.qos": Range(0, 2),
-    "mqtt.keepalive": Range(MIN_KEEPALIVE, MAX_KEEPALIVE),
-    "mqtt.connect_timeout": Range(MIN_TIMEOUT, MAX_TIMEOUT),
-    "mqtt.buffer_max_messages": Range(1, MAX_BUFFER_RECORDS),
-    "mqtt.max_inflight": Range(1, MAX_INFLIGHT),
-    "mqtt.message_expiry": Range(0, MAX_MESSAGE_EXPIRY),
-    "mqtt.backoff_initial": Range(MIN_DELAY, MAX_DELAY),
-    "mqtt.backoff_max": Range(MIN_DELAY, MAX_DELAY),
-    "influxdb.batch_size": Range(1, MAX_BATCH_SIZE),
-    "influxdb.flush_interval": Range(MIN_DELAY, MAX_DELAY),
-    "influxdb.buffer_max_points": Range(1, MAX_BUFFER_RECORDS),
-    "influxdb.backoff_initial": Range(MIN_DELAY, MAX_DELAY),
-    "influxdb.backoff_max": Range(MIN_DELAY, MAX_DELAY),
-    "influxdb.timeout": Range(MIN_TIMEOUT, MAX_TIMEOUT),
-    "status.unhealthy_after": Range(MIN_TIMEOUT, MAX_WINDOW),
-    "alerts.stale_after": Range(MIN_STALE_AFTER, MAX_WINDOW, zero_is_off=True),
-}
-# An [[alerts.rule]]'s `for`: 0 fires on the first value past the threshold.
-RULE_FOR = Range(0.0, MAX_WINDOW)
+def check_text(key: str, text: str) -> None:
+    """Raise :class:`ConfigError` if the string at ``key`` holds a control character.
+
+    A newline in a tag, topic or header value ends the record early and lets
+    the rest be read as another one (line-protocol injection); only the
+    arguments of ``source.command`` may hold tabs and line breaks.
+    """
+    allowed = _COMMAND_CONTROL_OK if key.startswith("source.command[") else frozenset()
+    char = control_char(text, allowed)
+    if char is not None:
+        raise ConfigError(key, f"must not contain control characters (found {char!r})")
 
 
-def check_ranges(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for the first number outside its :data:`RANGES` entry."""
-    for key, allowed in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not allowed.admits(value):
-            raise ConfigError(key, f"must be {allowed.describe()}, got {value!r}")
-    if not hasattr(termios, f"B{cfg.source.baud}"):
+def _levels(text: str) -> bool:
+    """Whether ``text`` is levels of [A-Za-z0-9_-] separated by '/'.
+
+    Also keeps out the wildcards '+' and '#', which no PUBLISH may carry.
+    """
+    return bool(text) and all(p and set(p) <= NAME_CHARS for p in text.split("/"))
+
+
+def check_gateway(g: GatewaySection) -> None:
+    """``[gateway]``: an id and a buffer directory."""
+    if not g.id:
+        raise ConfigError("gateway.id", "must not be empty")
+    if not g.buffer_dir:
+        raise ConfigError("gateway.buffer_dir", "must not be empty")
+
+
+def check_source(s: SourceSection) -> None:
+    """``[source]``: what the chosen kind needs, a standard baud rate, restart delays in order."""
+    if not hasattr(termios, f"B{s.baud}"):
         # open_serial would refuse it on every attempt, forever.
-        raise ConfigError("source.baud", f"{cfg.source.baud} is not a standard baud rate")
+        raise ConfigError("source.baud", f"{s.baud} is not a standard baud rate")
+    if s.kind == "command" and not (s.command and s.command[0]):
+        raise ConfigError("source.command", "must name a program when kind = 'command'")
+    if s.kind == "file":
+        if not s.path:
+            raise ConfigError("source.path", "must be set when kind = 'file'")
+        try:
+            Path(s.path).open("rb").close()
+        except OSError as exc:
+            raise ConfigError("source.path", f"cannot read {s.path}: {exc.strerror}") from None
+    if s.kind == "serial" and not s.port:
+        raise ConfigError("source.port", "must name the device when kind = 'serial'")
+    if s.restart_max < s.restart_initial:
+        raise ConfigError("source.restart_max", "must be >= restart_initial")
+
+
+def check_mqtt(m: MqttSection) -> None:
+    """``[mqtt]``: host, client id, topic and discovery prefixes, backoff, TLS files."""
+    if not valid_host(m.host):
+        raise ConfigError("mqtt.host", f"expected a host name or IP address, got {m.host!r}")
+    if not m.client_id or len(m.client_id.encode()) > MAX_MQTT_STRING_BYTES:
+        raise ConfigError("mqtt.client_id", f"must be 1..{MAX_MQTT_STRING_BYTES} bytes")
+    if not _levels(m.topic_prefix):
+        raise ConfigError("mqtt.topic_prefix", "must be levels of [A-Za-z0-9_-] separated by '/'")
+    if not _levels(m.homeassistant.discovery_prefix):
+        raise ConfigError(
+            "mqtt.homeassistant.discovery_prefix",
+            "must be levels of [A-Za-z0-9_-] separated by '/'",
+        )
+    if m.backoff_max < m.backoff_initial:
+        raise ConfigError("mqtt.backoff_max", "must be >= backoff_initial")
+    check_tls(m)
+
+
+def check_influxdb(i: InfluxSection) -> None:
+    """``[influxdb]``: URL, org and bucket, backoff, tag keys."""
+    check_url(i.url)
+    for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
+        if not value:
+            raise ConfigError(key, "must not be empty")
+    if i.backoff_max < i.backoff_initial:
+        raise ConfigError("influxdb.backoff_max", "must be >= backoff_initial")
+    for tag in i.tags:
+        key = join_key("influxdb.tags", tag)
+        check_text(key, tag)
+        if not tag or tag.startswith("_"):
+            raise ConfigError(key, "tag keys must not be empty or start with '_' (InfluxDB's own)")
+        if tag in _RESERVED_TAGS:
+            raise ConfigError(key, "'node' and 'unit' are set per point; 'time' is reserved")
+
+
+def check_plausibility(ranges: dict[str, tuple[float, float]]) -> None:
+    """``[plausibility]``: every metric's min below its max."""
+    for metric, (lo, hi) in ranges.items():
+        if not lo < hi:
+            raise ConfigError(join_key("plausibility", metric), "min must be < max")
+
+
+def check_status(st: StatusSection) -> None:
+    """``[status]``: the listen address."""
+    check_listen(st.listen)
 
 
 def valid_host(host: str) -> bool:

@@ -1,7 +1,8 @@
 """The configuration's sections as frozen dataclasses, with their defaults as named constants.
 
-:mod:`gateway.config` loads and checks them; ``config.toml`` is the commented
-reference of every key.
+Every number carries its range in its annotation (``Annotated[int, Range(…)]``,
+see :mod:`gateway.config.ranges`). :mod:`gateway.config` loads and checks them;
+``config.toml`` is the commented reference of every key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,33 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
+
+from gateway.config.ranges import (
+    MAX_BATCH_SIZE,
+    MAX_BAUD,
+    MAX_BUFFER_RECORDS,
+    MAX_DELAY,
+    MAX_INFLIGHT,
+    MAX_KEEPALIVE,
+    MAX_LINE_BYTES,
+    MAX_MESSAGE_EXPIRY,
+    MAX_PORT,
+    MAX_RATE,
+    MAX_TIMEOUT,
+    MAX_WINDOW,
+    MAX_WRITE_DELAY,
+    MIN_BAUD,
+    MIN_DELAY,
+    MIN_KEEPALIVE,
+    MIN_LINE_BYTES,
+    MIN_RATE,
+    MIN_STALE_AFTER,
+    MIN_STATS_INTERVAL,
+    MIN_TIMEOUT,
+    MIN_WRITE_DELAY,
+    Range,
+)
 
 DEFAULT_CONFIG_FILE = "config.toml"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -73,6 +100,11 @@ DEFAULT_PLAUSIBILITY: dict[str, tuple[float, float]] = {
     "rssi": (-150.0, 0.0),
     "snr": (-30.0, 30.0),
 }
+
+# The ranges several fields share.
+Delay = Annotated[float, Range(MIN_DELAY, MAX_DELAY)]
+Timeout = Annotated[float, Range(MIN_TIMEOUT, MAX_TIMEOUT)]
+BufferBound = Annotated[int, Range(1, MAX_BUFFER_RECORDS)]
 
 
 @dataclass(frozen=True)
@@ -173,9 +205,9 @@ class GatewaySection:
     # deliver it; records acknowledged within it never touch the disk, and
     # kill -9 or a power cut loses at most the records of the last write_delay
     # seconds (SIGTERM loses nothing). 0 = every record on disk before delivery.
-    write_delay: float = 0.0
+    write_delay: Annotated[float, Range(MIN_WRITE_DELAY, MAX_WRITE_DELAY, zero_is_off=True)] = 0.0
     # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
-    stats_interval: float = 30.0
+    stats_interval: Annotated[float, Range(MIN_STATS_INTERVAL, MAX_WINDOW, zero_is_off=True)] = 30.0
     # When the wall clock counts as right (see README "Time and the clock"):
     # "auto": the kernel's NTP status (adjtimex) or clock_sync_file exists;
     # "file": only clock_sync_file; "none": always (a box with a real-time clock).
@@ -196,13 +228,15 @@ class SourceSection:
         "firmware/build/nucleo-f446re/node2.elf",
     )
     path: str = ""
-    rate: float = 0.0
+    rate: Annotated[float, Range(MIN_RATE, MAX_RATE, zero_is_off=True)] = 0.0
     port: str = "/dev/ttyACM0"
-    baud: int = 115200
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT
-    restart_initial: float = 1.0
-    restart_max: float = 30.0
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    baud: Annotated[int, Range(MIN_BAUD, MAX_BAUD)] = 115200
+    stall_timeout: Annotated[float, Range(MIN_TIMEOUT, MAX_WINDOW, zero_is_off=True)] = (
+        DEFAULT_STALL_TIMEOUT
+    )
+    restart_initial: Delay = 1.0
+    restart_max: Delay = 30.0
+    max_line_bytes: Annotated[int, Range(MIN_LINE_BYTES, MAX_LINE_BYTES)] = DEFAULT_MAX_LINE_BYTES
 
 
 @dataclass(frozen=True)
@@ -218,23 +252,23 @@ class MqttSection:
     """``[mqtt]``: the broker, topics and the MQTT buffer bound."""
 
     host: str = "localhost"
-    port: int = 1883
+    port: Annotated[int, Range(1, MAX_PORT)] = 1883
     # Unset in the file: derived from gateway.id (see parse_config).
     client_id: str = field(default_factory=lambda: default_client_id(default_gateway_id()))
     topic_prefix: str = "iiot"
-    qos: int = 1
+    qos: Annotated[int, Range(0, 2)] = 1
     retain: bool = True
-    keepalive: int = 30
-    connect_timeout: float = 5.0
+    keepalive: Annotated[int, Range(MIN_KEEPALIVE, MAX_KEEPALIVE)] = 30
+    connect_timeout: Timeout = 5.0
     username: str = ""
     password_file: str = ""
-    buffer_max_messages: int = DEFAULT_MQTT_BUFFER_MAX
+    buffer_max_messages: BufferBound = DEFAULT_MQTT_BUFFER_MAX
     # Messages sent and not yet acknowledged (PUBACK) at any time: over a link
     # with round trip RTT, delivery is at most max_inflight / RTT messages/s.
     # Also the most a dropped connection can deliver twice.
-    max_inflight: int = DEFAULT_MAX_INFLIGHT
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    max_inflight: Annotated[int, Range(1, MAX_INFLIGHT)] = DEFAULT_MAX_INFLIGHT
+    backoff_initial: Delay = 0.5
+    backoff_max: Delay = 30.0
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -245,7 +279,7 @@ class MqttSection:
     protocol: Literal["3.1.1", "5"] = DEFAULT_MQTT_PROTOCOL
     # MQTT 5 Message Expiry Interval in seconds on non-retained messages
     # (expiry would delete a retained value); 0 = none.
-    message_expiry: int = 0
+    message_expiry: Annotated[int, Range(0, MAX_MESSAGE_EXPIRY)] = 0
     homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
     # Resolved secret; never printed (repr=False).
     password: str = field(default="", repr=False)
@@ -259,12 +293,12 @@ class InfluxSection:
     org: str = "my-org"
     bucket: str = "telemetry"
     token_file: str = ""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    flush_interval: float = DEFAULT_FLUSH_INTERVAL
-    buffer_max_points: int = DEFAULT_INFLUX_BUFFER_MAX
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    timeout: float = 10.0
+    batch_size: Annotated[int, Range(1, MAX_BATCH_SIZE)] = DEFAULT_BATCH_SIZE
+    flush_interval: Delay = DEFAULT_FLUSH_INTERVAL
+    buffer_max_points: BufferBound = DEFAULT_INFLUX_BUFFER_MAX
+    backoff_initial: Delay = 0.5
+    backoff_max: Delay = 30.0
+    timeout: Timeout = 10.0
     # Static tags added to every point (e.g. site = "north-field").
     tags: dict[str, str] = field(default_factory=dict)
     token: str = field(default="", repr=False)
@@ -275,7 +309,7 @@ class StatusSection:
     """``[status]``: the HTTP status endpoint."""
 
     listen: str = "127.0.0.1:9108"
-    unhealthy_after: float = 60.0
+    unhealthy_after: Annotated[float, Range(MIN_TIMEOUT, MAX_WINDOW)] = 60.0
 
 
 @dataclass(frozen=True)
@@ -291,7 +325,8 @@ class AlertRule:
     metric: str  # "group/metric"
     above: float | None = None
     below: float | None = None
-    for_s: float = 0.0  # TOML key "for"
+    # TOML key "for"; 0 fires on the first value past the threshold.
+    for_s: Annotated[float, Range(0.0, MAX_WINDOW)] = 0.0
     clear: float | None = None
 
     @property
@@ -322,7 +357,9 @@ class AlertsSection:
     """``[alerts]``: freshness of every group and threshold rules (see README "Alerts")."""
 
     # Seconds without a value before a group that had values is stale; 0 = off.
-    stale_after: float = DEFAULT_STALE_AFTER
+    stale_after: Annotated[float, Range(MIN_STALE_AFTER, MAX_WINDOW, zero_is_off=True)] = (
+        DEFAULT_STALE_AFTER
+    )
     # Only these groups go stale; empty: every group that has sent values.
     stale_groups: tuple[str, ...] = ()
     # The [[alerts.rule]] tables, in file order.

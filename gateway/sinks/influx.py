@@ -29,7 +29,7 @@ from trio_util import wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
-from gateway.config import InfluxSection
+from gateway.config.sections import InfluxSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError, scrub
 from gateway.metrics import Metrics, RateLimitedLog

@@ -20,7 +20,7 @@ import trio.testing
 
 from gateway.buffer import DiskBuffer
 from gateway.clock import ClockTracker, SyncVerdict
-from gateway.config import InfluxSection
+from gateway.config.sections import InfluxSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.errors import InfluxWriteError
 from gateway.metrics import Metrics

@@ -24,7 +24,7 @@ import trio
 import trio_asyncio
 
 from gateway.buffer import DiskBuffer, Record
-from gateway.config import MqttSection
+from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
 from gateway.sinks import mqtt as mqtt_sink

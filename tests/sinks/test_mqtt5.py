@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.buffer import DiskBuffer
 from gateway.clock import Stamp
-from gateway.config import MqttSection
+from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import Metrics
 from gateway.sinks.mqtt import MqttSink

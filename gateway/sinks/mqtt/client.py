@@ -13,7 +13,7 @@ import aiomqtt
 import trio_asyncio
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 
-from gateway.config import MqttSection
+from gateway.config.sections import MqttSection
 from gateway.homeassistant import config_filter
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink

@@ -29,7 +29,7 @@ from trio_util import wait_any
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
 from gateway.clock import Stamp
-from gateway.config import DEFAULT_MAX_INFLIGHT, MqttSection
+from gateway.config.sections import DEFAULT_MAX_INFLIGHT, MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
 from gateway.homeassistant import Discovery

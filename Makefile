@@ -63,7 +63,7 @@ fuzz: install
 	FUZZ_EXAMPLES=100000 $(BIN)/pytest -q tests/test_fuzz.py
 
 soak: install deps
-	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py
+	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py tests/faults/test_duplicates.py
 
 # Power cuts on LazyFS: every kind of cut, POWERCUT_CUTS of them per case, then one
 # table of the figures (`make test` runs a few cuts of the short cases only).

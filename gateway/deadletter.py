@@ -181,7 +181,10 @@ class DeadLetterMover:
             self._note()
             await self.queue.count.wait_value(_positive)
             if not await self.flush():
-                await trio.sleep(self.retry_interval)
+                # The waiting figure follows the queue meanwhile, not only per attempt.
+                with trio.move_on_after(self.retry_interval):
+                    async for _ in self.queue.count.transitions():
+                        self._note()
 
     async def flush(self) -> bool:
         """Move every record waiting now; False if the file refused (they stay queued)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
+import trio.testing
+
 from gateway.buffer import BufferStore
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import SinkMetrics
@@ -59,4 +62,30 @@ async def test_the_mover_keeps_refused_records_in_the_store_until_the_file_takes
     assert (blocker / "mqtt.txt").read_text() == "2 t/b x (refused)\n"
     assert figures.dead_letters_waiting == 0
     assert buf.dead.count.value == 0
+    store.close()
+
+
+async def test_the_waiting_figure_follows_the_queue_while_the_file_refuses(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = await BufferStore.open(tmp_path / "buffer", {"mqtt": 100}, ack_delay=0)
+    buf = store.buffers["mqtt"]
+    assert buf.dead is not None
+    blocker = tmp_path / "dead"
+    blocker.write_text("a file where the directory should be")
+    figures = SinkMetrics("mqtt")
+    mover = DeadLetterMover(
+        buf.dead, DeadLetterFile(blocker / "mqtt.txt"), figures, retry_interval=5.0
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mover.run)
+        await buf.append(["1 t/a 1"])
+        await buf.ack(await buf.peek(10), dead=["1 t/a 1 (refused)"])
+        await trio.sleep(1.0)  # the file refused: the next attempt is 5 s away
+        assert figures.dead_letters_waiting == 1
+        await buf.append(["2 t/a 2"])
+        await buf.ack(await buf.peek(10), dead=["2 t/a 2 (refused)"])
+        await trio.sleep(0.1)
+        assert figures.dead_letters_waiting == 2  # before the next attempt
+        nursery.cancel_scope.cancel()
     store.close()

@@ -43,7 +43,7 @@ from gateway.config import Config
 from gateway.config.sections import HEARTBEAT_S
 from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
-from gateway.homeassistant import Discovery
+from gateway.homeassistant import Discovery, status_page_url
 from gateway.metrics import Metrics
 from gateway.pipeline import PacketObserver, Pipeline
 from gateway.records import StampResolver, stamp_age_s
@@ -90,7 +90,13 @@ class Stages:
         discovery = None
         if cfg.mqtt.homeassistant.enabled:
             discovery = Discovery(
-                cfg.mqtt.homeassistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.gateway.id
+                cfg.mqtt.homeassistant.discovery_prefix,
+                cfg.mqtt.topic_prefix,
+                cfg.gateway.id,
+                payload=cfg.mqtt.payload,
+                stale_after=cfg.alerts.stale_after,
+                stale_groups=cfg.alerts.stale_groups,
+                configuration_url=status_page_url(cfg.status.listen),
             )
         mqtt_sink = mqtt.MqttSink(
             cfg.mqtt,

@@ -2,24 +2,36 @@
 
 Home Assistant subscribes to ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``;
 each retained JSON config there describes one entity: where its state is
-(the gateway's existing topic ``{prefix}/{group}/{metric}``), its unit,
-``device_class`` and ``state_class`` where Home Assistant defines one, the
-device it belongs to (one device per node, reached ``via_device`` the
-gateway), and its availability (the gateway's retained online/offline status
-topic). The gateway itself is a device with one ``connectivity`` binary sensor.
+(the gateway's existing topic ``{prefix}/{group}/{metric}``), how to read it
+(a ``value_template`` with ``mqtt.payload = "json"``), its unit,
+``device_class`` and ``state_class`` where Home Assistant defines one, and the
+device it belongs to. Devices follow the hardware: Node 1, Node 2 (which also
+owns the radio link's ``signal`` and its packet counters in ``stats``), any
+other group as a device of its own, and the gateway, whose one entity is a
+``connectivity`` binary sensor on the retained online/offline status topic
+(also every entity's availability).
+
+Names carry the gateway id ("Node 1 (gw-north)") and every entity suggests an
+entity id that starts with it (``sensor.gw_north_node1_temperature``), so
+several gateways in one Home Assistant never depend on discovery order.
 
 Configs are published on each connect and when a new metric first appears.
-A metric that stops appearing keeps its entity (nothing is removed silently);
-``gateway homeassistant --remove`` clears every retained config of this
-gateway (:func:`config_filter`).
+They depend on the payload mode, so a restart after changing it republishes
+every one. A metric that stops appearing keeps its entity (nothing is removed
+silently); ``gateway homeassistant --remove`` clears every retained config of
+this gateway (:func:`config_filter`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gateway import __version__
 from gateway.records import status_topic
 from gateway.telemetry import UNITS
 
@@ -44,6 +56,49 @@ DEVICE_CLASSES = {
 # treat a drop as a reset.
 TOTAL_INCREASING = {"packets_received", "crc_errors"}
 MANUFACTURER = "iiot-gateway"
+# Entity names as a person writes them; other metrics get :func:`readable`.
+METRIC_NAMES = {
+    "temperature": "Temperature",
+    "humidity": "Humidity",
+    "gas_resistance": "Gas resistance",
+    "pressure": "Pressure",
+    "rssi": "RSSI",
+    "snr": "SNR",
+    "packets_received": "Packets received",
+    "crc_errors": "CRC errors",
+}
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """Which physical device a group's metrics belong to, and how it shows."""
+
+    key: str  # the group whose name the device's identifier carries
+    name: str
+    model: str = ""
+    diagnostic: bool = False  # the group is about the link, not the sensors
+
+
+# Node 2 is the LoRa receiver: the RSSI and SNR of the frames it receives and
+# its packet counters are its own, not devices of their own. The keys keep the
+# identifiers the node devices always had (``iiot-<id>-node1``, ``-node2``).
+GROUP_DEVICES = {
+    "node1": DeviceKind("node1", "Node 1", "LoRa sensor node"),
+    "node2": DeviceKind("node2", "Node 2", "LoRa receiver"),
+    "signal": DeviceKind("node2", "Node 2", "LoRa receiver", diagnostic=True),
+    "stats": DeviceKind("node2", "Node 2", "LoRa receiver", diagnostic=True),
+}
+GATEWAY_DEVICE_NAME = "Gateway"
+# Home Assistant renders these with Jinja over ``value_json`` (the payload
+# parsed as JSON). The attributes are every key of the payload but the value
+# itself: ``ts`` and ``unit`` always, ``clock`` only while it is unsynced.
+JSON_VALUE_TEMPLATE = "{{ value_json.value }}"
+JSON_ATTRIBUTES_TEMPLATE = "{{ dict(value_json.items() | rejectattr(0, 'eq', 'value')) | tojson }}"
+_NUMBERED = re.compile(r"([A-Za-z]+)[_-]?([0-9]+)")
+_SLUG_RUN = re.compile(r"[^a-z0-9]+")
+# Addresses a Home Assistant on another host cannot open: a wildcard is not an
+# address at all, and loopback is the gateway's own host only.
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
 def node_id(gateway_id: str) -> str:
@@ -56,57 +111,49 @@ def config_filter(discovery_prefix: str, gateway_id: str) -> str:
     return f"{discovery_prefix}/+/{node_id(gateway_id)}/+/config"
 
 
-def gateway_config(discovery_prefix: str, topic_prefix: str, gateway_id: str) -> tuple[str, str]:
-    """The gateway's own device: a connectivity binary sensor on the status topic."""
-    node = node_id(gateway_id)
-    config = {
-        "name": "Status",
-        "unique_id": f"{node}-status",
-        "state_topic": status_topic(topic_prefix),
-        "payload_on": "online",
-        "payload_off": "offline",
-        "device_class": "connectivity",
-        "entity_category": "diagnostic",
-        "device": {
-            "identifiers": [node],
-            "name": f"iiot-gateway {gateway_id}",
-            "manufacturer": MANUFACTURER,
-            "model": "LoRa gateway",
-        },
-    }
-    return f"{discovery_prefix}/binary_sensor/{node}/status/config", _json(config)
+def readable(name: str) -> str:
+    """A name as a person would write it: ``node3`` → "Node 3", ``wind_speed`` → "Wind speed"."""
+    numbered = _NUMBERED.fullmatch(name)
+    if numbered is not None:
+        return f"{readable(numbered[1])} {numbered[2]}"
+    words = name.replace("_", " ").replace("-", " ").split()
+    text = " ".join(words) or name
+    # Only the first letter: an acronym in the rest (``co2_ppm``) keeps its case.
+    return text[:1].upper() + text[1:]
 
 
-def metric_config(
-    discovery_prefix: str, topic_prefix: str, gateway_id: str, group: str, metric: str
-) -> tuple[str, str]:
-    """The discovery config of one metric's sensor: (topic, JSON payload)."""
-    node = node_id(gateway_id)
-    object_id = f"{group}_{metric}"
-    config: dict[str, object] = {
-        "name": metric.replace("_", " ").capitalize(),
-        "unique_id": f"{node}-{group}-{metric}",
-        "state_topic": f"{topic_prefix}/{group}/{metric}",
-        "availability_topic": status_topic(topic_prefix),
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": {
-            "identifiers": [f"{node}-{group}"],
-            "name": group,
-            "manufacturer": MANUFACTURER,
-            "via_device": node,
-        },
-    }
-    unit = HA_UNITS.get(UNITS.get(metric, ""))
-    if unit is not None:
-        config["unit_of_measurement"] = unit
-    if metric in DEVICE_CLASSES:
-        config["device_class"] = DEVICE_CLASSES[metric]
-    if metric in TOTAL_INCREASING:
-        config["state_class"] = "total_increasing"
-    else:
-        config["state_class"] = "measurement"
-    return f"{discovery_prefix}/sensor/{node}/{object_id}/config", _json(config)
+def slug(text: str) -> str:
+    """An entity-id part as Home Assistant's ``slugify`` makes it: ``gw-North`` → ``gw_north``."""
+    return _SLUG_RUN.sub("_", text.lower()).strip("_")
+
+
+def group_device(group: str) -> DeviceKind:
+    """The device a group's metrics belong to (a group the gateway doesn't know is its own)."""
+    return GROUP_DEVICES.get(group) or DeviceKind(group, readable(group))
+
+
+def status_page_url(listen: str) -> str:
+    """The status page's URL for ``configuration_url``, or "" when no other host can open it.
+
+    ``[status] listen`` gives a URL only for a concrete address another host can
+    reach: not when the page is off (""), on a wildcard (``0.0.0.0``, ``[::]``:
+    the gateway can't know which of its addresses Home Assistant reaches), on
+    loopback (Home Assistant usually runs on another host or in a container,
+    where 127.0.0.1 is itself), or on port 0 (the port is only known later).
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or port in ("", "0"):
+        return ""
+    bare = host[1:-1] if host.startswith("[") else host
+    if bare.lower() in _LOOPBACK_NAMES:
+        return ""
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return f"http://{host}:{port}/"  # a host name: Home Assistant resolves it
+    if address.is_unspecified or address.is_loopback:
+        return ""
+    return f"http://{host}:{port}/"
 
 
 def _json(doc: Mapping[str, object]) -> str:
@@ -115,16 +162,27 @@ def _json(doc: Mapping[str, object]) -> str:
 
 @dataclass
 class Discovery:
-    """The metrics seen so far, and the configs still to be published.
+    """The metrics seen so far, the configs still to be published, and how configs look.
 
-    Register :meth:`observe` as a pipeline observer; the MQTT sink publishes
-    :meth:`all_configs` after each connect and :meth:`take_new` as metrics
-    appear.
+    Register :meth:`observe_metrics` through the MQTT sink's observer; the sink
+    publishes :meth:`all_configs` after each connect and :meth:`take_new` as
+    metrics appear.
+
+    Attributes:
+        payload: ``mqtt.payload``; ``"json"`` adds the value and attribute templates.
+        stale_after: ``alerts.stale_after`` (0 = off): a watched group's sensors
+            expire (go unavailable) when its stale alert fires.
+        stale_groups: ``alerts.stale_groups``; empty: every group is watched.
+        configuration_url: the status page (:func:`status_page_url`), or "".
     """
 
     discovery_prefix: str
     topic_prefix: str
     gateway_id: str
+    payload: str = "plain"
+    stale_after: float = 0.0
+    stale_groups: tuple[str, ...] = ()
+    configuration_url: str = ""
     seen: set[tuple[str, str]] = field(default_factory=set)
     new: list[tuple[str, str]] = field(default_factory=list)
 
@@ -141,17 +199,107 @@ class Discovery:
     def all_configs(self) -> list[tuple[str, str]]:
         """Every config: the gateway's and each metric seen (after a connect)."""
         self.new.clear()
-        return [
-            gateway_config(self.discovery_prefix, self.topic_prefix, self.gateway_id),
-            *(self._config(g, m) for g, m in sorted(self.seen)),
-        ]
+        return [self.gateway_config(), *(self.metric_config(g, m) for g, m in sorted(self.seen))]
 
     def take_new(self) -> list[tuple[str, str]]:
         """The configs of metrics seen since the last call."""
         new, self.new = self.new, []
-        return [self._config(g, m) for g, m in new]
+        return [self.metric_config(g, m) for g, m in new]
 
-    def _config(self, group: str, metric: str) -> tuple[str, str]:
-        return metric_config(
-            self.discovery_prefix, self.topic_prefix, self.gateway_id, group, metric
-        )
+    @property
+    def _node(self) -> str:
+        return node_id(self.gateway_id)
+
+    def _device_name(self, name: str) -> str:
+        # The gateway id in every device name: two gateways' "Node 1" differ,
+        # and so do the entity ids Home Assistant derives from the names.
+        return f"{name} ({self.gateway_id})"
+
+    def _entity_id(self, component: str, *parts: str) -> str:
+        return f"{component}." + "_".join(slug(p) for p in (self.gateway_id, *parts))
+
+    def _device_links(self, device: dict[str, object]) -> dict[str, object]:
+        if self.configuration_url:
+            device["configuration_url"] = self.configuration_url
+        return device
+
+    def expire_after(self, group: str) -> int | None:
+        """``expire_after`` of a group's sensors: its stale alert's delay, None when unwatched.
+
+        Home Assistant wants whole seconds; rounded up, a sensor never expires
+        before its group's alert fires.
+        """
+        if self.stale_after <= 0 or (self.stale_groups and group not in self.stale_groups):
+            return None
+        return math.ceil(self.stale_after)
+
+    def gateway_config(self) -> tuple[str, str]:
+        """The gateway's own device: a connectivity binary sensor on the status topic."""
+        node = self._node
+        config = {
+            "name": "Status",
+            "unique_id": f"{node}-status",
+            "default_entity_id": self._entity_id("binary_sensor", "gateway", "status"),
+            "state_topic": status_topic(self.topic_prefix),
+            "payload_on": "online",
+            "payload_off": "offline",
+            "qos": 1,
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "device": self._device_links(
+                {
+                    "identifiers": [node],
+                    "name": self._device_name(GATEWAY_DEVICE_NAME),
+                    "manufacturer": MANUFACTURER,
+                    "model": "LoRa gateway",
+                    "sw_version": __version__,
+                }
+            ),
+        }
+        return f"{self.discovery_prefix}/binary_sensor/{node}/status/config", _json(config)
+
+    def metric_config(self, group: str, metric: str) -> tuple[str, str]:
+        """The discovery config of one metric's sensor: (topic, JSON payload).
+
+        The unique id (``iiot-<id>-<group>-<metric>``) and the topic are the
+        ones every earlier release used, so Home Assistant keeps the entity
+        and its history across an upgrade.
+        """
+        node = self._node
+        kind = group_device(group)
+        state_topic = f"{self.topic_prefix}/{group}/{metric}"
+        device: dict[str, object] = {
+            "identifiers": [f"{node}-{kind.key}"],
+            "name": self._device_name(kind.name),
+            "manufacturer": MANUFACTURER,
+            "via_device": node,
+        }
+        if kind.model:
+            device["model"] = kind.model
+        config: dict[str, object] = {
+            "name": METRIC_NAMES.get(metric) or readable(metric),
+            "unique_id": f"{node}-{group}-{metric}",
+            "default_entity_id": self._entity_id("sensor", group, metric),
+            "state_topic": state_topic,
+            "qos": 1,
+            "availability_topic": status_topic(self.topic_prefix),
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": self._device_links(device),
+        }
+        if self.payload == "json":
+            config["value_template"] = JSON_VALUE_TEMPLATE
+            config["json_attributes_topic"] = state_topic
+            config["json_attributes_template"] = JSON_ATTRIBUTES_TEMPLATE
+        unit = HA_UNITS.get(UNITS.get(metric, ""))
+        if unit is not None:
+            config["unit_of_measurement"] = unit
+        if metric in DEVICE_CLASSES:
+            config["device_class"] = DEVICE_CLASSES[metric]
+        config["state_class"] = "total_increasing" if metric in TOTAL_INCREASING else "measurement"
+        if kind.diagnostic:
+            config["entity_category"] = "diagnostic"
+        expire = self.expire_after(group)
+        if expire is not None:
+            config["expire_after"] = expire
+        return f"{self.discovery_prefix}/sensor/{node}/{group}_{metric}/config", _json(config)

@@ -611,3 +611,28 @@ def test_help_is_plain_text() -> None:
         sub = run(command, "--help")
         assert sub.returncode == 0
         assert "``" not in sub.stdout
+
+
+def test_homeassistant_remove_sees_a_running_gateway_by_its_locks(tmp_path: Path) -> None:
+    import fcntl
+
+    from gateway.cli.homeassistant import RUN_LOCK_FILE, running_gateway
+    from gateway.config import Config, GatewaySection, StatusSection
+
+    cfg = Config(
+        gateway=GatewaySection(id="gw-lock", buffer_dir=str(tmp_path)),
+        status=StatusSection(listen=""),
+    )
+    assert running_gateway(cfg) == ""  # no files: nothing runs (and nothing is created)
+    assert list(tmp_path.iterdir()) == []
+    for name in (STORE_FILE, RUN_LOCK_FILE):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        assert running_gateway(cfg) == ""  # a file nobody holds
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # as `gateway run` holds its store
+            assert running_gateway(cfg) == f"a process holds the lock on {path}"
+        finally:
+            os.close(fd)
+        path.unlink()

@@ -40,6 +40,7 @@ from gateway.cli.common import (  # noqa: E402
     log,
     setup_logging,
 )
+from gateway.cli.homeassistant import cmd_homeassistant  # noqa: E402
 from gateway.cli.status import cmd_status  # noqa: E402
 from gateway.errors import BufferDirInUse, ConfigError  # noqa: E402
 
@@ -83,33 +84,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     return trio.run(check, cfg)
-
-
-def cmd_homeassistant(args: argparse.Namespace) -> int:
-    """``gateway homeassistant --remove``: clear this gateway's discovery configs."""
-    import trio_asyncio
-
-    from gateway.errors import leaf
-    from gateway.sinks.mqtt import RETRYABLE, describe_error, remove_discovery
-
-    cfg = _load(args)
-
-    async def run() -> int:
-        with trio.fail_after(cfg.mqtt.connect_timeout + 30):
-            async with trio_asyncio.open_loop():
-                return await remove_discovery(cfg.mqtt, cfg.gateway.id)
-
-    try:
-        removed = trio.run(run)
-    except (*RETRYABLE, ExceptionGroup) as exc:
-        failure = leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if not isinstance(failure, RETRYABLE):
-            raise
-        where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
-        print(f"gateway: {where}: {describe_error(failure)}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"removed {removed} Home Assistant discovery config(s) of gateway {cfg.gateway.id}")
-    return EXIT_OK
 
 
 def non_negative_float(text: str) -> float:
@@ -214,11 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
         "homeassistant",
         help="manage Home Assistant discovery configs",
         description="Clear the retained Home Assistant discovery configs this gateway "
-        "published (its entities disappear from Home Assistant).",
+        "published (its entities disappear from Home Assistant). Refused while a gateway "
+        "with this config runs, unless --force.",
     )
     ha.add_argument("--config", help=CONFIG_HELP)
     ha.add_argument(
         "--remove", action="store_true", required=True, help="clear every retained config"
+    )
+    ha.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even while a gateway with this config runs (it publishes them "
+        "again at its next connect if its discovery is on)",
     )
     ha.set_defaults(func=cmd_homeassistant)
 

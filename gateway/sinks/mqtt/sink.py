@@ -13,7 +13,6 @@ import functools
 import logging
 import socket
 import ssl
-import time
 from typing import Any, Literal
 
 import aiomqtt
@@ -35,7 +34,6 @@ from gateway.records import (
     RecordStamp,
     alerts_topic,
     json_payload,
-    rfc3339_ms,
     split_record,
     status_topic,
 )
@@ -46,10 +44,10 @@ from gateway.sinks.mqtt.client import (
     reason_value,
     tls_context,
 )
-from gateway.sinks.mqtt.properties import new_properties
+from gateway.sinks.mqtt.properties import MessageProperties, new_properties
 from gateway.sinks.mqtt.takeover import Takeover, TakeoverWatch
 from gateway.sinks.mqtt.window import Message, Window
-from gateway.sinks.mqtt.wire import PackedProperties, Wire, require_internals
+from gateway.sinks.mqtt.wire import Wire, require_internals
 from gateway.telemetry import Packet
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
@@ -119,9 +117,7 @@ class MqttSink:
         self.figures.window = self.window
         self.figures.protocol = self.protocol
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM  # from the last CONNACK
-        # The last message's properties: the messages of one packet share them.
-        self._props_key: tuple[int, bool, bool] | None = None
-        self._props: Properties | None = None
+        self._properties = MessageProperties(gateway_id, cfg.message_expiry)
         self._discovery_wake = trio.Event()
         self.backoff = Backoff(
             cfg.backoff_initial,
@@ -257,8 +253,7 @@ class MqttSink:
             connect_props = new_properties(PacketTypes.CONNECT)
             connect_props.SessionExpiryInterval = 0
             session = {"clean_start": True, "properties": connect_props}
-            will_props = new_properties(PacketTypes.WILLMESSAGE)
-            will_props.UserProperty = [("gw", self.gateway_id)]
+            will_props = self._properties.will()
         else:
             session = {"clean_session": True}
         client = new_client(
@@ -390,31 +385,12 @@ class MqttSink:
         return ""
 
     def _live_properties(self) -> Properties | None:
-        """MQTT 5 properties of a message about now (presence, discovery): ``ts`` now, ``gw``."""
-        if self.protocol != V5:
-            return None
-        props = new_properties(PacketTypes.PUBLISH)
-        props.UserProperty = [("ts", rfc3339_ms(time.time_ns())), ("gw", self.gateway_id)]
-        return props
+        """MQTT 5 properties of a message about now (presence, discovery); None under 3.1.1."""
+        return self._properties.live() if self.protocol == V5 else None
 
     def message_properties(self, stamp: RecordStamp, retained: bool) -> Properties | None:
-        """The MQTT 5 properties of a buffered message (None under 3.1.1).
-
-        ``ts`` is the reading's receive time as stamped; while the clock was
-        not known right that is the best-known time, and ``clock=unsynced``
-        says so. ``mqtt.message_expiry`` applies to non-retained messages only:
-        on a retained one it would delete the topic's value.
-        """
-        if self.protocol != V5:
-            return None
-        key = (stamp.wall_ns, stamp.synced, retained)
-        if key != self._props_key:  # a packet's messages share a stamp: build once
-            user = [("ts", rfc3339_ms(stamp.wall_ns)), ("gw", self.gateway_id)]
-            if not stamp.synced:
-                user.append(("clock", "unsynced"))
-            expiry = self.cfg.message_expiry if not retained else 0
-            self._props_key, self._props = key, PackedProperties(user, expiry)
-        return self._props
+        """The MQTT 5 properties of a buffered message (None under 3.1.1)."""
+        return self._properties.of(stamp, retained) if self.protocol == V5 else None
 
     def observe(self, packet: Packet) -> None:
         """A pipeline observer: note new metrics for Home Assistant discovery."""

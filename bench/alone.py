@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
 from gateway.config.sections import DEFAULT_MAX_INFLIGHT as WINDOW  # the gateway's own window
-from gateway.sinks.mqtt.properties import PackedProperties
+from gateway.sinks.mqtt.wire import PackedProperties
 
 METRICS = ("temperature", "humidity", "pressure", "gas", "rssi", "snr", "seq", "received", "lost")
 

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from gateway import __version__
+from gateway.clock import Stamp
 from gateway.homeassistant import Discovery, config_filter, readable, status_page_url
-from gateway.records import RecordStamp, json_payload
+from gateway.records import json_payload
 from gateway.telemetry import format_value, parse_line
 from tests.conftest import DESIGN_EXAMPLE, REPO, base_config, retained, wait_until, write_config
 from tests.ha_rules import attributes_of, check_all, state_of
@@ -138,7 +139,7 @@ def test_two_gateways_give_distinct_device_names_and_entity_ids_in_any_order() -
 @pytest.mark.parametrize("synced", [True, False])
 def test_json_template_on_a_real_payload_yields_the_number(synced: bool) -> None:
     configs = by_unique_id(seed_configs(payload="json"))
-    stamp = RecordStamp(WALL_NS) if synced else RecordStamp(WALL_NS, "0a1b2c3d", 5_000_000_000)
+    stamp = Stamp(WALL_NS) if synced else Stamp(WALL_NS, 5_000_000_000, "0a1b2c3d", synced=False)
     for group, metric, value in SEED.metrics():
         config = configs[f"iiot-gw-north-{group}-{metric}"]
         topic = f"iiot/{group}/{metric}"

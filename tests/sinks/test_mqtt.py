@@ -1,9 +1,9 @@
-"""The MQTT sink's window against a real broker, with and without aiomqtt internals.
+"""The MQTT sink's window against a real broker.
 
-The fast path keeps a sliding window of messages queued on aiomqtt's paho
-client; the fallback (used if those internals ever disappear) publishes each
-message through aiomqtt's public API. Both must deliver everything, in order,
-and empty the buffer only through PUBACKs. A proxy that holds the broker's
+The window keeps a sliding window of messages queued on aiomqtt's paho
+client (through gateway.sinks.mqtt.wire, tested on its own in test_wire.py).
+It must deliver everything, in order, and empty the buffer only through
+PUBACKs. A proxy that holds the broker's
 PUBACKs until the test releases them shows the window slide: one PUBACK lets
 exactly one more message go, never more than the window is in flight, the
 buffer is acknowledged once per batch of PUBACKs, and a dropped connection
@@ -29,7 +29,7 @@ from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
 from gateway.sinks import mqtt as mqtt_sink
 from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.mqtt import window as mqtt_window
+from gateway.sinks.mqtt.wire import Wire
 from tests.conftest import Subscriber
 
 
@@ -41,12 +41,7 @@ def sink_config(port: int, test_id: str, **overrides: Any) -> MqttSection:
     )
 
 
-@pytest.mark.parametrize("window_api", [True, False], ids=["window", "per-message"])
-async def test_windows_deliver_everything_in_order(
-    tmp_path: Path, broker, test_id: str, monkeypatch: pytest.MonkeyPatch, window_api: bool
-) -> None:
-    assert mqtt_window.WINDOW_API, "aiomqtt's internals changed: the fast path is off"
-    monkeypatch.setattr(mqtt_window, "WINDOW_API", window_api)
+async def test_windows_deliver_everything_in_order(tmp_path: Path, broker, test_id: str) -> None:
     cfg = sink_config(broker.port, test_id)
     buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/t/n"
@@ -80,18 +75,16 @@ async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
     # cannot take yet must still leave, through the asyncio writer paho asks
     # for. Each group the sink sends (8 messages of 4 MiB) is more than
     # loopback's socket buffers hold, the last one too.
-    from gateway.sinks.mqtt import sink as sink_module
-
     left_over: list[bool] = []
-    real = sink_module.written_at_once
+    real = Wire.written_at_once
 
     @contextlib.contextmanager
-    def noting(paho):  # type: ignore[no-untyped-def]
-        with real(paho):
+    def noting(wire: Wire):  # type: ignore[no-untyped-def]
+        with real(wire):
             yield
-        left_over.append(paho.want_write())
+        left_over.append(wire.paho.want_write())
 
-    monkeypatch.setattr(sink_module, "written_at_once", noting)
+    monkeypatch.setattr(Wire, "written_at_once", noting)
     cfg = sink_config(broker.port, test_id, keepalive=600)  # no PINGREQ writes what was left
     buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/big/n"

@@ -1,33 +1,30 @@
 """The MQTT sink: connect, deliver the buffer through a sliding window, reconnect.
 
-See the package's docstring for what it promises; :mod:`.window` holds the
-window's parts and :mod:`.properties` the MQTT 5 properties.
+The sink keeps connecting, reconnecting, the fallback to 3.1.1 and the
+sessions; see the package's docstring for what it promises. :mod:`.window`
+sends, settles, reads ahead and waits; :mod:`.wire` is the only user of
+aiomqtt's and paho's internals; :mod:`.properties` builds MQTT 5 properties.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import socket
 import ssl
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 import trio
 import trio_asyncio
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from trio_util import wait_any
 
 from gateway.backoff import Backoff
-from gateway.buffer import DiskBuffer, Record
+from gateway.buffer import DiskBuffer
 from gateway.clock import Stamp
 from gateway.config.sections import DEFAULT_MAX_INFLIGHT, MqttSection
 from gateway.deadletter import DeadLetterFile
@@ -37,11 +34,9 @@ from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import (
     alerts_topic,
     json_payload,
-    rfc3339_ms,
     split_record,
     status_topic,
 )
-from gateway.sinks.mqtt import window as wire
 from gateway.sinks.mqtt.client import (
     describe_error,
     disconnect_reason,
@@ -49,28 +44,15 @@ from gateway.sinks.mqtt.client import (
     reason_value,
     tls_context,
 )
-from gateway.sinks.mqtt.properties import PackedProperties, new_properties, refused_letter
+from gateway.sinks.mqtt.properties import MessageProperties, new_properties
 from gateway.sinks.mqtt.takeover import Takeover, TakeoverWatch
-from gateway.sinks.mqtt.window import (
-    InFlight,
-    Window,
-    cork_writes,
-    note_refusals,
-    written_at_once,
-)
+from gateway.sinks.mqtt.window import Message, Window
+from gateway.sinks.mqtt.wire import Wire, require_internals
 from gateway.telemetry import Packet
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
 
 WINDOW = DEFAULT_MAX_INFLIGHT  # messages in flight unless mqtt.max_inflight says otherwise
-# Messages queued on paho between two looks at the event loop. Small groups
-# put the first of a refill on the wire at once and keep the stream smooth:
-# over a 50 ms round trip, groups of 8 drained 10-25 % faster than one group
-# per refill. While PUBACKs keep arriving the sink is busy rather than waiting
-# for the link, and larger groups cost less CPU per message (about 10 % on
-# loopback). Measured on a 2-core machine; see README "Performance".
-SEND_GROUP = 8
-SEND_GROUP_BUSY = 32
 STATUS_TIMEOUT = 2.0  # waiting for the "offline" PUBACK at shutdown
 ONLINE, OFFLINE = "online", "offline"
 # What a broker, a network or TLS can cause: never fatal, always retried. Anything
@@ -135,9 +117,7 @@ class MqttSink:
         self.figures.window = self.window
         self.figures.protocol = self.protocol
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM  # from the last CONNACK
-        # The last message's properties: the messages of one packet share them.
-        self._props_key: tuple[int, bool, bool] | None = None
-        self._props: Properties | None = None
+        self._properties = MessageProperties(gateway_id, cfg.message_expiry)
         self._discovery_wake = trio.Event()
         self.backoff = Backoff(
             cfg.backoff_initial,
@@ -147,10 +127,19 @@ class MqttSink:
         self.takeovers = TakeoverWatch()
         self.connected = False
         self.last_error = ""
-        self.last_delivery: float | None = None  # trio time of the last acknowledgement
         self._stop = trio.Event()
-        # Cancelled by stop(): waiting for records costs no extra tasks this way.
-        self._idle = trio.CancelScope()
+        self._window = Window(
+            buffer,
+            self.figures,
+            bound=self.window,
+            qos=cfg.qos,
+            # Seconds without a single PUBACK while messages are in flight: the
+            # broker is hung (keepalive catches it too) or drops our messages.
+            patience=max(30.0, 3.0 * cfg.keepalive),
+            encode=self._encode,
+            dead_lettered=self._dead_lettered,
+            stop=self._stop,
+        )
         # The shielded disconnect; abort() cancels it.
         self._cleanup = trio.CancelScope()
         self._aborted = False
@@ -168,10 +157,15 @@ class MqttSink:
         """Connected to the broker (the status page's verdict on this sink)."""
         return self.connected
 
+    @property
+    def last_delivery(self) -> float | None:
+        """Trio time of the last acknowledgement (None before the first)."""
+        return self._window.last_delivery
+
     def stop(self) -> None:
         """Ask the sink to let its window land, publish "offline" and disconnect."""
         self._stop.set()
-        self._idle.cancel()
+        self._window.interrupt()
 
     def abort(self) -> None:
         """Stop without a goodbye: the disconnect is no longer waited for."""
@@ -183,9 +177,11 @@ class MqttSink:
         """Connect, deliver, reconnect with backoff, until :meth:`stop`.
 
         Needs a running trio-asyncio loop (``trio_asyncio.open_loop()``); reports
-        ready once the loop is there, before the first connection attempt.
+        ready once the loop is there and aiomqtt/paho have what :mod:`.wire`
+        uses (else :class:`~.wire.WireError`), before the first connection attempt.
         """
         trio_asyncio.current_loop.get()  # LookupError without one: a bug, not a retry
+        require_internals()  # WireError if aiomqtt/paho changed: a bug, not a retry
         task_status.started()
         while not self._stop.is_set():
             failure: BaseException | None = None
@@ -243,7 +239,7 @@ class MqttSink:
         # Write-behind: records wait in memory only while they can be acked soon.
         self.buffer.set_delivering(value)
 
-    async def _new_client(self) -> aiomqtt.Client:
+    async def _new_client(self) -> tuple[aiomqtt.Client, Wire]:
         # Runs inside asyncio: aiomqtt.Client binds to the running loop.
         cfg = self.cfg
         v5 = self.protocol == V5
@@ -257,8 +253,7 @@ class MqttSink:
             connect_props = new_properties(PacketTypes.CONNECT)
             connect_props.SessionExpiryInterval = 0
             session = {"clean_start": True, "properties": connect_props}
-            will_props = new_properties(PacketTypes.WILLMESSAGE)
-            will_props.UserProperty = [("gw", self.gateway_id)]
+            will_props = self._properties.will()
         else:
             session = {"clean_session": True}
         client = new_client(
@@ -272,8 +267,8 @@ class MqttSink:
             ),
             # No limit in paho: the window is the limit. paho must never hold
             # back what the window sends, and with a limit it rescans every
-            # message in flight on each PUBACK (a third of the CPU per message
-            # at a window of 200).
+            # message in flight on each PUBACK (CPU per message that grows with
+            # the window; bench/results.md has the drain rates).
             max_inflight_messages=0,
             # paho writes each message with its own send(): without this, Nagle
             # holds a window's later messages until the first one is ACKed.
@@ -283,27 +278,14 @@ class MqttSink:
         # A full window is pending on purpose: aiomqtt would warn about it.
         client.pending_calls_threshold = self.window + 10
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM
-        if wire.WINDOW_API and v5:
-            self._note_connack(client._client)
-        return client
+        wire = Wire(client)
+        if v5:
+            wire.note_connack(self._note_receive_maximum)
+        return client, wire
 
-    def _note_connack(self, paho: mqtt.Client) -> None:
-        """Keep the broker's Receive Maximum from the CONNACK (aiomqtt drops it)."""
-        forward = cast("Callable[..., None]", paho.on_connect)
-
-        def on_connect(
-            client: mqtt.Client,
-            userdata: Any,
-            flags: mqtt.ConnectFlags,
-            reason_code: ReasonCode,
-            properties: Properties | None = None,
-        ) -> None:
-            value = getattr(properties, "ReceiveMaximum", None)
-            if isinstance(value, int) and value > 0:
-                self._receive_maximum = value
-            forward(client, userdata, flags, reason_code, properties)
-
-        paho.on_connect = on_connect
+    def _note_receive_maximum(self, value: int) -> None:
+        """The CONNACK's Receive Maximum (aiomqtt drops it; the wire reads it)."""
+        self._receive_maximum = value
 
     def _connection_window(self) -> int:
         """The window of this connection: ``window``, capped by the Receive Maximum under 5.
@@ -332,7 +314,7 @@ class MqttSink:
         )
 
     async def _session(self) -> None:
-        client: aiomqtt.Client = await trio_asyncio.aio_as_trio(self._new_client)()
+        client, wire = await trio_asyncio.aio_as_trio(self._new_client)()
         try:
             # aiomqtt ignores a connection reset before CONNACK; only this bound ends it.
             with trio.fail_after(self.cfg.connect_timeout + 1):
@@ -343,8 +325,7 @@ class MqttSink:
                 return  # run() tries again at once, in 3.1.1
             raise
         self.takeovers.connected()
-        if wire.WINDOW_API:
-            cork_writes(client._client)
+        wire.cork()
         self.effective_window = self._connection_window()
         self.figures.window = self.effective_window
         self.figures.protocol = self.protocol
@@ -373,7 +354,7 @@ class MqttSink:
                 nursery.start_soon(self._watch_disconnect, client)
                 if self.discovery is not None:
                     nursery.start_soon(self._publish_discovery, client)
-                await self._deliver(client)
+                await self._window.run(wire, self.effective_window)
                 # Stopping: the in-flight window landed; say goodbye on purpose.
                 with trio.move_on_after(STATUS_TIMEOUT):
                     await trio_asyncio.aio_as_trio(client.publish)(
@@ -404,31 +385,12 @@ class MqttSink:
         return ""
 
     def _live_properties(self) -> Properties | None:
-        """MQTT 5 properties of a message about now (presence, discovery): ``ts`` now, ``gw``."""
-        if self.protocol != V5:
-            return None
-        props = new_properties(PacketTypes.PUBLISH)
-        props.UserProperty = [("ts", rfc3339_ms(time.time_ns())), ("gw", self.gateway_id)]
-        return props
+        """MQTT 5 properties of a message about now (presence, discovery); None under 3.1.1."""
+        return self._properties.live() if self.protocol == V5 else None
 
     def message_properties(self, stamp: Stamp, retained: bool) -> Properties | None:
-        """The MQTT 5 properties of a buffered message (None under 3.1.1).
-
-        ``ts`` is the reading's receive time as stamped; while the clock was
-        not known right that is the best-known time, and ``clock=unsynced``
-        says so. ``mqtt.message_expiry`` applies to non-retained messages only:
-        on a retained one it would delete the topic's value.
-        """
-        if self.protocol != V5:
-            return None
-        key = (stamp.wall_ns, stamp.synced, retained)
-        if key != self._props_key:  # a packet's messages share a stamp: build once
-            user = [("ts", rfc3339_ms(stamp.wall_ns)), ("gw", self.gateway_id)]
-            if not stamp.synced:
-                user.append(("clock", "unsynced"))
-            expiry = self.cfg.message_expiry if not retained else 0
-            self._props_key, self._props = key, PackedProperties(user, expiry)
-        return self._props
+        """The MQTT 5 properties of a buffered message (None under 3.1.1)."""
+        return self._properties.of(stamp, retained) if self.protocol == V5 else None
 
     def observe(self, packet: Packet) -> None:
         """A pipeline observer: note new metrics for Home Assistant discovery."""
@@ -462,224 +424,16 @@ class MqttSink:
         await trio_asyncio.aio_as_trio(watch)()
         raise aiomqtt.MqttError("connection closed by the broker")
 
-    async def _deliver(self, client: aiomqtt.Client) -> None:
-        """Keep the window full until stopped; return once what is in flight landed."""
-        if not wire.WINDOW_API:
-            await self._deliver_each(client)
-            return
-        buffer = self.buffer
-        # A new connection: whatever the last one had in flight goes again.
-        buffer.rewind()
-        window = Window(buffer.generation, self.effective_window)
-        # aiomqtt only ever calls set() on what this map holds: an InFlight will do.
-        pending = cast("dict[int, InFlight]", client._pending_publishes)
-        note_refusals(client._client, pending)
-        # Seconds without a single PUBACK while messages are in flight: the
-        # broker is hung (keepalive catches it too) or drops our messages.
-        limit = max(30.0, 3.0 * self.cfg.keepalive)
+    def _encode(self, value: str) -> Message | None:
+        """A buffered record → (topic, payload, retain, properties); None if it is no message."""
         try:
-            group = SEND_GROUP
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_ahead, window)
-                nursery.start_soon(self._wake_on_sync, window)
-                while True:
-                    if window.wake.is_set():
-                        window.wake = trio.Event()
-                    if buffer.generation != window.generation:
-                        # The store renumbered its records (it adopted a file it
-                        # could not open before): acks by the old keys would hit
-                        # other records. Start over from the head.
-                        window.forget(pending)
-                        window.generation = buffer.generation
-                        buffer.rewind()
-                    await self._settle(window)
-                    stopping = self._stop.is_set()
-                    if stopping and not window.slots:
-                        nursery.cancel_scope.cancel()
-                        return
-                    room = self._room(window)
-                    if not stopping and room > 0 and window.ahead:
-                        with written_at_once(client._client):
-                            self._send(client, window.take(min(room, group)), window, pending)
-                        await trio.lowlevel.checkpoint()
-                        group = SEND_GROUP_BUSY if window.wake.is_set() else SEND_GROUP
-                        continue
-                    await self._wait(window, limit, stopping=stopping)
-        finally:
-            window.forget(pending)
-
-    def _room(self, window: Window) -> int:
-        """How many more messages may be sent now.
-
-        At most the connection's window in flight; and at most
-        ``mqtt.max_inflight`` that a crash now would deliver again: those in
-        flight plus those acknowledged whose deletion is not on disk yet (the
-        store writes them at once during a drain). That keeps a kill -9 or a
-        power cut to at most one window of duplicates.
-        """
-        inflight = len(window.slots)
-        return min(window.size - inflight, self.window - inflight - self.buffer.unsynced_acks)
-
-    async def _wake_on_sync(self, window: Window) -> None:
-        """Wake the window when the store wrote acknowledgements: room may have come free."""
-        unsynced = self.buffer.unsynced
-        while True:
-            await unsynced.wait_transition(lambda new, old: new < old)
-            window.wake.set()
-
-    async def _read_ahead(self, window: Window) -> None:
-        """Keep up to a window of records read and waiting to be sent.
-
-        Reading the buffer can take milliseconds (SQLite on a worker thread,
-        waiting for the store's write of the acknowledgements): done here, it
-        overlaps with sending instead of leaving the link idle meanwhile.
-        """
-        buffer = self.buffer
-        while True:
-            while len(window.ahead) >= self.window:
-                window.hungry = trio.Event()
-                await window.hungry.wait()
-            await buffer.unread.wait_value(_positive)
-            records = await buffer.read(self.window)
-            if records:
-                window.ahead.extend(records)
-                window.wake.set()
-
-    async def _wait(self, window: Window, limit: float, *, stopping: bool) -> None:
-        """Sleep until a PUBACK or records to send arrive (or stop, or a hung broker)."""
-        if not window.slots:
-            if not stopping:
-                with trio.CancelScope() as self._idle:
-                    await window.wake.wait()
-            return
-        with trio.move_on_at(window.progress_at + limit) as timer:
-            if stopping:
-                await window.wake.wait()  # from now on only PUBACKs count
-            else:
-                with trio.CancelScope() as self._idle:
-                    await window.wake.wait()
-        if timer.cancelled_caught:
-            raise trio.TooSlowError(f"no PUBACK within {limit:g} s")
-
-    def _send(
-        self,
-        client: aiomqtt.Client,
-        batch: Sequence[Record],
-        window: Window,
-        pending: dict[int, InFlight],
-    ) -> None:
-        """Queue ``batch`` on paho into ``window`` (written when the caller's written_at_once ends).
-
-        aiomqtt's publish() costs an asyncio task, an Event and a timer per
-        message, plus a trio→asyncio crossing: at field rate that was most of
-        the gateway's CPU and a millisecond of latency. paho's publish() is
-        synchronous and aiomqtt's callbacks run in this thread, so messages are
-        queued right here, and aiomqtt's own on_publish dispatch calls each
-        one's :meth:`InFlight.set`. aiomqtt has no public API for this: it uses
-        its paho client and pending-publish map (checked at import: wire.WINDOW_API).
-        """
-        qos, retain, properties = self.cfg.qos, self.retain, self.message_properties
-        if not window.slots:
-            window.progress_at = trio.current_time()
-        for record in batch:
-            slot = InFlight(record, window)
-            window.slots.append(slot)
-            try:
-                stamp, topic, payload = split_record(record.value)
-            except ValueError:
-                slot.dead = record.value  # not a message at all
-                slot.acked = True
-                continue
-            if self._json:
-                payload = json_payload(topic, payload, stamp)
-            retained = retain(topic)
-            try:
-                info = client._client.publish(
-                    topic, payload, qos, retained, properties(stamp, retained)
-                )
-            except ValueError as exc:  # paho's verdict on the message itself
-                slot.dead = f"{topic} {payload} ({exc})"
-                slot.acked = True
-                continue
-            if info.rc != 0:
-                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-            if info.is_published():
-                slot.acked = True
-            else:
-                # PUBACKs are read in this thread, so none can arrive before this.
-                slot.mid = info.mid
-                pending[info.mid] = slot
-
-    async def _settle(self, window: Window) -> None:
-        """Acknowledge the oldest run of landed messages: one buffer call, not one each."""
-        slots = window.slots
-        if not slots or not slots[0].acked:
-            return
-        newest = slots[0]
-        landed: list[InFlight] = []
-        dead: list[str] = []
-        while slots and slots[0].acked:
-            newest = slots.popleft()
-            landed.append(newest)
-            if newest.refused is not None:
-                newest.dead = refused_letter(newest.record.value, newest.refused)
-                self.figures.refused.inc(f"0x{newest.refused.value:02x}")
-            if newest.dead is not None:
-                dead.append(newest.dead)
-        window.progress_at = trio.current_time()
-        if self.buffer.generation != window.generation:
-            return  # renumbered meanwhile: _deliver starts over, nothing is acked
-        # Records the bound dropped while in flight (below the head now) count
-        # as dropped, not as published.
-        head = self.buffer.head
-        published = sum(1 for slot in landed if slot.dead is None and slot.record.key >= head)
-        # Dead letters leave with the ack, into the store's dead-letter queue:
-        # one transaction, so a crash can repeat them but never lose them.
-        await self.buffer.ack([newest.record], dead=dead)
-        if dead:
-            self._dead_lettered(dead)
-        self.figures.note_delivery(published, self.buffer.count.value)
-        self.last_delivery = trio.current_time()
-
-    async def _deliver_each(self, client: aiomqtt.Client) -> None:
-        """Without aiomqtt's internals: windows of aiomqtt publish() calls, stop-and-wait."""
-        buffer = self.buffer
-        buffer.rewind()
-        limit = max(30.0, 3.0 * self.cfg.keepalive)  # seconds for the whole window
-        while True:
-            if buffer.unread.value == 0 and not self._stop.is_set():
-                with trio.CancelScope() as self._idle:
-                    await buffer.unread.wait_value(_positive)
-            if self._stop.is_set():
-                return
-            batch = await buffer.read(self.effective_window)
-            if not batch:
-                continue
-            messages, bad = self._decode(batch)
-            qos = self.cfg.qos
-            await trio_asyncio.aio_as_trio(_publish_each)(client, messages, qos, limit)
-            acked = await buffer.ack(batch, dead=bad)
-            if bad:
-                self._dead_lettered(bad)
-            # Records dropped while in flight count as dropped, not as published.
-            self.figures.note_delivery(max(0, acked - len(bad)), buffer.count.value)
-            self.last_delivery = trio.current_time()
-
-    def _decode(self, batch: Sequence[Record]) -> tuple[list[_Message], list[str]]:
-        """(topic, payload, retain, properties) of each record, and those that are not messages."""
-        messages: list[_Message] = []
-        bad: list[str] = []
-        for record in batch:
-            try:
-                stamp, topic, payload = split_record(record.value)
-            except ValueError:
-                bad.append(record.value)
-                continue
-            if self._json:
-                payload = json_payload(topic, payload, stamp)
-            retained = self.retain(topic)
-            messages.append((topic, payload, retained, self.message_properties(stamp, retained)))
-        return messages, bad
+            stamp, topic, payload = split_record(value)
+        except ValueError:
+            return None
+        if self._json:
+            payload = json_payload(topic, payload, stamp)
+        retained = self.retain(topic)
+        return topic, payload, retained, self.message_properties(stamp, retained)
 
     def _dead_lettered(self, records: list[str]) -> None:
         """Messages no broker can take left the queue for its dead letters (count, log)."""
@@ -692,25 +446,3 @@ class MqttSink:
             records[0][:200],
             self.dead_letters.path,
         )
-
-
-_Message = tuple[str, str, bool, Properties | None]  # topic, payload, retain, properties
-
-
-async def _publish_each(
-    client: aiomqtt.Client, messages: Sequence[_Message], qos: int, limit: float
-) -> None:
-    # Inside asyncio, with aiomqtt's public API only: one publish() per message.
-    # (PUBACK reason codes cannot be seen this way: refusals count as delivered.)
-    await asyncio.gather(
-        *(
-            client.publish(
-                topic, payload, qos=qos, retain=retain, properties=properties, timeout=limit
-            )
-            for topic, payload, retain, properties in messages
-        )
-    )
-
-
-def _positive(n: int) -> bool:
-    return n > 0

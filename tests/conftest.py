@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -257,14 +258,45 @@ class Subscriber:
         self.proc.wait()
 
 
-def retained(port: int, topic: str, timeout: float = 3.0) -> dict[str, str]:
-    """The retained value of every topic matching ``topic``."""
-    sub = Subscriber(port, topic, retained_only=True)
+def retained(port: int, topic: str, timeout: float = 15.0) -> dict[str, str]:
+    """The retained value of every topic matching ``topic``: what the broker holds now.
+
+    No fixed wait: a sentinel ends it. The subscriber also subscribes to a
+    probe topic of its own, and a non-retained probe is published there until
+    it arrives. The broker sends a subscription's retained messages when it
+    subscribes, so they all come before any probe published after that, and
+    ``mosquitto_sub --retained-only`` exits on the first message that is not
+    retained: the probe. ``timeout`` only bounds a broker that never answers.
+    """
+    probe = f"_probe/{uuid.uuid4().hex}"
+    proc = subprocess.Popen(
+        [
+            *("mosquitto_sub", "-h", "127.0.0.1", "-p", str(port)),
+            *("-t", topic, "-t", probe, "-v", "-q", "1", "--retained-only"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
     try:
-        time.sleep(timeout)
-        return dict(sub.snapshot())
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no sentinel from the broker on port {port} within {timeout} s")
+            pub = ("mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", probe, "-m", "x")
+            subprocess.run(pub, check=False, timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.2)
+        out = proc.stdout.read().decode() if proc.stdout else ""
     finally:
-        sub.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    kept: dict[str, str] = {}
+    for line in out.splitlines():
+        name, _, payload = line.partition(" ")
+        if name != probe:
+            kept[name] = payload
+    return kept
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

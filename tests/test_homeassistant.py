@@ -217,7 +217,7 @@ def _configs_when(broker, test_id: str, done, gw) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def ready() -> bool:
-        found.update(retained(broker.port, f"homeassistant/+/iiot-{test_id}/+/config", 1.0))
+        found.update(retained(broker.port, f"homeassistant/+/iiot-{test_id}/+/config"))
         return len(found) >= 10 and done(found)
 
     assert wait_until(ready, 30), (sorted(found), gw.log_text()[-2000:])
@@ -265,7 +265,7 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
         assert len(sensors) == 9  # the design example's nine metrics
         assert {c["expire_after"] for c in sensors.values()} == {120}
         # Home Assistant's view of the retained readings: every one a number.
-        states = retained(broker.port, f"{test_id}/#", 1.0)
+        states = retained(broker.port, f"{test_id}/#")
         values = {f"{test_id}/{g}/{m}": v for g, m, v in SEED.metrics()}
         for config in sensors.values():
             assert (
@@ -278,7 +278,7 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
         assert out.returncode == 1, out.stdout
         assert "answers on its status endpoint" in out.stderr
         assert "publishes its Home Assistant configs again" in out.stderr
-        assert len(retained(broker.port, f"homeassistant/+/{node}/+/config", 1.0)) == 10
+        assert len(retained(broker.port, f"homeassistant/+/{node}/+/config")) == 10
         # Without the status endpoint, the lock on its buffer store tells.
         no_status = {**cfg, "status": {"listen": ""}}
         out = _remove(write_config(tmp_path / "ha-nostatus.toml", no_status))
@@ -295,7 +295,7 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
     out = _remove(gw_config)
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stderr
-    assert retained(broker.port, f"homeassistant/+/{node}/+/config", 1.0) == {}
+    assert retained(broker.port, f"homeassistant/+/{node}/+/config") == {}
 
 
 def _templated(found: dict[str, str]) -> set[bool]:
@@ -312,7 +312,7 @@ def test_changing_the_payload_mode_republishes_every_config(
         finally:
             assert gw.terminate() == 0
         configs = check_all(found.items())
-        states = retained(broker.port, f"{test_id}/#", 1.0)
+        states = retained(broker.port, f"{test_id}/#")
         for config in configs.values():
             if "state_class" in config:
                 float(state_of(config, states[config["state_topic"]]))  # a number

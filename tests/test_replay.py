@@ -369,7 +369,7 @@ def test_replay_of_an_export_keeps_time_and_never_retains(
     # Nothing of the history is retained, the gateway's presence is untouched,
     # and the replay's own presence topic is cleared.
     assert retained(broker.port, f"{test_id}/#") == {f"{test_id}/gateway/status": "online"}
-    assert retained(broker.port, f"{test_id}-replay/#", timeout=1.0) == {}
+    assert retained(broker.port, f"{test_id}-replay/#") == {}
 
     assert wait_until(lambda: len(tsdb.points(testid=test_id)) == 4, 30)
     assert by_ts(tsdb.points(testid=test_id)) == {
@@ -403,7 +403,7 @@ def test_replay_of_raw_lines_needs_now(
     refused = run("replay", str(capture), "--config", str(config))
     assert refused.returncode == 1
     assert f"{capture}:1: a firmware line without a stamp" in refused.stderr
-    assert retained(broker.port, f"{test_id}/#", timeout=1.0) == {}
+    assert retained(broker.port, f"{test_id}/#") == {}
 
     per_packet = sum(len(v) for v in sim.packet(uptime_ms=0).values() if isinstance(v, dict))
     sub = Subscriber(broker.port, f"{test_id}/#")

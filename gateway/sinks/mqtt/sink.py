@@ -635,7 +635,9 @@ class MqttSink:
         published = sum(1 for slot in landed if slot.dead is None and slot.record.key >= head)
         # Dead letters leave with the ack, into the store's dead-letter queue:
         # one transaction, so a crash can repeat them but never lose them.
-        await self.buffer.ack([newest.record], dead=dead)
+        # Records read ahead and not sent yet make it a drain: its acks are
+        # written at once, or _room would wait for ack_delay.
+        await self.buffer.ack([newest.record], dead=dead, more=bool(window.ahead))
         if dead:
             self._dead_lettered(dead)
         self.figures.note_delivery(published, self.buffer.count.value)

@@ -456,10 +456,11 @@ class BufferStore:
 
         With write-behind (``write_delay`` > 0) the records are deliverable at
         once and written only when one of them is not acknowledged within
-        ``write_delay`` (:meth:`run`), then with everything else pending,
-        oldest first. They are written at once when a sink of theirs is not
-        delivering, when they hold protected records (alert events) or when
-        ``state`` changes. Acknowledged in time, they never touch the disk.
+        ``write_delay`` (:meth:`run`), then with the rest of their buffer's,
+        oldest first (another buffer's records wait for their own acks).
+        They are written at once when a sink of theirs is not delivering,
+        when they hold protected records (alert events) or when ``state``
+        changes. Acknowledged in time, they never touch the disk.
 
         Returns how many old records each buffer dropped to stay in its bound.
         Never raises: records the disk refuses wait in memory (see module doc).

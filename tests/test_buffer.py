@@ -402,37 +402,116 @@ async def test_acks_during_a_drain_are_written_at_once(
     store.close()
 
 
+def count_wakeups(store: BufferStore) -> dict[str, int]:
+    """Count run()'s loop turns (each asks _next_due once) and its writes."""
+    counts = {"wakeups": 0, "syncs": 0, "transactions": 0}
+    next_due, sync, transact = store._next_due, store.sync, store.cache.transact
+
+    def counted_due() -> float | None:
+        counts["wakeups"] += 1
+        return next_due()
+
+    async def counted_sync(**kwargs: bool) -> bool:
+        counts["syncs"] += 1
+        return await sync(**kwargs)
+
+    def counted_transact() -> object:
+        counts["transactions"] += 1
+        return transact()
+
+    store._next_due = counted_due  # type: ignore[method-assign]
+    store.sync = counted_sync  # type: ignore[method-assign]
+    store.cache.transact = counted_transact
+    return counts
+
+
+async def field_rate(store: BufferStore, seconds: float, *, late: int | None = None) -> None:
+    """2 packets/s of 9 messages and 9 points, delivered as the sinks do it.
+
+    MQTT reads a packet's messages and acknowledges them as their PUBACKs
+    land, a few at a time (the rest still in flight); InfluxDB flushes once
+    a second, so every batch straddles two packets, and after each request
+    says it delivers (again). Packet ``late`` is acknowledged by InfluxDB
+    only after write_delay.
+    """
+    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
+    held: list[Record] = []
+    for n in range(int(seconds * 2)):
+        await store.commit(
+            {mqtt: [f"m{n}.{i}" for i in range(9)], influx: [f"p{n}.{i}" for i in range(9)]}
+        )
+        await trio.sleep(0.002)
+        sent = await mqtt.read(20)
+        for landed in (sent[:2], sent[2:6], sent[6:]):  # PUBACKs in three reads
+            await mqtt.ack(landed)
+            await trio.sleep(0.001)
+        if held and late is not None and n >= late + 6:
+            await influx.ack(held)  # 2.5 s after its request went
+            held = []
+        if n % 2 and not held:  # (the sink waits for its request's answer)
+            batch = await influx.peek(5000)
+            if late is not None and n - 1 <= late <= n:
+                held = batch
+            else:
+                await influx.ack(batch)
+                influx.set_delivering(True)
+        await trio.sleep(0.497)
+
+
 async def test_the_write_loop_sleeps_when_nothing_is_owed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """Write-behind at field rate: every record acked in time, the store never wakes to write."""
-    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100}, write_delay=2.0)
-    mqtt, influx = store.buffers["mqtt"], store.buffers["influx"]
-    mqtt.set_delivering(True)
-    influx.set_delivering(True)
-    syncs = 0
-    sync = store.sync
+    """Write-behind at field rate: every record acked in time, the store never writes.
 
-    async def counted() -> bool:
-        nonlocal syncs
-        syncs += 1
-        return await sync()
-
-    store.sync = counted  # type: ignore[method-assign]
+    With the sinks' real patterns: acks of a packet's messages while others
+    are still in flight, InfluxDB batches that straddle two packets, a sink
+    saying again and again that it delivers, the dead-letter queues (never
+    "delivering") empty beside them. And run() wakes seldom: not once per
+    commit and ack, only when a write could be due.
+    """
+    store = await BufferStore.open(tmp_path, {"mqtt": 1000, "influx": 1000}, write_delay=2.0)
+    assert {"mqtt_dead", "influx_dead"} <= set(store.buffers)
+    for buf in store.buffers.values():
+        buf.set_delivering(not buf.name.endswith("_dead"))
+    counts = count_wakeups(store)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.run)
-        for i in range(20):
-            await store.commit({mqtt: [f"m{i}"], influx: [f"p{i}"]})
-            await trio.sleep(0.01)
-            await mqtt.ack(await mqtt.peek(10))
-            await influx.ack(await influx.peek(10))
-            await trio.sleep(0.49)
+        await field_rate(store, 60)
         await trio.sleep(10)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     # Nothing was ever due: acked in time, never written, no ack to delete.
-    assert syncs == 0
-    assert disk_values(tmp_path, "mqtt") == []
+    assert counts["syncs"] == counts["transactions"] == 0
+    assert disk_values(tmp_path, "mqtt") == disk_values(tmp_path, "influx") == []
+    # 120 commits and 480 acks in 70 s: no spin, and not a wake-up for each of them.
+    assert counts["wakeups"] <= 70
+    store.close()
+
+
+async def test_a_late_acknowledgement_costs_two_writes_then_the_loop_sleeps(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A batch acknowledged after write_delay: its records written once, their deletion
+    once, and no write drags the packets after them along (each would then
+    cost a deletion of its own, once a second for ever)."""
+    store = await BufferStore.open(tmp_path, {"mqtt": 1000, "influx": 1000}, write_delay=2.0)
+    for buf in store.buffers.values():
+        buf.set_delivering(not buf.name.endswith("_dead"))
+    counts = count_wakeups(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await field_rate(store, 60, late=10)
+        await trio.sleep(10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    # The late points and the rest of their buffer (a timer due while they
+    # wait); the late ack's deletion (points wait behind it: at once); the
+    # deletion of the rest with the next batch's ack (which, with the autojump
+    # clock racing the store's thread, may ride with the one before).
+    assert counts["transactions"] == counts["syncs"]
+    assert 2 <= counts["transactions"] <= 3
+    assert disk_values(tmp_path, "mqtt") == disk_values(tmp_path, "influx") == []
+    assert counts["wakeups"] <= 75
     store.close()
 
 
@@ -747,8 +826,9 @@ async def test_write_behind_writes_at_once_for_a_sink_that_does_not_deliver(
         assert disk_values(tmp_path, "mqtt") == []
         influx.set_delivering(False)  # e.g. the database is down, or points are held
         await settled(store)
-        assert disk_values(tmp_path, "mqtt") == ["m1"]
         assert disk_values(tmp_path, "influx") == ["p1"]
+        # MQTT still delivers: its record is not due, it waits for its ack in memory.
+        assert disk_values(tmp_path, "mqtt") == []
         await store.commit({mqtt: ["m2"], influx: ["p2"]})
         assert disk_values(tmp_path, "influx") == ["p1", "p2"]
         nursery.cancel_scope.cancel()

@@ -386,22 +386,29 @@ class DiskBuffer:
         self.cursor = self.head
         self._publish_count()
 
-    async def ack(self, records: Sequence[Record], *, dead: Sequence[str] = ()) -> int:
+    async def ack(
+        self, records: Sequence[Record], *, dead: Sequence[str] = (), more: bool = False
+    ) -> int:
         """Acknowledge ``records`` and every older one (delivery is FIFO).
 
         The head moves at once. The rows leave the disk at once while records
-        are still waiting to be delivered (a drain: a crash then delivers
+        are still waiting to be handed out (a drain: a crash then delivers
         again only what the sink has in flight and what this write has not
         reached yet), otherwise with the next commit or within the store's
-        ``ack_delay``. Records already dropped are ignored. One call for many
-        records costs what one for a single record does: a sink with many in
-        flight acknowledges all that landed in one call.
+        ``ack_delay``: at field rate a sink acknowledges a packet's records as
+        they land, and the ones still in flight are not a drain. Rows never
+        written (write-behind) have nothing to delete: no write at all.
+        Records already dropped are ignored. One call for many records costs
+        what one for a single record does: a sink with many in flight
+        acknowledges all that landed in one call.
 
         Args:
             records: the records delivered (or refused for good).
             dead: dead letters for records among them that a server refused for
                 good: they go to :attr:`dead` in the same transaction as the
                 ack, so a crash can deliver them again but never lose them.
+            more: the sink holds records it read but has not sent yet (a
+                read-ahead): a drain too, though none waits to be handed out.
 
         Returns:
             How many of ``records`` this acknowledged: those dropped (by the
@@ -426,8 +433,9 @@ class DiskBuffer:
         acked = sum(1 for r in records if r.key >= self.head)
         self.head = max(self.head, min(newest, self.tail))
         self._trim()
-        waiting = self._publish_count()
-        await self.store.acknowledged(soon=bool(waiting or dead))
+        self._publish_count()
+        draining = (self.unread.value > 0 or more) and self._deletes_pending()
+        await self.store.acknowledged(soon=bool(draining or dead))
         return acked
 
     async def oldest_stamp(self) -> str | None:

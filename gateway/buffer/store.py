@@ -154,6 +154,9 @@ class BufferStore:
         self._soon = False
         self._retry_at = 0.0
         self._wake = trio.Event()
+        # When run() wakes by itself (inf: only when woken; -inf: awake): a
+        # commit or an ack wakes it only for a write due sooner than that.
+        self._asleep_until = -math.inf
         self._retry_due = 0.0
         self.cache: Any = None  # the diskcache.Cache, None while the file cannot be opened
         self._fd: int | None = None  # holds the flock that keeps imports out
@@ -332,24 +335,41 @@ class BufferStore:
 
     # -- writing -------------------------------------------------------------------
 
-    def _plan(self) -> _Plan:
-        """What is not yet on disk: (buffer, delete below, written up to, rows, protected)."""
+    def _plan(self, *, owed_only: bool = False) -> _Plan:
+        """What is not yet on disk: (buffer, delete below, written up to, rows, protected).
+
+        ``owed_only`` (:meth:`run`'s writes): with write-behind, a buffer's
+        records only once they are due (:meth:`DiskBuffer._records_due`);
+        its deletions always. A write made for acks alone must not write
+        records that would be acknowledged in time: each of them would cost
+        a deletion, written alone, and that write would take the next
+        records along, and so on, once a second for ever.
+        """
         for buf in self.buffers.values():
             if not buf._deletes_pending():
                 # Acknowledged before they were written (write-behind, or held
                 # while the disk refused): nothing on disk to delete.
                 buf.disk_head = max(buf.disk_head, buf.head)
-        return [
-            (
-                buf,
-                buf.head,
-                buf.tail,
-                buf._unwritten(),
-                sorted(s for s in buf._protected if buf.head <= s < buf.tail),
+        now = trio.current_time() if owed_only and self.write_delay > 0 else None
+        plan: _Plan = []
+        for buf in self.buffers.values():
+            if not buf._pending():
+                continue
+            due = buf._records_due(self.write_delay) if now is not None else None
+            if now is not None and (due is None or due > now):
+                if buf._deletes_pending():
+                    plan.append((buf, buf.head, buf.disk_tail, [], []))
+                continue
+            plan.append(
+                (
+                    buf,
+                    buf.head,
+                    buf.tail,
+                    buf._unwritten(),
+                    sorted(s for s in buf._protected if buf.head <= s < buf.tail),
+                )
             )
-            for buf in self.buffers.values()
-            if buf._pending()
-        ]
+        return plan
 
     def _write_sync(self, plan: _Plan, state: Mapping[str, str | None] | None = None) -> None:
         """One transaction: each buffer's deletions and rows, the alert state (store's thread)."""
@@ -437,10 +457,11 @@ class BufferStore:
 
         With write-behind (``write_delay`` > 0) the records are deliverable at
         once and written only when one of them is not acknowledged within
-        ``write_delay`` (:meth:`run`), then with everything else pending,
-        oldest first. They are written at once when a sink of theirs is not
-        delivering, when they hold protected records (alert events) or when
-        ``state`` changes. Acknowledged in time, they never touch the disk.
+        ``write_delay`` (:meth:`run`), then with the rest of their buffer's,
+        oldest first (another buffer's records wait for their own acks).
+        They are written at once when a sink of theirs is not delivering,
+        when they hold protected records (alert events) or when ``state``
+        changes. Acknowledged in time, they never touch the disk.
 
         Returns how many old records each buffer dropped to stay in its bound.
         Never raises: records the disk refuses wait in memory (see module doc).
@@ -461,7 +482,7 @@ class BufferStore:
                 for buf in batches:
                     dropped.setdefault(buf.name, 0)
                     buf._publish_count()
-                self._wake.set()  # run() writes them when they are due
+                self._wake_for(trio.current_time() + self.write_delay)  # written when due
                 await trio.lowlevel.checkpoint()
                 return dropped
         await self.sync()
@@ -470,8 +491,11 @@ class BufferStore:
             buf._publish_count()  # also when the disk refused: deliver from memory
         return dropped
 
-    async def sync(self) -> bool:
-        """Write everything pending (records and acks); False if the disk refused."""
+    async def sync(self, *, owed_only: bool = False) -> bool:
+        """Write everything pending (records and acks); False if the disk refused.
+
+        ``owed_only``: with write-behind, records only once they are due (see :meth:`_plan`).
+        """
         async with self._lock:
             # This write takes every ack so far along (or, when the disk
             # refuses, the retry interval paces them: never a busy loop).
@@ -487,7 +511,7 @@ class BufferStore:
                 log.warning("buffer store %s can be opened again", self.path)
             if self._file_was_replaced():
                 await self._thread.run(self._recreate_sync)
-            plan, path, state = self._plan(), self.path, dict(self._state)
+            plan, path, state = self._plan(owed_only=owed_only), self.path, dict(self._state)
             if plan or state:
                 try:
                     await self._thread.run(self._write_sync, plan, state)
@@ -556,7 +580,12 @@ class BufferStore:
     def _note_pending(self) -> None:
         if self._pending_since is None:
             self._pending_since = trio.current_time()
-        self._wake.set()
+        self._wake_for(-math.inf if self._soon else self._pending_since + self.ack_delay)
+
+    def _wake_for(self, due: float) -> None:
+        """Wake :meth:`run` for a write due at ``due``, unless it wakes by then anyway."""
+        if due < self._asleep_until:
+            self._wake.set()
 
     async def acknowledged(self, *, soon: bool = False) -> None:
         """Called by a buffer whose head moved: write at once (``soon``) or within ``ack_delay``.
@@ -568,6 +597,11 @@ class BufferStore:
         if self.ack_delay <= 0:
             await self.sync()
             return
+        if not soon and not self._has_pending():
+            # Acknowledged before they were written (write-behind): nothing
+            # on disk to delete, nothing owed, no reason to wake run().
+            await trio.lowlevel.checkpoint()
+            return
         if soon:
             self._soon = True
         self._note_pending()
@@ -578,20 +612,20 @@ class BufferStore:
         writes the disk refused (retried every ``REOPEN_INTERVAL``)."""
         while True:
             due = self._next_due()
-            if due is None:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                continue
-            if self.degraded:
+            if due is not None and self.degraded:
                 due = max(due, self._retry_due)
-            if trio.current_time() < due:
+            if due is None or trio.current_time() < due:
                 # A commit, an ack or a sink that stops delivering may bring it forward.
-                with trio.move_on_at(due):
-                    await self._wake.wait()
+                self._asleep_until = math.inf if due is None else due
+                try:
+                    with trio.move_on_at(self._asleep_until):
+                        await self._wake.wait()
+                finally:
+                    self._asleep_until = -math.inf
                 if self._wake.is_set():
                     self._wake = trio.Event()
                 continue
-            if not await self.sync():
+            if not await self.sync(owed_only=True):
                 self._pending_since = trio.current_time()
 
     # -- boots and their clock offsets ------------------------------------------------

@@ -316,9 +316,11 @@ async def test_the_window_slides_one_puback_one_message(
     acks: list[int] = []
     ack = buffer.ack
 
-    async def noted_ack(records: Sequence[Record], *, dead: Sequence[str] = ()) -> None:
+    async def noted_ack(
+        records: Sequence[Record], *, dead: Sequence[str] = (), more: bool = False
+    ) -> None:
         acks.append(max(r.key for r in records))
-        await ack(records, dead=dead)
+        await ack(records, dead=dead, more=more)
 
     buffer.ack = noted_ack  # type: ignore[method-assign]
     try:

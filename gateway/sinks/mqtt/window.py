@@ -295,7 +295,9 @@ class Window:
         published = sum(1 for slot in landed if slot.dead is None and slot.record.key >= head)
         # Dead letters leave with the ack, into the store's dead-letter queue:
         # one transaction, so a crash can repeat them but never lose them.
-        await buffer.ack([newest.record], dead=dead)
+        # Records read ahead and not sent yet make it a drain: its acks are
+        # written soon, or _room would wait for ack_delay.
+        await buffer.ack([newest.record], dead=dead, more=bool(self.ahead))
         if dead:
             self.dead_lettered(dead)
         self.figures.note_delivery(published, buffer.count.value)

@@ -438,6 +438,11 @@ class DiskBuffer:
         await self.store.acknowledged(soon=bool(draining or dead))
         return acked
 
+    def hurry_acks(self) -> None:
+        """The sink needs the room: write the waiting acknowledgements now, not paced."""
+        if self._deletes_pending():
+            self.store.hurry()
+
     async def oldest_stamp(self) -> str | None:
         """The stamp of the oldest record waiting (its text up to the first space), or None.
 

@@ -90,6 +90,11 @@ _Plan = list[tuple[DiskBuffer, int, int, list[tuple[int, str]], list[int]]]
 # with the next commit (at field rate: one write per packet, not two). Acks
 # during a drain are written at once (DiskBuffer.ack).
 ACK_DELAY = 1.0
+# Seconds acks during a drain may wait for others to share their write: a
+# write per PUBACK burst would keep the store's one thread busy with fsyncs
+# (and the drain's reads waiting behind them). A sink that needs the room
+# sooner asks for it (DiskBuffer.hurry_acks).
+DRAIN_ACK_DELAY = 0.05
 DEAD_LETTER_BOUND = 10_000  # records refused for good, kept until the dead-letter file takes them
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refused
 
@@ -151,7 +156,7 @@ class BufferStore:
         self._lock = trio.Lock()
         self._pending_since: float | None = None
         # An ack during a drain (or a dead letter) asked for a write at once.
-        self._soon = False
+        self._soon_at: float | None = None
         self._retry_at = 0.0
         self._wake = trio.Event()
         # When run() wakes by itself (inf: only when woken; -inf: awake): a
@@ -499,7 +504,7 @@ class BufferStore:
         async with self._lock:
             # This write takes every ack so far along (or, when the disk
             # refuses, the retry interval paces them: never a busy loop).
-            self._soon = False
+            self._soon_at = None
             if self.cache is None:
                 opened = None
                 if time.monotonic() >= self._retry_at:
@@ -563,8 +568,8 @@ class BufferStore:
     def _next_due(self) -> float | None:
         """The Trio time of the next write :meth:`run` owes; None: nothing owed."""
         dues = []
-        if self._soon:
-            dues.append(-math.inf)
+        if self._soon_at is not None:
+            dues.append(self._soon_at)
         if self._pending_since is not None:
             if self._has_pending() or self.degraded:
                 dues.append(self._pending_since + self.ack_delay)
@@ -580,7 +585,8 @@ class BufferStore:
     def _note_pending(self) -> None:
         if self._pending_since is None:
             self._pending_since = trio.current_time()
-        self._wake_for(-math.inf if self._soon else self._pending_since + self.ack_delay)
+        due = self._pending_since + self.ack_delay
+        self._wake_for(due if self._soon_at is None else min(due, self._soon_at))
 
     def _wake_for(self, due: float) -> None:
         """Wake :meth:`run` for a write due at ``due``, unless it wakes by then anyway."""
@@ -590,9 +596,10 @@ class BufferStore:
     async def acknowledged(self, *, soon: bool = False) -> None:
         """Called by a buffer whose head moved: write at once (``soon``) or within ``ack_delay``.
 
-        ``soon`` does not wait for the write: :meth:`run` makes it next, with
-        every ack that arrives meanwhile, so a sink's loop never waits on an
-        fsync and a drain writes once per wake-up, not once per ack.
+        ``soon`` does not wait for the write: :meth:`run` makes it within
+        ``DRAIN_ACK_DELAY``, with every ack that arrives meanwhile, so a sink's
+        loop never waits on an fsync and a drain writes a few times a
+        second, not once per ack (:meth:`hurry` when a sink needs it sooner).
         """
         if self.ack_delay <= 0:
             await self.sync()
@@ -603,8 +610,15 @@ class BufferStore:
             await trio.lowlevel.checkpoint()
             return
         if soon:
-            self._soon = True
+            at = trio.current_time() + DRAIN_ACK_DELAY
+            self._soon_at = at if self._soon_at is None else min(self._soon_at, at)
         self._note_pending()
+
+    def hurry(self) -> None:
+        """Write the pending acknowledgements at once (a sink needs the room)."""
+        if self._soon_at != -math.inf:
+            self._soon_at = -math.inf
+            self._note_pending()
 
     async def run(self) -> None:
         """Write what is owed: acks no commit took along within ``ack_delay``,

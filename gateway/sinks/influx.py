@@ -445,6 +445,7 @@ class InfluxSink:
         if self.buffer.count.value:
             # A drain: the next request goes once this ack is on disk (the
             # store writes it at once), so a crash repeats one request at most.
+            self.buffer.hurry_acks()  # waited on: no pacing
             with trio.move_on_after(ACK_WAIT):
                 await self.buffer.unsynced.wait_value(lambda n: n == 0)
 

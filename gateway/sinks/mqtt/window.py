@@ -184,11 +184,17 @@ class Window:
         At most the connection's window in flight; and at most
         ``mqtt.max_inflight`` that a crash now would deliver again: those in
         flight plus those acknowledged whose deletion is not on disk yet (the
-        store writes them at once during a drain). That keeps a kill -9 or a
-        power cut to at most one window of duplicates.
+        store writes them within DRAIN_ACK_DELAY during a drain). That keeps a
+        kill -9 or a power cut to at most one window of duplicates. Once the
+        deletions waiting use half the slack the connection's window leaves
+        (all of it under 3.1.1, where the two are one), the store is asked to
+        write them now, before they hold the window back.
         """
         inflight = len(self.slots)
-        return min(self.size - inflight, self.bound - inflight - self.buffer.unsynced_acks)
+        unsynced = self.buffer.unsynced_acks
+        if unsynced and unsynced * 2 >= self.bound - self.size:
+            self.buffer.hurry_acks()
+        return min(self.size - inflight, self.bound - inflight - unsynced)
 
     async def _wake_on_sync(self) -> None:
         """Wake the window when the store wrote acknowledgements: room may have come free."""

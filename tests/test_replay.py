@@ -397,7 +397,8 @@ def test_replay_of_raw_lines_needs_now(
 
     refused = run("replay", str(capture), "--config", str(config))
     assert refused.returncode == 1
-    assert f"{capture}:1: not a record without a stamp" in refused.stderr
+    assert f"{capture}:1: neither a record of an export" in refused.stderr
+    assert "nor a firmware line" in refused.stderr
     assert "--now" in refused.stderr
     capture.write_text("".join(line + "\n" for line in lines))
     refused = run("replay", str(capture), "--config", str(config))

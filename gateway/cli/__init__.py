@@ -37,6 +37,7 @@ from gateway.cli.common import (  # noqa: E402
     StdoutClosed,
     _error,
     _load,
+    _stdout,
     log,
     setup_logging,
 )
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--url",
         default="127.0.0.1:9108",
-        help="the [status] listen address (host:port) or a URL (default: 127.0.0.1:9108)",
+        help="a port on this machine, the [status] listen address (host:port) or a URL "
+        "(default: 127.0.0.1:9108)",
     )
     st.set_defaults(func=cmd_status)
 
@@ -302,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     STATE.log_format = args.log_format
     try:
-        return int(args.func(args))
+        # Every command, whatever it prints: `gateway check | head -1` is not a failure.
+        with _stdout():
+            return int(args.func(args))
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return EXIT_CONFIG

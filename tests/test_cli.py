@@ -209,6 +209,12 @@ def test_an_empty_buffer_dir_holds_no_records(
     report = stats(capsys, tmp_path)
     assert report["mqtt"] == {"records": 0, "bytes": 0, "oldest_age_seconds": None}
     assert report["influx"]["records"] == 0
+    assert report["store_bytes"] == 0
+    # In text, an age that does not exist is "-", not Python's None.
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
+    text = capsys.readouterr().out
+    assert "oldest_age_seconds=-" in text
+    assert "None" not in text
     assert export(capsys, tmp_path) == []
     assert listing(tmp_path) == {}
 
@@ -226,12 +232,17 @@ def test_stats_counts_both_dead_letter_files_and_those_waiting_in_the_store(
 def test_stats_text_and_sink_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_store(tmp_path, MQTT, INFLUX)
     report = stats(capsys, tmp_path, "--sink", "influx")
-    assert set(report) == {"influx", "dead_letter", "dead_waiting"}
+    assert set(report) == {"influx", "dead_letter", "dead_waiting", "store_bytes"}
     assert report["influx"]["records"] == 2
+    # JSON keeps the per-sink "bytes" (the whole store's size) for old readers.
+    assert report["influx"]["bytes"] == report["store_bytes"] > 0
     assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["mqtt", "records=3"]
     assert lines[1].split()[:2] == ["influx", "records=2"]
+    # The store's size once, on its own line, not repeated for every sink.
+    assert not any("bytes=" in line for line in lines)
+    assert lines[-1].split() == ["store_bytes", str(report["store_bytes"])]
 
 
 def test_read_store_returns_every_sinks_records(tmp_path: Path) -> None:

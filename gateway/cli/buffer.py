@@ -219,10 +219,12 @@ def _buffer_read(args: argparse.Namespace) -> int:
                 ns = _received_ns(sink, first.value) if first is not None else None
                 report[sink] = {
                     "records": store.count(sink),
-                    # One file holds every sink's buffer: this is its size.
+                    # One file holds every sink's buffer: this is its size. Kept
+                    # per sink for scripts that read it; `store_bytes` says it once.
                     "bytes": store.disk_bytes(),
                     "oldest_age_seconds": None if ns is None else round((now - ns) / 1e9, 3),
                 }
+            store_size = store.disk_bytes()
             # Dead letters the file refused, kept in the store until it takes them.
             waiting = {sink: store.count(sink + DEAD_SUFFIX) for sink in sinks}
     except FileNotFoundError:
@@ -244,10 +246,14 @@ def _buffer_read(args: argparse.Namespace) -> int:
         report["dead_waiting"] = dict(waiting)
         with _stdout():
             if args.json:
-                print(json.dumps(report))
+                print(json.dumps({**report, "store_bytes": store_size}))
             else:
+                # Text is for people: the store's size once, not once a sink,
+                # and "-" for an age that does not exist (JSON keeps null).
                 for sink, row in report.items():
-                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+                    shown = {k: "-" if v is None else v for k, v in row.items() if k != "bytes"}
+                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+                print(f"{'store_bytes':12} {store_size}")
     return EXIT_OK
 
 

@@ -259,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--buffer-dir", help="the buffer directory (default: from the config)")
     buf.add_argument("--sink", choices=["mqtt", "influx"], help="only this sink's buffer")
     buf.add_argument("--json", action="store_true", help="stats as one JSON object")
+    buf.add_argument(
+        "--force",
+        action="store_true",
+        help="import: import a file again although the store remembers importing it",
+    )
     buf.set_defaults(func=cmd_buffer)
 
     rep = sub.add_parser(

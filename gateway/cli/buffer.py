@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -95,13 +96,24 @@ def _write_store(
     bounds: dict[str, int],
     batches: dict[str, list[str]],
     boots: Sequence[tuple[str, int | None]] = (),
+    *,
+    digest: str | None = None,
+    force: bool = False,
 ) -> dict[str, int] | None:
     """Append to the store in one transaction; None (reported) if it cannot be done."""
-    from gateway.buffer import STORE_ERRORS, BufferFull, StoreInUse, import_records
+    from gateway.buffer import (
+        STORE_ERRORS,
+        AlreadyImported,
+        BufferFull,
+        StoreInUse,
+        import_records,
+    )
 
     try:
-        return import_records(buffer_dir, batches, bounds=bounds, boots=boots)
-    except (StoreInUse, BufferFull) as exc:
+        return import_records(
+            buffer_dir, batches, bounds=bounds, boots=boots, digest=digest, force=force
+        )
+    except (StoreInUse, BufferFull, AlreadyImported) as exc:
         _error(str(exc))
     except STORE_ERRORS as exc:
         _error(f"cannot write the buffer store in {buffer_dir}: {exc}")
@@ -131,7 +143,9 @@ def cmd_buffer_import(args: argparse.Namespace) -> int:
     sinks = [args.sink] if args.sink else ["mqtt", "influx"]
     batches = {sink: capture.records[sink] for sink in sinks}
     boots = [(b.boot_id, b.offset_ns) for b in capture.boots]
-    added = _write_store(buffer_dir, bounds, batches, boots)
+    # The file's digest: the store refuses the same export twice (unless --force).
+    digest = hashlib.sha256(data).hexdigest()
+    added = _write_store(buffer_dir, bounds, batches, boots, digest=digest, force=args.force)
     if added is None:
         return EXIT_FAILURE
     unparsed = f" ({capture.unparsed} that did not parse, as they were)" if capture.unparsed else ""

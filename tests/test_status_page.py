@@ -161,9 +161,11 @@ def test_the_page_is_served_with_the_state_in_it(tmp_path: Path) -> None:
     shot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shot)
     port = shot.free_port()
-    with shot.failing_gateway(tmp_path, port) as doc:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
-            html = r.read().decode("utf-8")
+    with (
+        shot.failing_gateway(tmp_path, port) as doc,
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r,
+    ):
+        html = r.read().decode("utf-8")
     assert doc["summary"] == "UNHEALTHY · 1 alert firing"
     assert "last error: cannot start probe-rs: No such file or directory (since " in html
     assert 'data-alert="greenhouse-hot"' in html

@@ -6,7 +6,9 @@ RUNDIR := .run
 STAMP  := $(VENV)/.installed
 RUNSTAMP := $(VENV)/.installed-run
 
-.PHONY: run test test-fast lint install install-run deps firmware bench soak powercut fuzz clean services-stop
+SCREENSHOTS := $(RUNDIR)/screenshots
+
+.PHONY: screenshot run test test-fast lint install install-run deps firmware bench soak powercut fuzz clean services-stop
 
 # `make run` needs only the package and its runtime dependencies; the test and
 # lint extras (mypy, ruff, hypothesis ...) come with `make test` and `make lint`.
@@ -38,6 +40,11 @@ run: install-run
 	@echo "                   (make services-stop stops those started here)"
 	@echo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gateway run --config ops/local.toml --buffer-dir $(RUNDIR)/buffer
+
+# The status page of a gateway whose source fails, with an alert firing, captured
+# by headless Chromium without and with JavaScript; the second is the README's image.
+screenshot: install-run
+	$(BIN)/python ops/screenshot.py $(SCREENSHOTS) docs/img/status-page.png
 
 services-stop:
 	ops/services.sh stop $(RUNDIR)

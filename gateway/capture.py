@@ -273,13 +273,19 @@ def read_capture(
                 )
             continue
         if not now:
-            what = "a firmware line" if parse_line(raw) is not None else "not a record"
-            raise CaptureError(
-                source,
-                lineno,
-                f"{what} without a stamp: a capture to replay must be an export "
-                "(gateway buffer export), or give --now to stamp raw lines at replay time",
-            )
+            if parse_line(raw) is not None:
+                why = (
+                    "a firmware line without a stamp: a capture to replay must be an export "
+                    "(gateway buffer export), or give --now to stamp raw lines at replay time"
+                )
+            else:
+                # Neither kind of line replay knows: say what it expected, not
+                # a sentence built from the two cases.
+                why = (
+                    "neither a record of an export (gateway buffer export) nor a firmware "
+                    "line; give an export, or a firmware capture with --now"
+                )
+            raise CaptureError(source, lineno, why)
         if clock is None:
             clock = replay_clock()
         stamp = clock.stamp()

@@ -33,17 +33,9 @@ from dataclasses import dataclass, field
 
 from gateway import __version__
 from gateway.records import status_topic
+from gateway.telemetry import UNIT_SYMBOLS as HA_UNITS
 from gateway.telemetry import UNITS
 
-# The unit symbols Home Assistant expects, for the gateway's unit tags.
-HA_UNITS = {
-    "celsius": "°C",
-    "percent": "%",
-    "hpa": "hPa",
-    "ohms": "Ω",
-    "dbm": "dBm",
-    "db": "dB",
-}
 # Device classes Home Assistant defines for these metrics (none for gas
 # resistance or SNR: Home Assistant has no class that means them).
 DEVICE_CLASSES = {

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,11 @@ class Source:
         self.restarts: dict[str, int] = {}
         self.state = "starting"
         self.pid: int | None = None
+        # Why the source last failed and since when (wall ns), for the status
+        # page; cleared once lines flow again. The log says the same, but an
+        # operator looking at a "failed" badge should not need the journal.
+        self.last_error = ""
+        self.last_error_since: int | None = None
         self._stderr_log = RateLimitedLog(log, interval=5.0)
         self._splitter = LineSplitter(cfg.max_line_bytes)
         # The process spawner; a seam for tests that need virtual time.
@@ -115,15 +121,24 @@ class Source:
         if scope is not None and self.cfg.stall_timeout > 0:
             scope.deadline = trio.current_time() + self.cfg.stall_timeout
         self.backoff.up()
+        if self.last_error:
+            self._note_error("")
         await self.on_lines(lines)
 
     async def _retry_later(self, reason: str, what: str, exc: OSError) -> None:
-        """Count a failed start, log it, and wait out the backoff."""
+        """Count a failed start, log it, keep it as the last error, and wait out the backoff."""
         self.state = "failed"
         self._count_restart(reason)
         delay = self.backoff.next_delay()
+        self._note_error(f"{what}: {exc.strerror or exc}")
         log.error("source: %s: %s; retrying in %.1f s", what, exc.strerror or exc, delay)
         await trio.sleep(delay)
+
+    def _note_error(self, text: str) -> None:
+        """Set the last error; its "since" moves only when the text changes."""
+        if text != self.last_error:
+            self.last_error = text
+            self.last_error_since = time.time_ns() if text else None
 
     def _count_restart(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
@@ -175,6 +190,7 @@ class Source:
             ready()
             reason = await self._supervise(proc)
             self._count_restart(reason)
+            self._note_error(f"{argv[0]}: {reason.replace('_', ' ')}")
             delay = self.backoff.next_delay()
             log.warning("source: %s (%s); restarting in %.1f s", argv[0], reason, delay)
             await trio.sleep(delay)
@@ -299,6 +315,7 @@ class Source:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
             self._count_restart(reason)
+            self._note_error(f"{port}: {reason.replace('_', ' ')}")
             delay = self.backoff.next_delay()
             log.warning("source: %s (%s); reopening in %.1f s", port, reason, delay)
             await trio.sleep(delay)

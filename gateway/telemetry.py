@@ -28,6 +28,16 @@ UNITS: dict[str, str] = {
     "rssi": "dbm",
     "snr": "db",
 }
+# How each unit is written for people (the status page, Home Assistant's
+# unit_of_measurement); the tags above stay as they are in the data.
+UNIT_SYMBOLS: dict[str, str] = {
+    "celsius": "°C",
+    "percent": "%",
+    "hpa": "hPa",
+    "ohms": "Ω",
+    "dbm": "dBm",
+    "db": "dB",
+}
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # CSI and other escape sequences that probe-rs/defmt colouring emits.
 _ANSI_RE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")

@@ -548,3 +548,44 @@ def test_victoriametrics_is_reachable_but_not_verified(
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("influxdb")]
     assert line.endswith("reachable; write permission not verified (no InfluxDB 2 API)")
     assert tsdb.export(testid=test_id) == []
+
+
+def _executable(directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    program = directory / name
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    return program
+
+
+def test_checkout_program_only_in_the_venv(tmp_path: Path) -> None:
+    # `.venv/bin/gateway check --config ops/local.toml`: `gateway simulate` is
+    # beside this gateway but not on PATH, so the advice is the checkout's.
+    from gateway.check.local import check_source
+    from gateway.config.sections import SourceSection
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    _executable(venv_bin, "gateway")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = SourceSection(command=("gateway", "simulate"))
+    [line] = check_source(cfg, {"PATH": str(empty)}, scripts_dir=str(venv_bin))
+    assert line.failed
+    assert "the source command resolves through PATH" in line.verdict
+    assert f"gateway is in {venv_bin}, which is not on it" in line.verdict
+    assert "make run" in line.verdict
+    assert "/usr/local/bin" not in line.verdict
+    assert "cargo" not in line.verdict
+
+
+def test_checkout_program_on_path_from_the_venv(tmp_path: Path) -> None:
+    # `make run` puts .venv/bin on PATH: fine, even with the checkout under a home.
+    from gateway.check.local import check_source
+    from gateway.config.sections import SourceSection
+
+    venv_bin = tmp_path / "home" / "me" / "repo" / ".venv" / "bin"
+    program = _executable(venv_bin, "gateway")
+    cfg = SourceSection(command=("gateway", "simulate"))
+    [line] = check_source(cfg, {"PATH": f"{venv_bin}:/usr/bin"}, scripts_dir=str(venv_bin))
+    assert not line.failed
+    assert line.where == str(program)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -208,6 +209,12 @@ def test_an_empty_buffer_dir_holds_no_records(
     report = stats(capsys, tmp_path)
     assert report["mqtt"] == {"records": 0, "bytes": 0, "oldest_age_seconds": None}
     assert report["influx"]["records"] == 0
+    assert report["store_bytes"] == 0
+    # In text, an age that does not exist is "-", not Python's None.
+    assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
+    text = capsys.readouterr().out
+    assert "oldest_age_seconds=-" in text
+    assert "None" not in text
     assert export(capsys, tmp_path) == []
     assert listing(tmp_path) == {}
 
@@ -225,12 +232,17 @@ def test_stats_counts_both_dead_letter_files_and_those_waiting_in_the_store(
 def test_stats_text_and_sink_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_store(tmp_path, MQTT, INFLUX)
     report = stats(capsys, tmp_path, "--sink", "influx")
-    assert set(report) == {"influx", "dead_letter", "dead_waiting"}
+    assert set(report) == {"influx", "dead_letter", "dead_waiting", "store_bytes"}
     assert report["influx"]["records"] == 2
+    # JSON keeps the per-sink "bytes" (the whole store's size) for old readers.
+    assert report["influx"]["bytes"] == report["store_bytes"] > 0
     assert cli("buffer", "stats", "--buffer-dir", str(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["mqtt", "records=3"]
     assert lines[1].split()[:2] == ["influx", "records=2"]
+    # The store's size once, on its own line, not repeated for every sink.
+    assert not any("bytes=" in line for line in lines)
+    assert lines[-1].split() == ["store_bytes", str(report["store_bytes"])]
 
 
 def test_read_store_returns_every_sinks_records(tmp_path: Path) -> None:
@@ -428,7 +440,9 @@ def test_status_says_when_the_clock_is_not_known_right(
     assert "42 InfluxDB point(s) held" in out
 
 
-@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}/"])
+@pytest.mark.parametrize(
+    "form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}/", "{port}", ":{port}"]
+)
 def test_status_url_may_be_host_and_port(
     serve_status: Callable[[dict[str, Any]], int],
     capsys: pytest.CaptureFixture[str],
@@ -617,7 +631,8 @@ def test_homeassistant_remove_sees_a_running_gateway_by_its_locks(tmp_path: Path
     import fcntl
 
     from gateway.cli.homeassistant import RUN_LOCK_FILE, running_gateway
-    from gateway.config import Config, GatewaySection, StatusSection
+    from gateway.config import Config
+    from gateway.config.sections import GatewaySection, StatusSection
 
     cfg = Config(
         gateway=GatewaySection(id="gw-lock", buffer_dir=str(tmp_path)),
@@ -636,3 +651,133 @@ def test_homeassistant_remove_sees_a_running_gateway_by_its_locks(tmp_path: Path
         finally:
             os.close(fd)
         path.unlink()
+
+
+# -- a closed stdout: every command that prints ends quietly ----------------------------
+
+
+def run_into_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command with stdout a pipe whose reader is gone before it starts.
+
+    Its first write fails (EPIPE), every time: no race with a reader.
+    """
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [*GATEWAY, *argv],
+            cwd=REPO,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
+def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert "failed" not in result.stderr
+
+
+def offline_config(tmp_path: Path) -> Path:
+    """A config whose servers are not there (the commands still print their lines)."""
+    from tests.conftest import base_config, write_config
+
+    cfg = base_config(tmp_path, "pipe", 1, "http://127.0.0.1:1", ["true"])
+    return write_config(tmp_path / "c.toml", cfg)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--count", "3", "--interval", "0"],
+        ["buffer", "stats", "--buffer-dir", "{dir}"],
+        ["buffer", "stats", "--json", "--buffer-dir", "{dir}"],
+        ["buffer", "export", "--buffer-dir", "{dir}"],
+        ["buffer", "import", "{export}", "--buffer-dir", "{other}"],
+        ["buffer", "resend-dead", "--buffer-dir", "{dir}"],
+        ["check", "--config", "{config}"],
+        ["--help"],
+    ],
+    ids=lambda argv: " ".join(a for a in argv if not a.startswith(("{", "-"))),
+)
+def test_a_command_into_a_closed_pipe_ends_quietly(tmp_path: Path, argv: list[str]) -> None:
+    store_dir, other = tmp_path / "buffer", tmp_path / "other"
+    write_store(store_dir, MQTT, INFLUX)
+    exported = run("buffer", "export", "--buffer-dir", str(store_dir))
+    (tmp_path / "export.jsonl").write_text(exported.stdout)
+    values = {
+        "{dir}": str(store_dir),
+        "{other}": str(other),
+        "{export}": str(tmp_path / "export.jsonl"),
+        "{config}": str(offline_config(tmp_path)),
+    }
+    assert_quiet(run_into_closed_pipe(*(values.get(a, a) for a in argv)))
+
+
+def test_status_into_a_closed_pipe_ends_quietly(
+    serve_status: Callable[[dict[str, Any]], int],
+) -> None:
+    port = serve_status(status_doc())
+    assert_quiet(run_into_closed_pipe("status", "--url", str(port)))
+
+
+def test_status_fits_80_columns_without_losing_text() -> None:
+    from rich.console import Console
+
+    from gateway.cli.status import _status_tables
+
+    doc = status_doc(last_error="cannot connect to broker.example.internal:8883: timed out")
+    doc["sinks"]["influx"]["target"] = "http://influxdb.example.internal:8086 (factory/telemetry)"
+    doc["source"]["last_error"] = "cannot start probe-rs: No such file or directory"
+    doc["source"]["last_error_since"] = "2026-12-01T10:00:00.000Z"
+    doc["alerts"] = [
+        {
+            "name": "node2_silent",
+            "metric": "node2.age",
+            "value": 312.0,
+            "since": "2026-12-01T10:00:00.000Z",
+            "at": "2026-12-01T10:05:00.000Z",
+            "firing_for_s": 12.5,
+        }
+    ]
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, highlight=False)
+    for part in _status_tables(doc):
+        console.print(part)
+    out = buffer.getvalue()
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80, out
+    assert "…" not in out  # nothing cut off: long text folds instead
+    # Each sink's figures are labelled rows, whole words on one line each.
+    for label in ("backlog", "delivered", "dead letters", "last error"):
+        assert any(line.strip("│ ").startswith(label) for line in lines), label
+    words = " ".join(out.split())  # a line of text wraps at word breaks
+    assert "cannot start probe-rs: No such file or directory (since 2026-12-01T10:00" in words
+    assert "node2_silent" in out
+    # A document without unit_symbol (an older gateway): the tag as it is.
+    assert "°C" not in out
+    assert "[celsius]" in out
+
+
+def test_status_shows_unit_symbols_and_the_summary(
+    serve_status: Callable[[dict[str, Any]], int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    doc = status_doc()
+    doc["healthy"], doc["reasons"] = True, []
+    doc["summary"] = "healthy · 1 alert firing"
+    doc["gateway"]["version"] = "1.2.3"
+    doc["values"]["node1"]["temperature"]["unit_symbol"] = "°C"
+    port = serve_status(doc)
+    assert cli("status", "--url", str(port)) == 0
+    out = capsys.readouterr().out
+    assert "healthy · 1 alert firing" in out
+    assert "v1.2.3" in out
+    assert "°C" in out

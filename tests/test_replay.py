@@ -136,11 +136,45 @@ def test_export_import_round_trip_keeps_stamps_and_boots(tmp_path: Path) -> None
     finally:
         store.close()
 
-    # Into a store that holds records already: appended after them, in order.
-    result = run("buffer", "import", str(capture), "--buffer-dir", str(tmp_path / "b"))
+    # Into a store that holds records already: appended after them, in order
+    # (the same file needs --force: see the test below).
+    result = run("buffer", "import", str(capture), "--force", "--buffer-dir", str(tmp_path / "b"))
     assert result.returncode == 0, result.stderr
     again = stored(tmp_path / "b")
     assert again == {sink: values * 2 for sink, values in batches.items()}
+
+
+def test_importing_the_same_export_twice_is_refused_unless_forced(tmp_path: Path) -> None:
+    batches = sample_records("iiot", "x")
+    write_store(tmp_path / "a", batches, {})
+    capture = write_lines(tmp_path / "export.jsonl", export(tmp_path / "a"))
+    target = ["--buffer-dir", str(tmp_path / "b")]
+    assert run("buffer", "import", str(capture), *target).returncode == 0
+
+    refused = run("buffer", "import", str(capture), *target)
+    assert refused.returncode == 1
+    assert "this file was imported into influx, mqtt before" in refused.stderr
+    assert "nothing was imported" in refused.stderr
+    assert "--force" in refused.stderr
+    assert stored(tmp_path / "b") == batches  # not doubled
+    # The same bytes through stdin are the same file.
+    data = capture.read_bytes()
+    assert run("buffer", "import", "-", *target, stdin=data).returncode == 1
+
+    forced = run("buffer", "import", str(capture), "--force", *target)
+    assert forced.returncode == 0, forced.stderr
+    assert stored(tmp_path / "b") == {sink: values * 2 for sink, values in batches.items()}
+
+
+def test_one_sink_of_an_export_then_the_other_is_not_a_second_import(tmp_path: Path) -> None:
+    batches = sample_records("iiot", "x")
+    write_store(tmp_path / "a", batches, {})
+    capture = write_lines(tmp_path / "export.jsonl", export(tmp_path / "a"))
+    target = ["--buffer-dir", str(tmp_path / "b")]
+    assert run("buffer", "import", str(capture), "--sink", "mqtt", *target).returncode == 0
+    assert run("buffer", "import", str(capture), "--sink", "influx", *target).returncode == 0
+    assert stored(tmp_path / "b") == batches
+    assert run("buffer", "import", str(capture), "--sink", "influx", *target).returncode == 1
 
 
 def test_import_from_stdin_and_one_sink(tmp_path: Path) -> None:
@@ -397,7 +431,8 @@ def test_replay_of_raw_lines_needs_now(
 
     refused = run("replay", str(capture), "--config", str(config))
     assert refused.returncode == 1
-    assert f"{capture}:1: not a record without a stamp" in refused.stderr
+    assert f"{capture}:1: neither a record of an export" in refused.stderr
+    assert "nor a firmware line" in refused.stderr
     assert "--now" in refused.stderr
     capture.write_text("".join(line + "\n" for line in lines))
     refused = run("replay", str(capture), "--config", str(config))

@@ -145,3 +145,31 @@ async def test_status_page_renders_live_values(tmp_path: Path, broker: Broker, t
     assert (width, height) == (1280, 900)
     colours = {row[i : i + 3] for row in rows[::7] for i in range(0, len(row), 12)}
     assert len(colours) > 20, "the screenshot is (nearly) a single colour"
+
+
+def test_the_page_is_served_with_the_state_in_it(tmp_path: Path) -> None:
+    # Without JavaScript: the HTML at / already says what failed, what fires and
+    # the badge (the gateway `make screenshot` captures, see ops/screenshot.py).
+    import importlib.util
+    import urllib.request
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("screenshot", REPO / "ops" / "screenshot.py")
+    assert spec is not None
+    assert spec.loader is not None
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    port = shot.free_port()
+    with (
+        shot.failing_gateway(tmp_path, port) as doc,
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r,
+    ):
+        html = r.read().decode("utf-8")
+    assert doc["summary"] == "UNHEALTHY · 1 alert firing"
+    assert "last error: cannot start probe-rs: No such file or directory (since " in html
+    assert 'data-alert="greenhouse-hot"' in html
+    assert "ALERT greenhouse-hot" in html
+    assert '<span id="health" class="badge bad">UNHEALTHY · 1 alert firing</span>' in html
+    assert "loading…" not in html
+    assert ">failed<" in html  # the source card's badge

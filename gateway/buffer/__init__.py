@@ -13,7 +13,7 @@ second gateway off a buffer directory one already runs on.
 
 from gateway.buffer.cachefile import FORMAT_VERSION, STORE_ERRORS, STORE_FILE
 from gateway.buffer.dirlock import LOCK_FILE, DirLock, holder, lock_dir
-from gateway.buffer.importer import BufferFull, StoreInUse, import_records
+from gateway.buffer.importer import AlreadyImported, BufferFull, StoreInUse, import_records
 from gateway.buffer.queue import DiskBuffer, Record
 from gateway.buffer.reader import StoreError, StoreReader, read_store
 from gateway.buffer.store import BufferStore
@@ -23,6 +23,7 @@ __all__ = [
     "LOCK_FILE",
     "STORE_ERRORS",
     "STORE_FILE",
+    "AlreadyImported",
     "BufferFull",
     "BufferStore",
     "DirLock",

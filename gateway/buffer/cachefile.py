@@ -16,7 +16,7 @@ Keys (all strings, so that diskcache stores them raw):
   ``prefix=<buffer>``).
 - :data:`FORMAT_KEY`: the store's format version, checked at every open.
 - :data:`BUFFERS_KEY`, :data:`BOOTS_KEY`, :data:`ALERT_STATE_KEY`,
-  :data:`HEADS_KEY`: small JSON documents (see each).
+  :data:`HEADS_KEY`, :data:`IMPORTS_KEY`: small JSON documents (see each).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ BOOTS_KEY = "boots"  # JSON {key: [boot id, learned offset or null]}, one entry 
 ALERT_STATE_KEY = "alert_state"  # JSON {key: text}, owned by gateway.alerts
 DEAD_SUFFIX = "_dead"  # buffer "mqtt" keeps its dead letters in the buffer "mqtt_dead"
 HEADS_KEY = "heads"  # JSON {buffer: seq}: its first live record, when inside a run
+IMPORTS_KEY = "imports"  # JSON {sha256 of an imported file: [buffers it went into]}
 SEQ_DIGITS = 15  # diskcache's queue keys: "<prefix>-<15 digits>"
 
 # Errors of a store that cannot be opened, read or written. diskcache raises

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.buffer.cachefile import (
     BOOTS_KEY,
     HEADS_KEY,
+    IMPORTS_KEY,
     STORE_FILE,
     _create,
     check_name,
@@ -34,6 +35,10 @@ class BufferFull(Exception):
     """The records to import do not fit in a buffer's bound: importing would drop some."""
 
 
+class AlreadyImported(Exception):
+    """This file's records went into these buffers before: importing again would double them."""
+
+
 def import_records(
     directory: Path,
     batches: Mapping[str, Sequence[str]],
@@ -41,6 +46,8 @@ def import_records(
     bounds: Mapping[str, int],
     boots: Iterable[tuple[str, int | None]] = (),
     busy_timeout: float = 1.0,
+    digest: str | None = None,
+    force: bool = False,
 ) -> dict[str, int]:
     """Append records to the buffers of a store that no process has open, in one transaction.
 
@@ -61,6 +68,11 @@ def import_records(
         boots: (boot id, learned clock offset or None) for the boots the
             records' stamps name; a boot the store already knows keeps its offset.
         busy_timeout: seconds to wait for other connections to close.
+        digest: what identifies the file the records come from (its SHA-256);
+            the store remembers which buffers each digest went into, in the
+            same transaction as the records, so that the same export is not
+            imported twice by mistake.
+        force: import even if ``digest`` went into one of these buffers before.
 
     Returns:
         How many records each buffer of ``batches`` received.
@@ -68,6 +80,8 @@ def import_records(
     Raises:
         StoreInUse: another process has the store open.
         BufferFull: a buffer would exceed its bound; nothing was written.
+        AlreadyImported: ``digest`` went into one of ``batches``' buffers
+            before (and not ``force``); nothing was written.
         sqlite3.Error, OSError, diskcache.Timeout: the store cannot be opened or written.
     """
     directory = Path(directory)
@@ -80,7 +94,7 @@ def import_records(
     try:
         cache = open_cache(directory, "full", names)
         try:
-            return _append(cache, batches, bounds, boots)
+            return _append(cache, batches, bounds, boots, digest, force)
         finally:
             cache.close()
     finally:
@@ -118,10 +132,23 @@ def _append(
     batches: Mapping[str, Sequence[str]],
     bounds: Mapping[str, int],
     boots: Iterable[tuple[str, int | None]],
+    digest: str | None = None,
+    force: bool = False,
 ) -> dict[str, int]:
     c = cache
     added: dict[str, int] = {}
     with c.transact():
+        imports = load_json(c.get(IMPORTS_KEY), {})
+        if digest is not None:
+            before = sorted(set(imports.get(digest, [])) & set(batches))
+            if before and not force:
+                raise AlreadyImported(
+                    f"this file was imported into {', '.join(before)} before: importing it "
+                    "again would double its records; nothing was imported (give --force to "
+                    "import it again anyway)"
+                )
+            imports[digest] = sorted({*imports.get(digest, []), *batches})
+            c.set(IMPORTS_KEY, json.dumps(imports))
         heads = load_json(c.get(HEADS_KEY), {})
         for name, values in batches.items():
             front, _ = c.peek(prefix=name, side="front")

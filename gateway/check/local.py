@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,16 +26,25 @@ from gateway.deadletter import DEAD_LETTER_DIR
 # -- the source -------------------------------------------------------------------
 
 
-def check_source(cfg: SourceSection, environ: Mapping[str, str] | None = None) -> list[Line]:
+def check_source(
+    cfg: SourceSection,
+    environ: Mapping[str, str] | None = None,
+    scripts_dir: str | None = None,
+) -> list[Line]:
     """The source's lines: its program on PATH and its paths, or its serial device.
 
     ``environ`` supplies PATH (default: this process's environment), which is
     the one searched; ``sudo -u iiot-gateway gateway check`` searches about
-    the one the service has.
+    the one the service has. ``scripts_dir`` is the directory of this
+    gateway's own scripts when it runs from a virtual environment (a
+    checkout's ``.venv/bin``; default: found from the interpreter), so that
+    a program found only there gets a checkout's advice, not a service's.
     """
     environ = os.environ if environ is None else environ
+    if scripts_dir is None:
+        scripts_dir = _venv_scripts_dir()
     if cfg.kind == "command":
-        return _check_command(cfg.command, environ.get("PATH", os.defpath))
+        return _check_command(cfg.command, environ.get("PATH", os.defpath), scripts_dir)
     if cfg.kind == "serial":
         return [_check_serial(cfg.port)]
     if cfg.kind == "file":
@@ -71,8 +81,15 @@ def _path_arguments(argv: Sequence[str]) -> list[tuple[int, str]]:
     return found
 
 
-def _check_command(argv: Sequence[str], search_path: str) -> list[Line]:
-    lines = [_check_program(argv[0], search_path)]
+def _venv_scripts_dir() -> str | None:
+    """The bin directory of the virtual environment this gateway runs from, if any."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    return os.path.dirname(sys.executable)
+
+
+def _check_command(argv: Sequence[str], search_path: str, scripts_dir: str | None) -> list[Line]:
+    lines = [_check_program(argv[0], search_path, scripts_dir)]
     for index, path in _path_arguments(argv):
         key = f"source.command[{index}]"
         problem = _relative(path, key)
@@ -85,10 +102,22 @@ def _check_command(argv: Sequence[str], search_path: str) -> list[Line]:
     return lines
 
 
-def _check_program(program: str, search_path: str) -> Line:
+def _check_program(program: str, search_path: str, scripts_dir: str | None = None) -> Line:
     key = "source.command[0]"
     if "/" not in program:
         found = shutil.which(program, path=search_path)
+        in_venv = shutil.which(program, path=scripts_dir) if scripts_dir else None
+        if found is None and in_venv is not None:
+            # A checkout run as .venv/bin/gateway: the program is beside it, but
+            # the source's command is looked up on PATH, which lacks that directory.
+            return _failed(
+                "source",
+                program,
+                f"{program} not found on PATH ({search_path}): the source command resolves"
+                f" through PATH, and {program} is in {scripts_dir}, which is not on it:"
+                f" use `make run` (it puts {scripts_dir} on PATH), or run with"
+                f' PATH="{scripts_dir}:$PATH"',
+            )
         if found is None:
             return _failed(
                 "source",
@@ -96,6 +125,9 @@ def _check_program(program: str, search_path: str) -> Line:
                 f"{program} not found on PATH ({search_path}): install it to /usr/local/bin;"
                 " the service cannot see ~/.cargo/bin or anything else under /home",
             )
+        if in_venv is not None and os.path.samefile(found, in_venv):
+            # This gateway's own environment (a checkout): not the service's concern.
+            return Line("source", found)
         if _in_home(found):
             # The operator's PATH has it (~/.cargo/bin), the service's cannot.
             return _failed(

@@ -37,6 +37,7 @@ from gateway.cli.common import (  # noqa: E402
     StdoutClosed,
     _error,
     _load,
+    _stdout,
     log,
     setup_logging,
 )
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--url",
         default="127.0.0.1:9108",
-        help="the [status] listen address (host:port) or a URL (default: 127.0.0.1:9108)",
+        help="a port on this machine, the [status] listen address (host:port) or a URL "
+        "(default: 127.0.0.1:9108)",
     )
     st.set_defaults(func=cmd_status)
 
@@ -238,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--buffer-dir", help="the buffer directory (default: from the config)")
     buf.add_argument("--sink", choices=["mqtt", "influx"], help="only this sink's buffer")
     buf.add_argument("--json", action="store_true", help="stats as one JSON object")
+    buf.add_argument(
+        "--force",
+        action="store_true",
+        help="import: import a file again although the store remembers importing it",
+    )
     buf.set_defaults(func=cmd_buffer)
 
     rep = sub.add_parser(
@@ -283,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     STATE.log_format = args.log_format
     try:
-        return int(args.func(args))
+        # Every command, whatever it prints: `gateway check | head -1` is not a failure.
+        with _stdout():
+            return int(args.func(args))
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return EXIT_CONFIG

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -95,13 +96,24 @@ def _write_store(
     bounds: dict[str, int],
     batches: dict[str, list[str]],
     boots: Sequence[tuple[str, int | None]] = (),
+    *,
+    digest: str | None = None,
+    force: bool = False,
 ) -> dict[str, int] | None:
     """Append to the store in one transaction; None (reported) if it cannot be done."""
-    from gateway.buffer import STORE_ERRORS, BufferFull, StoreInUse, import_records
+    from gateway.buffer import (
+        STORE_ERRORS,
+        AlreadyImported,
+        BufferFull,
+        StoreInUse,
+        import_records,
+    )
 
     try:
-        return import_records(buffer_dir, batches, bounds=bounds, boots=boots)
-    except (StoreInUse, BufferFull) as exc:
+        return import_records(
+            buffer_dir, batches, bounds=bounds, boots=boots, digest=digest, force=force
+        )
+    except (StoreInUse, BufferFull, AlreadyImported) as exc:
         _error(str(exc))
     except STORE_ERRORS as exc:
         _error(f"cannot write the buffer store in {buffer_dir}: {exc}")
@@ -131,7 +143,9 @@ def cmd_buffer_import(args: argparse.Namespace) -> int:
     sinks = [args.sink] if args.sink else ["mqtt", "influx"]
     batches = {sink: capture.records[sink] for sink in sinks}
     boots = [(b.boot_id, b.offset_ns) for b in capture.boots]
-    added = _write_store(buffer_dir, bounds, batches, boots)
+    # The file's digest: the store refuses the same export twice (unless --force).
+    digest = hashlib.sha256(data).hexdigest()
+    added = _write_store(buffer_dir, bounds, batches, boots, digest=digest, force=args.force)
     if added is None:
         return EXIT_FAILURE
     unparsed = f" ({capture.unparsed} that did not parse, as they were)" if capture.unparsed else ""
@@ -219,10 +233,12 @@ def _buffer_read(args: argparse.Namespace) -> int:
                 ns = _received_ns(sink, first.value) if first is not None else None
                 report[sink] = {
                     "records": store.count(sink),
-                    # One file holds every sink's buffer: this is its size.
+                    # One file holds every sink's buffer: this is its size. Kept
+                    # per sink for scripts that read it; `store_bytes` says it once.
                     "bytes": store.disk_bytes(),
                     "oldest_age_seconds": None if ns is None else round((now - ns) / 1e9, 3),
                 }
+            store_size = store.disk_bytes()
             # Dead letters the file refused, kept in the store until it takes them.
             waiting = {sink: store.count(sink + DEAD_SUFFIX) for sink in sinks}
     except FileNotFoundError:
@@ -244,10 +260,14 @@ def _buffer_read(args: argparse.Namespace) -> int:
         report["dead_waiting"] = dict(waiting)
         with _stdout():
             if args.json:
-                print(json.dumps(report))
+                print(json.dumps({**report, "store_bytes": store_size}))
             else:
+                # Text is for people: the store's size once, not once a sink,
+                # and "-" for an age that does not exist (JSON keeps null).
                 for sink, row in report.items():
-                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+                    shown = {k: "-" if v is None else v for k, v in row.items() if k != "bytes"}
+                    print(f"{sink:12} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+                print(f"{'store_bytes':12} {store_size}")
     return EXIT_OK
 
 

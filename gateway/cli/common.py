@@ -72,6 +72,9 @@ class StdoutClosed(Exception):
 def _stdout() -> Iterator[None]:
     """Write to stdout in this block; if the reader has gone, end the command quietly.
 
+    :func:`gateway.cli.main` runs every command inside one, so a command needs
+    its own only where it must stop writing at once (an export mid-stream).
+
     As the Python docs advise (the signal module's note on SIGPIPE), stdout then
     points at /dev/null, so that the interpreter's flush at exit fails no more.
     """
@@ -79,11 +82,23 @@ def _stdout() -> Iterator[None]:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        _stdout_to_devnull()
         raise StdoutClosed from None
+    except BaseExceptionGroup as group:
+        # A command that prints from Trio tasks (`gateway check`) raises the
+        # broken pipe inside a group: it is the same closed reader.
+        _, rest = group.split((BrokenPipeError, StdoutClosed))
+        if rest is not None:
+            raise
+        _stdout_to_devnull()
+        raise StdoutClosed from None
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _load(args: argparse.Namespace) -> Config:

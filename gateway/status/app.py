@@ -10,8 +10,9 @@ the endpoint lives and dies with the daemon and reads its state directly:
   every metric with a short history. Its field names are an interface (the page, ``gateway status``
   and users' scripts read them). Secrets never reach it: error texts are
   scrubbed where they enter the sinks' state.
-- ``/``: ``page.html``, a self-contained page for a technician that polls
-  ``/api/status``.
+- ``/``: ``page.html``, a self-contained page for a technician, served with
+  the state already in it (:mod:`gateway.status.page`); its script then polls
+  ``/api/status`` to keep it live.
 
 The app sees the stages only through the small protocols below, so this
 module depends on nothing above it.
@@ -24,8 +25,8 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
+from importlib import metadata, resources
 from typing import Any, Protocol
 
 import trio
@@ -44,6 +45,7 @@ from gateway.metrics import Metrics
 from gateway.records import rfc3339_ms
 from gateway.status.health import health, snapshot
 from gateway.status.latest import LatestValues
+from gateway.status.page import render_page
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class SourceView(Protocol):
     def pid(self) -> int | None: ...
     @property
     def restarts(self) -> Mapping[str, int]: ...
+    @property
+    def last_error(self) -> str: ...
+    @property
+    def last_error_since(self) -> int | None: ...  # wall ns
 
 
 class SinkView(Protocol):
@@ -87,10 +93,42 @@ class StatusContext:
     buffers: Mapping[str, BufferView]
     clock: ClockTracker
     alerts: Alerts | None = None
+    errors: ErrorSince = field(default_factory=lambda: ErrorSince())
+
+
+class ErrorSince:
+    """Since when each sink's current error text has been seen (wall ns).
+
+    The sinks keep only their last error's text; this notes when it first
+    appeared, so that the page can say "since". :func:`serve_status` samples
+    the sinks every :data:`ERROR_SAMPLE` seconds (and every document does
+    too), so "since" is right to within that, whether or not anyone is looking.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, int]] = {}
+
+    def since(self, stage: str, text: str, now_ns: int) -> int | None:
+        """When ``text`` became ``stage``'s error (None: there is none)."""
+        if not text:
+            self._seen.pop(stage, None)
+            return None
+        seen = self._seen.get(stage)
+        if seen is None or seen[0] != text:
+            self._seen[stage] = seen = (text, now_ns)
+        return seen[1]
+
+    def sample(self, sinks: Mapping[str, SinkView], now_ns: int) -> None:
+        """Note every sink's current error."""
+        for name, sink in sinks.items():
+            self.since(name, sink.last_error, now_ns)
+
+
+ERROR_SAMPLE = 1.0  # seconds between ErrorSince samples
 
 
 def page_html() -> str:
-    """The status page, packaged next to this module."""
+    """The status page as packaged next to this module (no state filled in)."""
     return resources.files("gateway.status").joinpath("page.html").read_text(encoding="utf-8")
 
 
@@ -105,6 +143,7 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
     now = time.monotonic()
     ok, reasons = health(snap, now, cfg.status.unhealthy_after)
     progress = {s.name: s for s in snap.sinks}
+    wall_ns = time.time_ns()
     source = {
         "kind": cfg.source.kind,
         "state": ctx.source.state,
@@ -112,6 +151,8 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "restarts": dict(ctx.source.restarts),
         "packets": m.packets,
         "last_packet_age_s": _age(now, snap.last_packet_at),
+        "last_error": ctx.source.last_error,
+        "last_error_since": _rfc3339(ctx.source.last_error_since),
     }
 
     def sink(name: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +166,9 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             "salvaged": figures.salvaged,
             "salvage_lost": figures.salvage_lost,
             "last_error": ctx.sinks[name].last_error,
+            "last_error_since": _rfc3339(
+                ctx.errors.since(name, ctx.sinks[name].last_error, wall_ns)
+            ),
             "backlog": p.backlog,
             "max_records": ctx.buffers[name].max_records,
             # Held points included: the buffer's oldest record, whatever waits on it.
@@ -153,13 +197,24 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             {
                 "target": f"{cfg.influxdb.url} ({cfg.influxdb.org}/{cfg.influxdb.bucket})",
                 "healthy": ctx.sinks["influx"].healthy,
+                # Points wait up to this long for their batch: a "waiting" that
+                # stays under it is batching, not a stall.
+                "batch_interval_s": cfg.influxdb.flush_interval,
             },
         ),
     }
     clock = ctx.clock
+    alerts = alerts_document(ctx.alerts, wall_ns)
+    uptime = _age(now, snap.started_at)
     return {
-        "gateway": {"id": cfg.gateway.id, "uptime_s": _age(now, snap.started_at)},
-        "alerts": alerts_document(ctx.alerts, time.time_ns()),
+        "gateway": {
+            "id": cfg.gateway.id,
+            "uptime_s": uptime,
+            "version": VERSION,
+            "started_at": _rfc3339(wall_ns - int((uptime or 0) * 1e9)),
+        },
+        "summary": summary(ok, len(alerts)),
+        "alerts": alerts,
         "clock": {
             "synchronized": bool(clock.synchronised.value),
             "policy": cfg.gateway.clock_sync,
@@ -172,8 +227,26 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "unhealthy_after": cfg.status.unhealthy_after,
         "source": source,
         "sinks": sinks,
-        "values": ctx.latest.to_json(time.time_ns()),
+        "values": ctx.latest.to_json(wall_ns),
     }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("iiot-gateway")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from an uninstalled tree
+        return "unknown"
+
+
+VERSION = _version()
+
+
+def summary(healthy: bool, firing: int) -> str:
+    """The health badge's text, with the firing alerts: they are read together."""
+    text = "healthy" if healthy else "UNHEALTHY"
+    if firing:
+        text += f" · {firing} alert{'s' if firing > 1 else ''} firing"
+    return text
 
 
 def alerts_document(engine: Alerts | None, now_ns: int) -> list[dict[str, Any]]:
@@ -226,7 +299,8 @@ def build_app(ctx: StatusContext) -> Starlette:
         return _json(status_document(ctx))
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page)
+        # The state as it is now, so that the page reads without its script.
+        return HTMLResponse(render_page(page, status_document(ctx)))
 
     return Starlette(
         routes=[
@@ -236,6 +310,13 @@ def build_app(ctx: StatusContext) -> Starlette:
             Route("/", index),
         ]
     )
+
+
+async def _sample_errors(ctx: StatusContext) -> None:
+    """Note the sinks' errors as they appear, so "since" does not wait for a reader."""
+    while True:
+        ctx.errors.sample(ctx.sinks, time.time_ns())
+        await trio.sleep(ERROR_SAMPLE)
 
 
 async def serve_status(
@@ -258,6 +339,7 @@ async def serve_status(
     config.errorlog = log
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sample_errors, ctx)
         binds: list[str] = await nursery.start(serve, build_app(ctx), config)
         port = int(binds[0].rsplit(":", 1)[1])
         log.info("status on %s (/metrics, /healthz, /api/status, /)", ", ".join(binds))

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.telemetry import UNITS, Packet
+from gateway.telemetry import UNIT_SYMBOLS, UNITS, Packet
 
 HISTORY_WINDOW = 600.0  # seconds of history kept per metric
 HISTORY_POINTS = 600  # at most this many points per metric (≈ one per second)
@@ -77,12 +77,13 @@ class LatestValues:
                 h.popleft()
 
     def to_json(self, now_ns: int) -> dict[str, dict[str, Any]]:
-        """group → metric → value, unit, age and history ``[[unix_ms, value], …]``."""
+        """group → metric → value, unit (tag, symbol), age, history ``[[unix_ms, value], …]``."""
         out: dict[str, dict[str, Any]] = {}
         for (group, metric), s in sorted(self.series.items()):
             out.setdefault(group, {})[metric] = {
                 "value": s.value,
                 "unit": UNITS.get(metric, ""),
+                "unit_symbol": UNIT_SYMBOLS.get(UNITS.get(metric, ""), ""),
                 "age_s": round(max(0.0, (now_ns - s.received_ns) / 1e9), 3),
                 "history": [[t // 1_000_000, v] for t, v in s.history],
             }

@@ -548,3 +548,25 @@ def test_victoriametrics_is_reachable_but_not_verified(
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("influxdb")]
     assert line.endswith("reachable; write permission not verified (no InfluxDB 2 API)")
     assert tsdb.export(testid=test_id) == []
+
+
+def test_every_server_and_url_on_a_line_of_its_own(
+    tmp_path: Path, influx: FakeInflux, broker: Broker, test_id: str
+) -> None:
+    dead_broker, dead_db = free_port(), free_port()
+    cfg = config(tmp_path, test_id, broker.port, influx.url)
+    del cfg["mqtt"]["host"], cfg["mqtt"]["port"], cfg["influxdb"]["url"]
+    cfg["mqtt"]["servers"] = [f"127.0.0.1:{broker.port}", f"127.0.0.1:{dead_broker}"]
+    cfg["influxdb"]["urls"] = [f"http://127.0.0.1:{dead_db}", influx.url]
+    result = run_check(write_config(tmp_path / "c.toml", cfg))
+    lines = result.stdout.splitlines()
+    mqtt = [line for line in lines if line.startswith("mqtt")]
+    db = [line for line in lines if line.startswith("influxdb")]
+    assert len(mqtt) == 2 and len(db) == 2, result.stdout
+    assert f"127.0.0.1:{broker.port}" in mqtt[0] and mqtt[0].endswith(" ok")
+    assert f"127.0.0.1:{dead_broker}" in mqtt[1]
+    assert "FAILED" in mqtt[1] and "check mqtt.servers" in mqtt[1]
+    assert f"127.0.0.1:{dead_db}" in db[0]
+    assert "FAILED" in db[0] and "check influxdb.urls" in db[0]
+    assert influx.url in db[1] and "FAILED" not in db[1]
+    assert result.returncode == 1

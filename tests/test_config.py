@@ -943,7 +943,7 @@ def test_mixing_the_two_forms_is_refused(tmp_path: Path, text: str, key: str) ->
         ('[mqtt]\nservers = ["bad host:1"]\n', "mqtt.servers[0]", "host name"),
         ('[mqtt]\nservers = [":1883"]\n', "mqtt.servers[0]", "host:port"),
         ('[mqtt]\nservers = ["a:1", "a:1"]\n', "mqtt.servers[1]", "twice"),
-        ('[mqtt]\nservers = [1883]\n', "mqtt.servers[0]", "string"),
+        ("[mqtt]\nservers = [1883]\n", "mqtt.servers[0]", "string"),
         ("[mqtt]\nservers = []\n", "mqtt.servers", "at least one"),
         ('[mqtt]\nservers = "a:1"\n', "mqtt.servers", "list"),
         ('[influxdb]\nurls = ["http://a", "ftp://b"]\n', "influxdb.urls[1]", "http://"),

@@ -562,11 +562,16 @@ def test_every_server_and_url_on_a_line_of_its_own(
     lines = result.stdout.splitlines()
     mqtt = [line for line in lines if line.startswith("mqtt")]
     db = [line for line in lines if line.startswith("influxdb")]
-    assert len(mqtt) == 2 and len(db) == 2, result.stdout
-    assert f"127.0.0.1:{broker.port}" in mqtt[0] and mqtt[0].endswith(" ok")
+    assert len(mqtt) == 2, result.stdout
+    assert len(db) == 2, result.stdout
+    assert f"127.0.0.1:{broker.port}" in mqtt[0]
+    assert mqtt[0].endswith(" ok")
     assert f"127.0.0.1:{dead_broker}" in mqtt[1]
-    assert "FAILED" in mqtt[1] and "check mqtt.servers" in mqtt[1]
+    assert "FAILED" in mqtt[1]
+    assert "check mqtt.servers" in mqtt[1]
     assert f"127.0.0.1:{dead_db}" in db[0]
-    assert "FAILED" in db[0] and "check influxdb.urls" in db[0]
-    assert influx.url in db[1] and "FAILED" not in db[1]
+    assert "FAILED" in db[0]
+    assert "check influxdb.urls" in db[0]
+    assert influx.url in db[1]
+    assert "FAILED" not in db[1]
     assert result.returncode == 1

@@ -100,6 +100,10 @@ class SinkMetrics:
     # under MQTT 5 capped by the broker's Receive Maximum).
     window: int = 0
     protocol: str = ""  # MQTT: "5" or "3.1.1", as spoken on the last connection
+    # The configured servers (mqtt.servers as host:port, influxdb.urls) and the
+    # one in use or being tried; the sink owns the choice, these mirror it.
+    servers: tuple[str, ...] = ()
+    server: str = ""
     # MQTT: connections (probably) taken over by another client with our client id,
     # and while the last ones were, what was seen (else "").
     takeovers: int = 0
@@ -312,6 +316,10 @@ class _Collector(Collector):
             for sink in m.sinks:
                 family.add_metric([sink.name], float(getattr(sink, attr)))
             yield family
+        yield _active(
+            "gateway_mqtt_server", "1 for the broker in use, 0 for the others", "server", mq
+        )
+        yield _active("gateway_influx_server", "1 for the URL in use, 0 for the others", "url", ix)
         yield _gauge(
             "gateway_last_packet_age_seconds", "Seconds since the last packet", m.last_packet_age()
         )
@@ -325,6 +333,14 @@ class _Collector(Collector):
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
+
+
+def _active(name: str, doc: str, label: str, sink: SinkMetrics) -> GaugeMetricFamily:
+    """A gauge per configured server of ``sink``: 1 for the one in use, 0 for the others."""
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for server in sink.servers:
+        family.add_metric([server], float(server == sink.server))
+    return family
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

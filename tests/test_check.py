@@ -589,3 +589,30 @@ def test_checkout_program_on_path_from_the_venv(tmp_path: Path) -> None:
     [line] = check_source(cfg, {"PATH": f"{venv_bin}:/usr/bin"}, scripts_dir=str(venv_bin))
     assert not line.failed
     assert line.where == str(program)
+
+
+def test_every_server_and_url_on_a_line_of_its_own(
+    tmp_path: Path, influx: FakeInflux, broker: Broker, test_id: str
+) -> None:
+    dead_broker, dead_db = free_port(), free_port()
+    cfg = config(tmp_path, test_id, broker.port, influx.url)
+    del cfg["mqtt"]["host"], cfg["mqtt"]["port"], cfg["influxdb"]["url"]
+    cfg["mqtt"]["servers"] = [f"127.0.0.1:{broker.port}", f"127.0.0.1:{dead_broker}"]
+    cfg["influxdb"]["urls"] = [f"http://127.0.0.1:{dead_db}", influx.url]
+    result = run_check(write_config(tmp_path / "c.toml", cfg))
+    lines = result.stdout.splitlines()
+    mqtt = [line for line in lines if line.startswith("mqtt")]
+    db = [line for line in lines if line.startswith("influxdb")]
+    assert len(mqtt) == 2, result.stdout
+    assert len(db) == 2, result.stdout
+    assert f"127.0.0.1:{broker.port}" in mqtt[0]
+    assert mqtt[0].endswith(" ok")
+    assert f"127.0.0.1:{dead_broker}" in mqtt[1]
+    assert "FAILED" in mqtt[1]
+    assert "check mqtt.servers" in mqtt[1]
+    assert f"127.0.0.1:{dead_db}" in db[0]
+    assert "FAILED" in db[0]
+    assert "check influxdb.urls" in db[0]
+    assert influx.url in db[1]
+    assert "FAILED" not in db[1]
+    assert result.returncode == 1

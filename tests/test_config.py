@@ -887,3 +887,74 @@ def test_cli_bad_alert_rule_exits_2_with_one_line(tmp_path: Path) -> None:
     assert (
         out.stderr.strip().splitlines()[-1].endswith("alerts.rule[0].clear: must be <= above (35)")
     )
+
+
+# -- several brokers and database URLs ----------------------------------------------
+
+
+def test_servers_and_urls_are_lists_of_endpoints(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[mqtt]\nservers = ["mq1.example:1883", "10.0.0.2:8883", "[::1]:1884"]\n'
+            '[influxdb]\nurls = ["http://vm1:8428", "https://vm2.example"]\n',
+        ),
+        environ=NO_ENV,
+    )
+    assert cfg.mqtt.endpoints == (("mq1.example", 1883), ("10.0.0.2", 8883), ("::1", 1884))
+    # One-off connections (replay, check hints, logs) use the first.
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("mq1.example", 1883)
+    assert cfg.influxdb.endpoints == ("http://vm1:8428", "https://vm2.example")
+    assert cfg.influxdb.url == "http://vm1:8428"
+
+
+def test_host_port_and_url_stay_valid(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, '[mqtt]\nhost = "b"\nport = 1\n[influxdb]\nurl = "http://i:2"\n'),
+        environ=NO_ENV,
+    )
+    assert cfg.mqtt.servers == ()
+    assert cfg.mqtt.endpoints == (("b", 1),)
+    assert cfg.influxdb.endpoints == ("http://i:2",)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[mqtt]\nservers = ["a:1"]\nhost = "b"\n', "mqtt.servers"),
+        ('[mqtt]\nport = 1884\nservers = ["a:1"]\n', "mqtt.servers"),
+        ('[influxdb]\nurl = "http://a"\nurls = ["http://b"]\n', "influxdb.urls"),
+    ],
+)
+def test_mixing_the_two_forms_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    err = config_error(tmp_path, text)
+    assert err.key == key
+    assert "not both" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ('[mqtt]\nservers = ["a:1", "b"]\n', "mqtt.servers[1]", "host:port"),
+        ('[mqtt]\nservers = ["a:0"]\n', "mqtt.servers[0]", "1..65535"),
+        ('[mqtt]\nservers = ["a:65536"]\n', "mqtt.servers[0]", "1..65535"),
+        ('[mqtt]\nservers = ["a:x"]\n', "mqtt.servers[0]", "number"),
+        ('[mqtt]\nservers = ["::1:1883"]\n', "mqtt.servers[0]", "brackets"),
+        ('[mqtt]\nservers = ["bad host:1"]\n', "mqtt.servers[0]", "host name"),
+        ('[mqtt]\nservers = [":1883"]\n', "mqtt.servers[0]", "host:port"),
+        ('[mqtt]\nservers = ["a:1", "a:1"]\n', "mqtt.servers[1]", "twice"),
+        ("[mqtt]\nservers = [1883]\n", "mqtt.servers[0]", "string"),
+        ("[mqtt]\nservers = []\n", "mqtt.servers", "at least one"),
+        ('[mqtt]\nservers = "a:1"\n', "mqtt.servers", "list"),
+        ('[influxdb]\nurls = ["http://a", "ftp://b"]\n', "influxdb.urls[1]", "http://"),
+        ('[influxdb]\nurls = ["http://a:99999"]\n', "influxdb.urls[0]", "port"),
+        ('[influxdb]\nurls = ["http://a", "http://a"]\n', "influxdb.urls[1]", "twice"),
+        ("[influxdb]\nurls = []\n", "influxdb.urls", "at least one"),
+    ],
+)
+def test_bad_server_entries_name_their_dotted_key(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    err = config_error(tmp_path, text)
+    assert err.key == key
+    assert says in str(err)

@@ -20,6 +20,7 @@ the InfluxDB write is empty, which stores nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from gateway.check.common import Line
@@ -48,7 +49,11 @@ async def check(cfg: Config) -> int:
     for line in check_source(cfg.source):
         report(line)
     report(check_buffer(cfg.gateway.buffer_dir))
-    report(await check_mqtt(cfg.mqtt))
-    report(await check_influx(cfg.influxdb))
+    # Every server of mqtt.servers and every URL of influxdb.urls on a line of
+    # its own: a node that fails only shows when the sink fails over to it.
+    for host, port in cfg.mqtt.endpoints:
+        report(await check_mqtt(dataclasses.replace(cfg.mqtt, host=host, port=port)))
+    for url in cfg.influxdb.endpoints:
+        report(await check_influx(dataclasses.replace(cfg.influxdb, url=url)))
     sys.stdout.flush()
     return 1 if failures else 0

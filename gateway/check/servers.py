@@ -26,7 +26,7 @@ from gateway.check.common import (
     Line,
     _failed,
 )
-from gateway.config.sections import InfluxSection, MqttSection
+from gateway.config.sections import InfluxSection, MqttSection, server_name
 from gateway.errors import leaf
 from gateway.sinks.influx import InfluxWriter
 from gateway.sinks.mqtt import describe_error, new_client
@@ -34,16 +34,16 @@ from gateway.sinks.mqtt import describe_error, new_client
 # -- MQTT -------------------------------------------------------------------------
 
 
-def _connect_hint(exc: BaseException) -> str:
-    """describe_error's account, with the config keys to look at."""
+def _connect_hint(exc: BaseException, where: str = "mqtt.host and mqtt.port") -> str:
+    """describe_error's account, with the config keys (``where`` names the server's) to look at."""
     text = describe_error(exc)
     if "(check " in text:  # describe_error named the credentials already
         return text
     lowered = text.lower()
     if isinstance(exc, trio.TooSlowError) or "timed out" in lowered:
         return (
-            f"no answer from the broker within {CHECK_TIMEOUT:.0f} s (check mqtt.host and"
-            " mqtt.port, and whether that port wants TLS: mqtt.ca_file)"
+            f"no answer from the broker within {CHECK_TIMEOUT:.0f} s (check {where},"
+            " and whether that port wants TLS: mqtt.ca_file)"
         )
     if isinstance(exc, MqttConnectError):
         if "identifier" in text.lower():
@@ -52,14 +52,14 @@ def _connect_hint(exc: BaseException) -> str:
     if "certificate" in lowered:
         return (
             f"{text} (check mqtt.ca_file: the CA that signed the broker's certificate;"
-            " mqtt.host must be a name in the certificate)"
+            f" the host in {where} must be a name in the certificate)"
         )
     if isinstance(exc, ssl.SSLError) or "ssl" in lowered or "tls" in lowered:
         return (
             f"{text} (check mqtt.ca_file, mqtt.cert_file, mqtt.key_file, and that mqtt.port"
             " is the broker's TLS listener)"
         )
-    return f"{text} (is the broker running? check mqtt.host and mqtt.port)"
+    return f"{text} (is the broker running? check {where})"
 
 
 def _refused(granted: Sequence[Any]) -> bool:
@@ -79,7 +79,7 @@ async def check_mqtt(m: MqttSection) -> Line:
     prefix, not retained, and counts only when it comes back through a
     subscription of the same client.
     """
-    where = f"{m.host}:{m.port}"
+    where = server_name(m.host, m.port)
     who = f"user {m.username}" if m.username else "anonymous clients"
     topic = f"{m.topic_prefix}/gateway/check-{secrets.token_hex(4)}"
     payload = secrets.token_hex(8).encode()
@@ -123,7 +123,9 @@ async def check_mqtt(m: MqttSection) -> Line:
         failure = leaf(group)
     if failure is not None:
         if stage == "connect":
-            problem = _connect_hint(failure)
+            problem = _connect_hint(
+                failure, "mqtt.servers" if m.servers else "mqtt.host and mqtt.port"
+            )
         elif stage == "subscribe":
             # Some brokers close the connection on a subscription they refuse.
             problem = (
@@ -139,6 +141,11 @@ async def check_mqtt(m: MqttSection) -> Line:
 
 
 # -- InfluxDB ---------------------------------------------------------------------
+
+
+def _url_key(cfg: InfluxSection) -> str:
+    """The key that holds the URL being checked."""
+    return "influxdb.urls" if cfg.urls else "influxdb.url"
 
 
 def _influx_error(exc: ApiException) -> tuple[str, str] | None:
@@ -187,7 +194,7 @@ def _write_refused(cfg: InfluxSection, status: int, message: str, org_found: boo
                 " check influxdb.bucket"
             )
         return f"{said}: check influxdb.org and influxdb.bucket"
-    return f"{said}: check influxdb.url and the server's log"
+    return f"{said}: check {_url_key(cfg)} and the server's log"
 
 
 def _probe_influx(writer: InfluxWriter, cfg: InfluxSection) -> tuple[bool, str]:
@@ -224,7 +231,8 @@ def _probe_influx(writer: InfluxWriter, cfg: InfluxSection) -> tuple[bool, str]:
         if writer.client.ping():
             return False, "reachable; write permission not verified (no InfluxDB 2 API)"
         return True, (
-            "answers, but neither as InfluxDB 2 (/api/v2/buckets) nor to /ping: check influxdb.url"
+            "answers, but neither as InfluxDB 2 (/api/v2/buckets) nor to /ping: check"
+            f" {_url_key(cfg)}"
         )
     try:
         writes.post_write(
@@ -251,9 +259,9 @@ async def check_influx(cfg: InfluxSection) -> Line:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             text = _network_error(exc)
             if "certificate" in text.lower():
-                hint = "check influxdb.url; its CA must be in this host's trust store"
+                hint = f"check {_url_key(cfg)}; its CA must be in this host's trust store"
             else:
-                hint = "is InfluxDB running? check influxdb.url"
+                hint = f"is InfluxDB running? check {_url_key(cfg)}"
             return True, f"cannot reach it: {text} ({hint})"
         finally:
             writer.close()
@@ -263,6 +271,6 @@ async def check_influx(cfg: InfluxSection) -> Line:
         result = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
     if result is None:
         writer.abort()
-        result = True, f"no answer within {limit:.0f} s: check influxdb.url"
+        result = True, f"no answer within {limit:.0f} s: check {_url_key(cfg)}"
     failed, verdict = result
     return _failed("influxdb", cfg.url, verdict) if failed else Line("influxdb", cfg.url, verdict)

@@ -26,6 +26,7 @@ from gateway.config.checks import (
     check_gateway,
     check_influxdb,
     check_mqtt,
+    check_one_form,
     check_plausibility,
     check_source,
     check_status,
@@ -53,6 +54,7 @@ from gateway.config.sections import (
     StatusSection,
     default_client_id,
     derive_gateway_id,
+    split_server,
 )
 from gateway.errors import ConfigError
 
@@ -278,6 +280,22 @@ def _validate(cfg: Config) -> None:
     check_status(cfg.status)
 
 
+def _first_servers(cfg: Config) -> Config:
+    """``mqtt.host``/``port`` and ``influxdb.url`` set to the first of ``servers``/``urls``.
+
+    One-off connections (replay, ``gateway check``'s hints, discovery removal)
+    and log lines then name a server of the list, not the defaults.
+    """
+    if cfg.mqtt.servers:
+        host, port = split_server(cfg.mqtt.servers[0])
+        cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, host=host, port=port))
+    if cfg.influxdb.urls:
+        cfg = dataclasses.replace(
+            cfg, influxdb=dataclasses.replace(cfg.influxdb, url=cfg.influxdb.urls[0])
+        )
+    return cfg
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -348,6 +366,8 @@ def parse_config(
         "influxdb": InfluxSection,
         "status": StatusSection,
     }
+    check_one_form(data.get("mqtt"), "mqtt", "servers", ("host", "port"))
+    check_one_form(data.get("influxdb"), "influxdb", "urls", ("url",))
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in sections:
@@ -378,6 +398,7 @@ def parse_config(
         client_id = default_client_id(cfg.gateway.id)
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, client_id=client_id))
     _validate(cfg)
+    cfg = _first_servers(cfg)
     password = _read_secret(
         "mqtt.password_file", cfg.mqtt.password_file, MQTT_PASSWORD_ENV, environ
     )

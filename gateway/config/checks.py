@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from gateway.config.ranges import MAX_PORT
-from gateway.config.sections import MAX_MQTT_STRING_BYTES
+from gateway.config.sections import MAX_MQTT_STRING_BYTES, split_server
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -107,9 +107,10 @@ def check_source(s: SourceSection) -> None:
 
 
 def check_mqtt(m: MqttSection) -> None:
-    """``[mqtt]``: host, client id, topic and discovery prefixes, backoff, TLS files."""
+    """``[mqtt]``: host or servers, client id, topic and discovery prefixes, backoff, TLS."""
     if not valid_host(m.host):
         raise ConfigError("mqtt.host", f"expected a host name or IP address, got {m.host!r}")
+    check_servers(m.servers)
     if not m.client_id or len(m.client_id.encode()) > MAX_MQTT_STRING_BYTES:
         raise ConfigError("mqtt.client_id", f"must be 1..{MAX_MQTT_STRING_BYTES} bytes")
     if not _levels(m.topic_prefix):
@@ -125,8 +126,15 @@ def check_mqtt(m: MqttSection) -> None:
 
 
 def check_influxdb(i: InfluxSection) -> None:
-    """``[influxdb]``: URL, org and bucket, backoff, tag keys."""
+    """``[influxdb]``: URL (or URLs), org and bucket, backoff, tag keys."""
     check_url(i.url)
+    seen: dict[str, str] = {}
+    for n, url in enumerate(i.urls):
+        key = f"influxdb.urls[{n}]"
+        check_url(url, key)
+        if url in seen:
+            raise ConfigError(key, f"{url!r} is listed twice (also {seen[url]})")
+        seen[url] = key
     for key, value in (("influxdb.org", i.org), ("influxdb.bucket", i.bucket)):
         if not value:
             raise ConfigError(key, "must not be empty")
@@ -183,15 +191,53 @@ def check_listen(listen: str) -> None:
         raise ConfigError("status.listen", f"port must be 0..{MAX_PORT}, got {port!r}")
 
 
-def check_url(url: str) -> None:
-    """Raise :class:`ConfigError` unless ``influxdb.url`` is http(s), a host and a valid port."""
+def check_url(url: str, key: str = "influxdb.url") -> None:
+    """Raise :class:`ConfigError` (naming ``key``) unless ``url`` is http(s), a host and a port."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
-        raise ConfigError("influxdb.url", f"must be http:// or https:// and a host, got {url!r}")
+        raise ConfigError(key, f"must be http:// or https:// and a host, got {url!r}")
     try:
         parts.port  # noqa: B018 - reading it validates the port
     except ValueError:
-        raise ConfigError("influxdb.url", f"port must be 1..{MAX_PORT}, got {url!r}") from None
+        raise ConfigError(key, f"port must be 1..{MAX_PORT}, got {url!r}") from None
+
+
+def check_servers(servers: tuple[str, ...]) -> None:
+    """``mqtt.servers``: each entry ``host:port`` with a valid host and port, none twice."""
+    seen: dict[tuple[str, int], str] = {}
+    for n, text in enumerate(servers):
+        key = f"mqtt.servers[{n}]"
+        try:
+            host, port = split_server(text)
+        except ValueError as exc:
+            raise ConfigError(key, f"{exc}; got {text!r}") from None
+        if not valid_host(host):
+            raise ConfigError(key, f"expected a host name or IP address, got {host!r}")
+        if not 1 <= port <= MAX_PORT:
+            raise ConfigError(key, f"port must be 1..{MAX_PORT}, got {port}")
+        if (host, port) in seen:
+            raise ConfigError(key, f"{text!r} is listed twice (also {seen[host, port]})")
+        seen[host, port] = key
+
+
+def check_one_form(table: object, section: str, many: str, single: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` if ``[section]`` sets both ``many`` and one of ``single``.
+
+    Checked on the file's table, not the dataclass: ``host`` has a default, so
+    only the file tells whether it was set. An empty list is refused too: it
+    would leave the sink nowhere to deliver.
+    """
+    if not isinstance(table, dict) or many not in table:
+        return
+    both = [k for k in single if k in table]
+    if both:
+        raise ConfigError(
+            f"{section}.{many}",
+            f"give {section}.{many} or {' / '.join(f'{section}.{k}' for k in single)}, not both"
+            f" ({section}.{both[0]} is set too)",
+        )
+    if table[many] == []:
+        raise ConfigError(f"{section}.{many}", "must name at least one")
 
 
 def _no_passphrase() -> NoReturn:

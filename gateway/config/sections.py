@@ -107,6 +107,33 @@ Timeout = Annotated[float, Range(MIN_TIMEOUT, MAX_TIMEOUT)]
 BufferBound = Annotated[int, Range(1, MAX_BUFFER_RECORDS)]
 
 
+def split_server(text: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:1883"`` for IPv6) → ``(host, port)``, the host unbracketed.
+
+    Only the shape is checked here; :mod:`gateway.config.checks` judges the
+    host and the port's range.
+
+    Raises:
+        ValueError: no port, a port that is not a number, an IPv6 address
+            without brackets.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError('expected "host:port" ("[::1]:1883" for IPv6)')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('an IPv6 address goes in brackets: "[::1]:1883"')
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"the port must be a number, got {port!r}")
+    return host, int(port)
+
+
+def server_name(host: str, port: int) -> str:
+    """``host:port`` as written in ``mqtt.servers`` (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class DerivedId:
     """A ``gateway.id`` the config left out, and how it was made (for the start-up log).
@@ -253,6 +280,10 @@ class MqttSection:
 
     host: str = "localhost"
     port: Annotated[int, Range(1, MAX_PORT)] = 1883
+    # Several brokers ("host:port" each), instead of host and port: the sink
+    # connects to the first that answers and moves to the next when it fails.
+    # parse_config sets host and port to the first, for one-off connections.
+    servers: tuple[str, ...] = ()
     # Unset in the file: derived from gateway.id (see parse_config).
     client_id: str = field(default_factory=lambda: default_client_id(default_gateway_id()))
     topic_prefix: str = "iiot"
@@ -284,12 +315,23 @@ class MqttSection:
     # Resolved secret; never printed (repr=False).
     password: str = field(default="", repr=False)
 
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every broker as ``(host, port)``, in order: ``servers``, else ``host``/``port``."""
+        if self.servers:
+            return tuple(split_server(s) for s in self.servers)
+        return ((self.host, self.port),)
+
 
 @dataclass(frozen=True)
 class InfluxSection:
     """``[influxdb]``: the database, batching and the point buffer bound."""
 
     url: str = "http://localhost:8086"
+    # Several URLs of one database (cluster nodes), instead of url: writes go
+    # to the first that answers and move on at a network error or a 5xx.
+    # parse_config sets url to the first, for one-off requests.
+    urls: tuple[str, ...] = ()
     org: str = "my-org"
     bucket: str = "telemetry"
     token_file: str = ""
@@ -302,6 +344,11 @@ class InfluxSection:
     # Static tags added to every point (e.g. site = "north-field").
     tags: dict[str, str] = field(default_factory=dict)
     token: str = field(default="", repr=False)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every URL, in order: ``urls``, else ``url``."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True)

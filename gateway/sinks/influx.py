@@ -9,22 +9,11 @@ requests. Errors are classified once, in :func:`classify`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import socket
-import threading
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import trio
-import urllib3
-import urllib3.connection
-from influxdb_client.client.exceptions import InfluxDBError
-from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.domain.write_precision import WritePrecision
 from trio_util import wait_any
 
 from gateway.backoff import Backoff
@@ -34,6 +23,10 @@ from gateway.deadletter import DeadLetterFile
 from gateway.errors import InfluxWriteError, scrub
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import StampResolver, point_line, split_point
+from gateway.sinks.influx_writer import Deadline, InfluxWriter, classify
+from gateway.sinks.servers import Rotation
+
+__all__ = ["DEAD_LETTER_FILE", "Deadline", "InfluxSink", "InfluxWriter", "classify"]
 
 log = logging.getLogger(__name__)
 
@@ -48,173 +41,6 @@ DEAD_LETTER_FILE = "influx.lp"
 REQUEST_SLACK = 1.0
 
 
-def classify(exc: BaseException) -> InfluxWriteError:
-    """Turn what a server or the network caused into an :class:`InfluxWriteError`.
-
-    Raises:
-        BaseException: ``exc`` itself when neither caused it (a bug of ours).
-    """
-    if isinstance(exc, InfluxWriteError):
-        return exc
-    if isinstance(exc, InfluxDBError):
-        status = getattr(exc, "status", None)
-        if status is None and exc.response is not None:
-            status = getattr(exc.response, "status", None)
-        retry_after = _seconds(getattr(exc, "retry_after", None))
-        message = f"HTTP {status}: {getattr(exc, 'message', '') or exc}"[:300]
-        if status in (400, 422):
-            return InfluxWriteError(message, status=status, retryable=False, split=True)
-        if status == 413:
-            return InfluxWriteError(message, status=status, retryable=True, split=True)
-        if status in (401, 403):
-            message += " (check influxdb.token_file / $GATEWAY_INFLUXDB_TOKEN)"
-        elif status == 404:
-            message += " (check influxdb.org and influxdb.bucket)"
-        return InfluxWriteError(message, status=status, retryable=True, retry_after=retry_after)
-    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
-        return InfluxWriteError(f"network: {exc}"[:300], status=None, retryable=True)
-    # Anything else is a bug of ours: retrying it for ever would hide it.
-    raise exc
-
-
-def _seconds(value: object) -> float | None:
-    try:
-        return max(0.0, float(str(value))) if value is not None else None
-    except ValueError:
-        return None
-
-
-class InfluxWriter:
-    """Blocking writes through influxdb-client's synchronous API (run in a thread).
-
-    ``influxdb.timeout`` bounds each socket operation inside urllib3, not the
-    request: a server that answers one byte per second keeps a request alive
-    for ever. The sink therefore puts a total deadline on every request and,
-    when it passes, calls :meth:`abort`, which shuts down the sockets this
-    writer opened so that the worker thread returns at once.
-    """
-
-    def __init__(self, cfg: InfluxSection) -> None:
-        self.cfg = cfg
-        self.client = InfluxDBClient(
-            url=cfg.url, token=cfg.token or "", org=cfg.org, timeout=int(cfg.timeout * 1000)
-        )
-        self.api = self.client.write_api(write_options=SYNCHRONOUS)
-        self._connections: weakref.WeakSet[urllib3.connection.HTTPConnection] = weakref.WeakSet()
-        self._track_connections()
-
-    def _track_connections(self) -> None:
-        # urllib3 lets a pool manager choose its pool classes, and a pool its
-        # connection class: ours remember every connection they open.
-        pool_manager = getattr(
-            getattr(getattr(self.client, "api_client", None), "rest_client", None),
-            "pool_manager",
-            None,
-        )
-        if not isinstance(pool_manager, urllib3.PoolManager):
-            log.warning("influxdb: cannot track connections; a stalled request cannot be aborted")
-            return
-        registry = self._connections
-
-        class HTTPConnection(urllib3.connection.HTTPConnection):
-            def connect(self) -> None:
-                super().connect()
-                registry.add(self)
-
-        class HTTPSConnection(urllib3.connection.HTTPSConnection):
-            def connect(self) -> None:
-                super().connect()
-                registry.add(self)
-
-        class HTTPPool(urllib3.HTTPConnectionPool):
-            ConnectionCls = HTTPConnection
-
-        class HTTPSPool(urllib3.HTTPSConnectionPool):
-            ConnectionCls = HTTPSConnection
-
-        pool_manager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
-
-    def abort(self) -> None:
-        """Shut down every socket of this writer: a blocked request fails at once.
-
-        Safe to call from any thread; an idle pooled connection is simply
-        reopened by the next request.
-        """
-        for conn in list(self._connections):
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Write points; raise :class:`InfluxWriteError` on any failure."""
-        try:
-            self.api.write(
-                bucket=self.cfg.bucket,
-                org=self.cfg.org,
-                record="\n".join(lines),
-                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
-            )
-        except (InfluxDBError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise classify(exc) from exc
-
-    def close(self) -> None:
-        """Release connections."""
-        self.client.close()  # type: ignore[no-untyped-call]
-
-
-class Deadline:
-    """One watchdog thread that calls ``expire`` when an armed deadline passes.
-
-    A thread per request (``threading.Timer``) cost a thread start, and GIL
-    hand-overs, for every write: hundreds a second while a backlog drains.
-    This thread sleeps through the requests that end in time and only wakes
-    when one may not.
-    """
-
-    def __init__(self, expire: Callable[[], None]) -> None:
-        self._expire = expire
-        self._cond = threading.Condition()
-        self._due: float | None = None
-        self._waiting_forever = False
-        self._thread: threading.Thread | None = None
-        self.expired = False
-
-    def arm(self, seconds: float) -> None:
-        """Start the deadline of one request (from the worker thread)."""
-        with self._cond:
-            self._due = time.monotonic() + seconds
-            self.expired = False
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="influxdb-deadline", daemon=True
-                )
-                self._thread.start()
-            elif self._waiting_forever:
-                self._cond.notify()
-
-    def disarm(self) -> None:
-        """The request ended (the watchdog finds out at its next wake-up)."""
-        with self._cond:
-            self._due = None
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                if self._due is None:
-                    self._waiting_forever = True
-                    self._cond.wait()
-                    self._waiting_forever = False
-                    continue
-                left = self._due - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._due = None
-                self.expired = True
-                self._expire()
-
-
 class InfluxSink:
     """Deliver the InfluxDB buffer, in batches, retrying forever.
 
@@ -223,7 +49,9 @@ class InfluxSink:
         buffer: the sink's disk buffer.
         metrics: counters and gauges (this sink's are ``metrics.influx``).
         dead_letters: where points rejected for good go.
-        writer: the blocking writer (injectable for tests).
+        writer: the blocking writer of every URL (injectable for tests).
+        writers: one blocking writer per URL of ``cfg.endpoints`` (for tests);
+            default one :class:`InfluxWriter` each.
         resolver: decides each point's time from its stamp, or to hold it
             while the clock is not known right; None: every stamp is final.
     """
@@ -236,6 +64,8 @@ class InfluxSink:
         dead_letters: DeadLetterFile,
         writer: InfluxWriter | None = None,
         resolver: StampResolver | None = None,
+        *,
+        writers: Sequence[InfluxWriter] | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
@@ -245,8 +75,14 @@ class InfluxSink:
         self.dead_letter_path = dead_letters.path
         self.resolver = resolver
         self.holding = False  # points wait for the clock to be right
-        self.writer = writer or InfluxWriter(cfg)
-        self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        urls = cfg.endpoints
+        if writers is None:
+            writers = [writer] * len(urls) if writer else [InfluxWriter(cfg, url) for url in urls]
+        self._writers = dict(zip(urls, writers, strict=True))
+        # influxdb.urls (or url), sticky, a backoff each: gateway.sinks.servers.
+        self.servers = Rotation(urls, lambda: Backoff(cfg.backoff_initial, cfg.backoff_max))
+        self.figures.servers = urls
+        self.figures.server = self.server
         self.healthy: bool | None = None  # None until the first request
         self.last_error = ""
         self.last_delivery: float | None = None
@@ -256,6 +92,16 @@ class InfluxSink:
         self._limiter = trio.CapacityLimiter(1)
         self._deadline = Deadline(lambda: self.writer.abort())
         self._errlog = RateLimitedLog(log, interval=30.0)
+
+    @property
+    def server(self) -> str:
+        """The URL written to now (or next)."""
+        return self.servers.active
+
+    @property
+    def writer(self) -> InfluxWriter:
+        """The writer of the URL in use."""
+        return self._writers[self.server]
 
     def stop(self) -> None:
         """Ask the sink to finish the request in flight and return."""
@@ -284,7 +130,8 @@ class InfluxSink:
             # Quick even with a request still stuck: the client only drops its
             # idle connections (an aborted one fails by itself).
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.writer.close)
+                for writer in set(self._writers.values()):
+                    await trio.to_thread.run_sync(writer.close)
 
     async def _wait_for_batch(self) -> None:
         count = self.buffer.count
@@ -305,17 +152,22 @@ class InfluxSink:
         self.figures.connected = False
         self.buffer.set_delivering(False)  # write-behind: write what waits in memory
         self.last_error = scrub(str(exc), (self.cfg.token,))
-        delay = self.backoff.next_delay()
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+        failed = self.server
+        # Another URL may well take what this one could not answer (a network
+        # error, a 5xx); a refusal (401/403/404, 429) would be the same there.
+        delay = self.servers.failed(
+            switch=exc.status is None or exc.status >= 500, at_least=exc.retry_after or 0.0
+        )
+        self.figures.server = self.server
         level = logging.ERROR if exc.status in (401, 403, 404) else logging.WARNING
         self._errlog.log(
             level,
             str(exc.status),
-            "influxdb: write to %s failed: %s; %d point(s) buffered; retrying in %.1f s",
-            self.cfg.url,
+            "influxdb: write to %s failed: %s; %d point(s) buffered; %s in %.1f s",
+            failed,
             exc,
             self.buffer.count.value,
+            "retrying" if self.server == failed else f"trying {self.server}",
             delay,
         )
         await wait_any(functools.partial(trio.sleep, delay), self._stop.wait)
@@ -342,11 +194,11 @@ class InfluxSink:
         self._end_hold()
         await self._write(points)
         if self.healthy is False:  # None: the first request since start-up
-            log.info("influxdb: writes to %s succeed again", self.cfg.url)
+            log.info("influxdb: writes to %s succeed again", self.server)
         self.healthy = True
         self.figures.connected = True
         self.buffer.set_delivering(True)
-        self.backoff.up()
+        self.servers.up()
         self.last_error = ""
         self.last_delivery = trio.current_time()
 

@@ -183,7 +183,10 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "mqtt": sink(
             "mqtt",
             {
-                "target": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                # The broker in use (or being tried); "target" is its older name.
+                "target": m.mqtt.server or f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                "server": m.mqtt.server or f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                "servers": list(m.mqtt.servers),
                 "connected": m.mqtt.connected,
                 "protocol": m.mqtt.protocol,
                 "window": m.mqtt.window,
@@ -195,7 +198,10 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "influx": sink(
             "influx",
             {
-                "target": f"{cfg.influxdb.url} ({cfg.influxdb.org}/{cfg.influxdb.bucket})",
+                "target": f"{m.influx.server or cfg.influxdb.url}"
+                f" ({cfg.influxdb.org}/{cfg.influxdb.bucket})",
+                "server": m.influx.server or cfg.influxdb.url,
+                "servers": list(m.influx.servers),
                 "healthy": ctx.sinks["influx"].healthy,
                 # Points wait up to this long for their batch: a "waiting" that
                 # stays under it is batching, not a stall.

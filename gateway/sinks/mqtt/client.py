@@ -38,20 +38,24 @@ def new_client(
     *,
     tls: ssl.SSLContext | None = None,
     timeout: float | None = None,
+    server: tuple[str, int] | None = None,
     **options: Any,
 ) -> aiomqtt.Client:
     """An aiomqtt client for the ``[mqtt]`` broker: host, port, credentials and TLS.
 
     Every connection the gateway makes (the sink, replay, ``gateway check``,
     discovery removal) is built here, so they all reach the broker the same
-    way. ``tls`` is a context already made (the sink keeps one), else one is
-    made from ``cfg``; ``timeout`` defaults to ``mqtt.connect_timeout``;
-    ``options`` go to ``aiomqtt.Client`` as they are. Must be called inside
-    asyncio (the client binds to the running loop).
+    way. ``server`` is the ``(host, port)`` to reach, default ``mqtt.host``
+    and ``mqtt.port`` (the first of ``mqtt.servers``): TLS and credentials
+    are the same for every server. ``tls`` is a context already made (the
+    sink keeps one), else one is made from ``cfg``; ``timeout`` defaults to
+    ``mqtt.connect_timeout``; ``options`` go to ``aiomqtt.Client`` as they
+    are. Must be called inside asyncio (the client binds to the running loop).
     """
+    host, port = (cfg.host, cfg.port) if server is None else server
     return aiomqtt.Client(
-        cfg.host,
-        cfg.port,
+        host,
+        port,
         identifier=identifier,
         username=cfg.username or None,
         password=cfg.password or None,

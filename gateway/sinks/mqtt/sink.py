@@ -26,7 +26,7 @@ from trio_util import wait_any
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer
 from gateway.clock import Stamp
-from gateway.config.sections import DEFAULT_MAX_INFLIGHT, MqttSection
+from gateway.config.sections import DEFAULT_MAX_INFLIGHT, MqttSection, server_name
 from gateway.deadletter import DeadLetterFile
 from gateway.errors import leaf, scrub
 from gateway.homeassistant import Discovery
@@ -48,6 +48,7 @@ from gateway.sinks.mqtt.properties import MessageProperties, new_properties
 from gateway.sinks.mqtt.takeover import Takeover, TakeoverWatch
 from gateway.sinks.mqtt.window import Message, Window
 from gateway.sinks.mqtt.wire import Wire, require_internals
+from gateway.sinks.servers import Rotation
 from gateway.telemetry import Packet
 
 log = logging.getLogger("gateway.sinks.mqtt")  # one name for the whole sink
@@ -119,11 +120,17 @@ class MqttSink:
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM  # from the last CONNACK
         self._properties = MessageProperties(gateway_id, cfg.message_expiry)
         self._discovery_wake = trio.Event()
-        self.backoff = Backoff(
-            cfg.backoff_initial,
-            cfg.backoff_max,
-            stable_after=max(cfg.backoff_max, STABLE_CONNECTION_S),
+        # mqtt.servers (or host/port), sticky, a backoff each: gateway.sinks.servers.
+        self.servers = Rotation(
+            cfg.endpoints,
+            lambda: Backoff(
+                cfg.backoff_initial,
+                cfg.backoff_max,
+                stable_after=max(cfg.backoff_max, STABLE_CONNECTION_S),
+            ),
         )
+        self.figures.servers = tuple(server_name(*s) for s in cfg.endpoints)
+        self.figures.server = self.server
         self.takeovers = TakeoverWatch()
         self.connected = False
         self.last_error = ""
@@ -147,6 +154,11 @@ class MqttSink:
         self._tls = tls_context(cfg)
         self._secrets = (cfg.password,)
         self._alerts_level = alerts_topic(cfg.topic_prefix)
+
+    @property
+    def server(self) -> str:
+        """The broker in use or being tried, as ``host:port``."""
+        return server_name(*self.servers.active)
 
     def retain(self, topic: str) -> bool:
         """Whether a message to ``topic`` is retained: ``mqtt.retain``, and alerts always."""
@@ -197,19 +209,21 @@ class MqttSink:
                     self._note_takeover(takeover)
                 elif not self.takeovers.suspected:
                     self.figures.takeover = ""
-                delay = self.backoff.next_delay(
+                failed = self.server
+                delay = self.servers.failed(
                     floor=TAKEOVER_DELAY_FLOOR if self.takeovers.suspected else 0.0
                 )
+                self.figures.server = self.server
                 self.figures.connect_failures += 1
                 log.debug("mqtt: attempt failed: %s; next in %.2f s", self.last_error, delay)
                 self._errlog.log(
                     logging.WARNING,
                     "connect",
-                    "mqtt: %s:%d: %s; %d message(s) buffered; retrying in %.1f s",
-                    self.cfg.host,
-                    self.cfg.port,
+                    "mqtt: %s: %s; %d message(s) buffered; %s in %.1f s",
+                    failed,
                     self.last_error,
                     self.buffer.count.value,
+                    "retrying" if self.server == failed else f"trying {self.server}",
                     delay,
                 )
                 await wait_any(functools.partial(trio.sleep, delay), self._stop.wait)
@@ -259,6 +273,7 @@ class MqttSink:
         client = new_client(
             cfg,
             cfg.client_id,
+            server=self.servers.active,
             tls=self._tls,
             keepalive=cfg.keepalive,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
@@ -306,10 +321,9 @@ class MqttSink:
         """
         self.protocol = V311
         log.warning(
-            "mqtt: %s:%d refused MQTT 5 (%s); using 3.1.1 until restart: messages carry no "
+            "mqtt: %s refused MQTT 5 (%s); using 3.1.1 until restart: messages carry no "
             'ts/gw properties and PUBACK refusals cannot be seen (payload = "json" carries ts)',
-            self.cfg.host,
-            self.cfg.port,
+            self.server,
             exc.rc,
         )
 
@@ -338,13 +352,12 @@ class MqttSink:
                 properties=self._live_properties(),
             )
             self._set_connected(True)
-            self.backoff.up()
+            self.servers.up()
             self.figures.connects += 1
             self.last_error = ""
             log.info(
-                "mqtt: connected to %s:%d (MQTT %s); window %d%s; %d message(s) to replay",
-                self.cfg.host,
-                self.cfg.port,
+                "mqtt: connected to %s (MQTT %s); window %d%s; %d message(s) to replay",
+                self.server,
                 self.protocol,
                 self.effective_window,
                 self._window_note(),

@@ -80,6 +80,9 @@ class Source:
         self.backoff = Backoff(cfg.restart_initial, cfg.restart_max)
         self.restarts: dict[str, int] = {}
         self.state = "starting"
+        # Why the source last failed or restarted; "" until it does (kept while
+        # it runs again: the state says whether the error is current).
+        self.last_error = ""
         self.pid: int | None = None
         self._stderr_log = RateLimitedLog(log, interval=5.0)
         self._splitter = LineSplitter(cfg.max_line_bytes)
@@ -120,6 +123,7 @@ class Source:
     async def _retry_later(self, reason: str, what: str, exc: OSError) -> None:
         """Count a failed start, log it, and wait out the backoff."""
         self.state = "failed"
+        self.last_error = f"{what}: {exc.strerror or exc}"
         self._count_restart(reason)
         delay = self.backoff.next_delay()
         log.error("source: %s: %s; retrying in %.1f s", what, exc.strerror or exc, delay)
@@ -174,6 +178,7 @@ class Source:
                 continue
             ready()
             reason = await self._supervise(proc)
+            self.last_error = f"{argv[0]}: {reason}"
             self._count_restart(reason)
             delay = self.backoff.next_delay()
             log.warning("source: %s (%s); restarting in %.1f s", argv[0], reason, delay)
@@ -298,6 +303,7 @@ class Source:
                 self.state = "restarting"
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+            self.last_error = f"{port}: {reason}"
             self._count_restart(reason)
             delay = self.backoff.next_delay()
             log.warning("source: %s (%s); reopening in %.1f s", port, reason, delay)

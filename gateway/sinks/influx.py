@@ -248,6 +248,7 @@ class InfluxSink:
         self.writer = writer or InfluxWriter(cfg)
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self.healthy: bool | None = None  # None until the first request
+        self.server = cfg.url  # the database written to (the status and the state show it)
         self.last_error = ""
         self.last_delivery: float | None = None
         self._stop = trio.Event()

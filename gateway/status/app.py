@@ -13,8 +13,10 @@ the endpoint lives and dies with the daemon and reads its state directly:
 - ``/``: ``page.html``, a self-contained page for a technician that polls
   ``/api/status``.
 
-The app sees the stages only through the small protocols below, so this
-module depends on nothing above it.
+The app sees the stages only through the small protocols of
+:mod:`gateway.status.state` (which also builds the figures ``/api/status``
+shares with the ``gateway/state`` MQTT message), so this module depends on
+nothing above it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -37,65 +37,37 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from gateway.alerts import Alerts, rfc3339
-from gateway.clock import ClockTracker
-from gateway.config import Config
-from gateway.metrics import Metrics
-from gateway.records import rfc3339_ms
 from gateway.status.health import health, snapshot
-from gateway.status.latest import LatestValues
+from gateway.status.state import (
+    BufferView,
+    SinkView,
+    SourceView,
+    StatusContext,
+    age,
+    alerts_document,
+    clock_document,
+    sink_figures,
+    source_figures,
+)
 
 log = logging.getLogger(__name__)
 
-
-class SourceView(Protocol):
-    """What the page shows of the source stage."""
-
-    @property
-    def state(self) -> str: ...
-    @property
-    def pid(self) -> int | None: ...
-    @property
-    def restarts(self) -> Mapping[str, int]: ...
-
-
-class SinkView(Protocol):
-    """What the page shows of a sink beyond its metrics."""
-
-    @property
-    def last_error(self) -> str: ...
-    @property
-    def healthy(self) -> bool | None: ...
-
-
-class BufferView(Protocol):
-    """What the page shows of a buffer beyond its metrics."""
-
-    @property
-    def max_records(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class StatusContext:
-    """Everything the endpoint reports on; built by the daemon once its stages exist."""
-
-    cfg: Config
-    metrics: Metrics
-    latest: LatestValues
-    source: SourceView
-    sinks: Mapping[str, SinkView]
-    buffers: Mapping[str, BufferView]
-    clock: ClockTracker
-    alerts: Alerts | None = None
+__all__ = [
+    "BufferView",
+    "SinkView",
+    "SourceView",
+    "StatusContext",
+    "alerts_document",
+    "build_app",
+    "page_html",
+    "serve_status",
+    "status_document",
+]
 
 
 def page_html() -> str:
     """The status page, packaged next to this module."""
     return resources.files("gateway.status").joinpath("page.html").read_text(encoding="utf-8")
-
-
-def _age(now: float, then: float | None) -> float | None:
-    return None if then is None else round(max(0.0, now - then), 3)
 
 
 def status_document(ctx: StatusContext) -> dict[str, Any]:
@@ -106,33 +78,23 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
     ok, reasons = health(snap, now, cfg.status.unhealthy_after)
     progress = {s.name: s for s in snap.sinks}
     source = {
-        "kind": cfg.source.kind,
-        "state": ctx.source.state,
+        **source_figures(ctx, now),
         "pid": ctx.source.pid,
         "restarts": dict(ctx.source.restarts),
-        "packets": m.packets,
-        "last_packet_age_s": _age(now, snap.last_packet_at),
     }
 
     def sink(name: str, extra: dict[str, Any]) -> dict[str, Any]:
         p, figures = progress[name], m.sink(name)
         return {
             **extra,
+            **sink_figures(ctx, name, p.backlog),
             "delivered": figures.delivered,
-            "dropped": figures.dropped,
-            "dead_letters": figures.dead_letters,
             "dead_letters_waiting": figures.dead_letters_waiting,
             "salvaged": figures.salvaged,
             "salvage_lost": figures.salvage_lost,
             "last_error": ctx.sinks[name].last_error,
-            "backlog": p.backlog,
-            "max_records": ctx.buffers[name].max_records,
-            # Held points included: the buffer's oldest record, whatever waits on it.
-            "oldest_age_s": (
-                round(figures.oldest_age, 3) if p.backlog or figures.oldest_age else None
-            ),
-            "waiting_for_s": _age(now, p.waiting_since),
-            "last_delivery_age_s": _age(now, p.last_delivery),
+            "waiting_for_s": age(now, p.waiting_since),
+            "last_delivery_age_s": age(now, p.last_delivery),
         }
 
     sinks = {
@@ -140,7 +102,6 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             "mqtt",
             {
                 "target": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
-                "connected": m.mqtt.connected,
                 "protocol": m.mqtt.protocol,
                 "window": m.mqtt.window,
                 "refused": int(m.mqtt.refused.total()),
@@ -156,15 +117,11 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             },
         ),
     }
-    clock = ctx.clock
     return {
-        "gateway": {"id": cfg.gateway.id, "uptime_s": _age(now, snap.started_at)},
+        "gateway": {"id": cfg.gateway.id, "uptime_s": age(now, snap.started_at)},
         "alerts": alerts_document(ctx.alerts, time.time_ns()),
         "clock": {
-            "synchronized": bool(clock.synchronised.value),
-            "policy": cfg.gateway.clock_sync,
-            "since": _rfc3339(clock.since_ns),
-            "how": clock.verdict.how if clock.verdict else "not checked yet",
+            **clock_document(ctx),
             "points_held": m.influx.backlog if m.influx.holding else 0,
         },
         "healthy": ok,
@@ -174,27 +131,6 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
         "sinks": sinks,
         "values": ctx.latest.to_json(time.time_ns()),
     }
-
-
-def alerts_document(engine: Alerts | None, now_ns: int) -> list[dict[str, Any]]:
-    """The active alerts, oldest first: what fired, on what value, since when."""
-    if engine is None:
-        return []
-    return [
-        {
-            "name": a.name,
-            "metric": a.metric,
-            "value": a.value,
-            "since": rfc3339(a.since_ns),
-            "at": rfc3339(a.at_ns),
-            "firing_for_s": round(max(0.0, (now_ns - a.at_ns) / 1e9), 3),
-        }
-        for a in engine.active()
-    ]
-
-
-def _rfc3339(ns: int | None) -> str | None:
-    return None if ns is None else rfc3339_ms(ns)
 
 
 def _json(data: Any, status: int = 200) -> Response:

@@ -41,7 +41,7 @@ from gateway.status.health import health, snapshot
 from gateway.status.latest import LatestValues
 
 SCHEMA = 1
-POLL_S = 0.1
+POLL_S = 0.25
 SINKS = ("mqtt", "influx")
 # A source in one of these states has an error (its last_error says which).
 SOURCE_ERROR_STATES = frozenset({"failed", "restarting"})

@@ -88,11 +88,9 @@ class StockBroker(Broker):
 
 @dataclass
 class Counter:
-    """One subscriber to every fleet topic and the broker's client count (MQTT 5, QoS 1)."""
+    """A subscriber to the broker's client count ($SYS)."""
 
     port: int
-    readings: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
-    messages: int = 0
     connected_clients: list[tuple[float, int]] = field(default_factory=list)
     subscribed: threading.Event = field(default_factory=threading.Event)
 
@@ -111,28 +109,68 @@ class Counter:
         return self
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        client.subscribe([("#", 1), ("$SYS/broker/clients/connected", 0)])
+        client.subscribe([("$SYS/broker/clients/connected", 0)])
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.startswith("$SYS/"):
             self.connected_clients.append((time.monotonic(), int(msg.payload)))
-            return
-        prefix, group, _ = (msg.topic + "//").split("/", 2)
-        if not prefix.startswith("fleet-") or group in ("gateway", "alerts"):
-            return
-        props = dict(getattr(msg.properties, "UserProperty", []) or [])
-        with self.lock:
-            self.messages += 1
-            self.readings[prefix].add((msg.topic, props.get("ts", "")))
-
-    def distinct(self, prefix: str) -> int:
-        """Distinct readings delivered for one gateway."""
-        with self.lock:
-            return len(self.readings[prefix])
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class Readings:
+    """The counting subscriber: mosquitto_sub (C, so it keeps up with a fleet) into a file.
+
+    It prints each message's topic and MQTT 5 user properties (``ts``, the
+    reading's receive time, and ``gw``): distinct lines are distinct readings,
+    whatever was sent twice within a window.
+    """
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.port = port
+        self.path = path
+        self.out = path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                *("mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "5", "-q", "1"),
+                *("-i", "fleet-readings", "-t", "#", "-F", "%t %P"),
+            ],
+            stdout=self.out,
+            stderr=subprocess.DEVNULL,
+        )
+        self.probes = 0
+
+    def wait_subscribed(self, timeout: float = 30.0) -> None:
+        """Publish a probe until it comes back: the subscription is live (again)."""
+        self.probes += 1
+        topic = f"fleet-probe/{self.probes}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pub = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-t", topic, "-m", "x"]
+            subprocess.run(pub, check=False, timeout=10, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            if topic.encode() in self.path.read_bytes():
+                return
+        raise TimeoutError("the counting subscriber never saw its probe")
+
+    def distinct(self) -> tuple[dict[str, int], int]:
+        """Distinct readings per topic prefix, and the messages counted."""
+        seen: dict[str, set[bytes]] = defaultdict(set)
+        messages = 0
+        for line in self.path.read_bytes().splitlines():
+            topic = line.split(b" ", 1)[0].decode(errors="replace")
+            prefix, group, _ = (topic + "//").split("/", 2)
+            if not prefix.startswith("fleet-gw") or group in ("gateway", "alerts"):
+                continue
+            messages += 1
+            seen[prefix].add(line)
+        return {p: len(v) for p, v in seen.items()}, messages
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self.out.close()
 
 
 def proc_cpu_rss(pid: int) -> tuple[float, int]:
@@ -214,7 +252,8 @@ def tsdb_counts(tsdb: Tsdb) -> tuple[dict[str, int], int]:
         for line in r.read().splitlines():
             if line.strip():
                 series = json.loads(line)
-                per[str(series["metric"].get("gw", ""))] += len(series["values"])
+                # Distinct times: a point written twice (a retried request) is one reading.
+                per[str(series["metric"].get("gw", ""))] += len(set(series["timestamps"]))
     with urllib.request.urlopen(f"{tsdb.url}/api/v1/series/count", timeout=10) as r:
         series_count = int(json.loads(r.read())["data"][0])
     return per, series_count
@@ -228,10 +267,12 @@ def run(n: int = 50, seconds: float = 60.0) -> dict[str, Any]:
     tsdb = Tsdb(root).start()
     relay = Proxy(broker.port).start()
     counter = Counter(broker.port).start()
+    readings = Readings(broker.port, root / "readings.txt")
     members: list[Member] = []
     out: dict[str, Any] = {"n": n, "seconds": seconds}
     try:
         assert counter.subscribed.wait(10)
+        readings.wait_subscribed()
         for i in range(1, n + 1):
             members.append(start_member(root, i, relay.port, tsdb.url))
         started = time.monotonic()
@@ -250,6 +291,7 @@ def run(n: int = 50, seconds: float = 60.0) -> dict[str, Any]:
         counter.subscribed.clear()
         broker.start()
         assert counter.subscribed.wait(30), "the counter never subscribed again"
+        readings.wait_subscribed()
         healed = time.monotonic()
         relay.set_mode("heal")
 
@@ -295,8 +337,9 @@ def run(n: int = 50, seconds: float = 60.0) -> dict[str, Any]:
         time.sleep(SETTLE_S)  # VictoriaMetrics makes points searchable within seconds
         printed = {m.gid: m.printed() for m in members}
         out["printed_readings"] = sum(printed.values()) * METRICS_PER_PACKET
-        out["subscriber_readings"] = sum(counter.distinct(m.prefix) for m in members)
-        out["subscriber_messages"] = counter.messages
+        delivered, messages = readings.distinct()
+        out["subscriber_readings"] = sum(delivered.get(m.prefix, 0) for m in members)
+        out["subscriber_messages"] = messages
         per_gw, series = tsdb_counts(tsdb)
         out["tsdb_readings"] = sum(per_gw.get(m.gid, 0) for m in members)
         out["tsdb_series"] = series
@@ -305,7 +348,7 @@ def run(n: int = 50, seconds: float = 60.0) -> dict[str, Any]:
         out["short_at_subscriber"] = [
             m.gid
             for m in members
-            if counter.distinct(m.prefix) < (printed[m.gid] - 1) * METRICS_PER_PACKET
+            if delivered.get(m.prefix, 0) < (printed[m.gid] - 1) * METRICS_PER_PACKET
         ]
         out["short_in_tsdb"] = [
             m.gid
@@ -317,6 +360,7 @@ def run(n: int = 50, seconds: float = 60.0) -> dict[str, Any]:
         for m in members:
             stop_process(m.proc)
         counter.close()
+        readings.close()
         relay.close()
         broker.stop()
         tsdb.stop()

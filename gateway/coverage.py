@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 # The config key of each sink's bound: what a warning tells the operator to raise.
 BOUND_KEYS = {"mqtt": "mqtt.buffer_max_messages", "influx": "influxdb.buffer_max_points"}
 WARN_INTERVAL_S = 3600.0  # "the log warns once an hour"
+# What `gateway check` can know of the input rate: not the firmware's interval
+# (it is in the firmware, not the config), so the seed's: a packet every 10 s,
+# 9 readings a packet, each one MQTT message and one point.
+SEED_INTERVAL_S = 10.0
+SEED_RECORDS_PER_PACKET = 9
+SEED_PER_HOUR = SEED_RECORDS_PER_PACKET * 3600.0 / SEED_INTERVAL_S  # 3,240 records/h
 WINDOW_S = 3600.0  # the "input rate of the last hour"
 BUCKET_S = 60.0
 # Below this much measured time a rate says more about start-up than about the input.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 from gateway.check.common import Line
-from gateway.check.local import check_buffer, check_source
+from gateway.check.local import check_buffer, check_coverage, check_source
 from gateway.check.servers import check_influx, check_mqtt
 from gateway.config import Config
 from gateway.errors import scrub
@@ -48,6 +48,8 @@ async def check(cfg: Config) -> int:
     for line in check_source(cfg.source):
         report(line)
     report(check_buffer(cfg.gateway.buffer_dir))
+    for line in check_coverage(cfg):
+        report(line)
     report(await check_mqtt(cfg.mqtt))
     report(await check_influx(cfg.influxdb))
     sys.stdout.flush()

@@ -80,19 +80,22 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
         "up",
         "backlog",
         "oldest (s)",
+        "coverage (h)",
         "delivered",
         "dropped",
         "dead letters",
         Column("last error", overflow="fold"),
     )
     for name, s in doc["sinks"].items():
-        up = s.get("connected", s.get("healthy"))
+        # InfluxDB's "healthy" is None before its first request: "?" rather than "no".
+        up = s.get("healthy", s.get("connected"))
         sinks.add_row(
             cell(name),
             cell(s["target"]),
             cell({True: "yes", False: "no"}.get(up, "?")),
             cell(s["backlog"]),
             cell(s["oldest_age_s"] or "-"),
+            cell("-" if s.get("coverage_h") is None else s["coverage_h"]),
             cell(s["delivered"]),
             cell(s["dropped"]),
             cell(s["dead_letters"]),

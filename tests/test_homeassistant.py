@@ -331,7 +331,7 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
         # --force removes, and warns that they come back.
         out = _remove(gw_config, "--force")
         assert out.returncode == 0, out.stderr
-        assert "removed 10 Home Assistant discovery config(s)" in out.stdout
+        assert "removed 17 Home Assistant discovery config(s)" in out.stdout
         assert "publishes them again at its next connect" in out.stderr
     finally:
         assert gw.terminate() == 0
@@ -343,7 +343,11 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
 
 
 def _templated(found: dict[str, str]) -> set[bool]:
-    return {"value_template" in json.loads(p) for t, p in found.items() if "/sensor/" in t}
+    # The readings' sensors: the gateway's state entities always have a template.
+    configs = [json.loads(p) for t, p in found.items() if "/sensor/" in t]
+    return {
+        "value_template" in c for c in configs if not c["state_topic"].endswith("/gateway/state")
+    }
 
 
 def test_changing_the_payload_mode_republishes_every_config(
@@ -359,7 +363,10 @@ def test_changing_the_payload_mode_republishes_every_config(
         states = retained(broker.port, f"{test_id}/#", 1.0)
         for config in configs.values():
             if "state_class" in config:
-                float(state_of(config, states[config["state_topic"]]))  # a number
+                value = state_of(config, states[config["state_topic"]])
+                if config["state_topic"].endswith("/gateway/state") and value == "None":
+                    continue  # a figure the state has as null: unknown in Home Assistant
+                float(value)  # a number
 
 
 def test_the_gateway_state_entities_read_the_state_document() -> None:

@@ -820,7 +820,12 @@ def footprint_rows(rows: list[Row], durability: str, write_delay: float = 0.0) -
 
 def main(argv: list[str]) -> int:
     """`make bench`; ``drain``: the drain rows only; ``footprint``: the field-rate rows
-    with durability full (write_delay 0 and 2) only; ``window``: the window sweep."""
+    with durability full (write_delay 0 and 2) only; ``window``: the window sweep;
+    ``fleet [N] [SECONDS]``: N gateways on one broker and one TSDB (bench/fleet.py)."""
+    if argv and argv[0] == "fleet":
+        from bench import fleet
+
+        return fleet.main(argv[1:])
     if "window" in argv:
         window_sweep()
         return 0

@@ -25,6 +25,7 @@ acknowledged is already on disk. A second signal stops at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -41,6 +42,7 @@ from gateway.buffer import BufferStore, DirLock, lock_dir
 from gateway.clock import ClockTracker, boottime_ns
 from gateway.config import Config
 from gateway.config.sections import HEARTBEAT_S
+from gateway.coverage import Coverage
 from gateway.deadletter import DEAD_LETTER_DIR, DeadLetterFile, DeadLetterMover
 from gateway.errors import leaf
 from gateway.homeassistant import Discovery, status_page_url
@@ -51,6 +53,7 @@ from gateway.sinks import influx, mqtt
 from gateway.source import Source
 from gateway.status.app import StatusContext, serve_status
 from gateway.status.latest import LatestValues
+from gateway.status.state import StateWatch, state_payload
 from gateway.systemd import watchdog
 
 log = logging.getLogger(__name__)
@@ -306,9 +309,13 @@ class Gateway:
                 self.metrics.clock_synchronized = False
 
     async def _watch_oldest(
-        self, store: BufferStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        store: BufferStore,
+        coverage: Coverage,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Each sink's oldest waiting record's age, from its stamp, every OLDEST_INTERVAL.
+        """Each sink's oldest record's age and its outage coverage, every OLDEST_INTERVAL.
 
         Whether or not anything is being sent: during an outage it grows, which
         is what an operator's alert on it needs.
@@ -325,6 +332,8 @@ class Gateway:
                     ):  # not a record: it goes to the dead letters
                         age = stamp_age_s(text, time.time_ns(), boot, boottime_ns())
                 self.metrics.sink(name).oldest_age = age
+                buf = store.buffers[name]
+                coverage.update(name, buf.max_records, buf.count.value)
             await trio.sleep(OLDEST_INTERVAL)
 
     async def _close(self, store: BufferStore) -> None:
@@ -346,8 +355,13 @@ class Gateway:
                 async with trio.open_nursery() as ops:
                     for mover in s.dead_letters:
                         await ops.start(mover.run)
-                    await ops.start(self._watch_oldest, s.store)
-                    await ops.start(self._serve_status, s)
+                    await ops.start(self._watch_oldest, s.store, s.pipeline.coverage)
+                    ctx = self._status_context(s)
+                    s.mqtt.state_document = functools.partial(state_payload, ctx)
+                    await ops.start(
+                        StateWatch(ctx, cfg.gateway.state_interval, s.mqtt.publish_state).run
+                    )
+                    await ops.start(self._serve_status, ctx)
                     await ops.start(watchdog, self.metrics, cfg.status.unhealthy_after)
                     if cfg.gateway.stats_interval > 0:
                         ops.start_soon(s.pipeline.report_stats)
@@ -377,15 +391,9 @@ class Gateway:
                 store_scope.cancel()  # the store's close() writes what is still pending
                 clock_scope.cancel()  # the clock watcher never ends by itself
 
-    async def _serve_status(
-        self, s: Stages, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The status endpoint until cancelled; a taken port is logged, not fatal."""
-        listen = self.cfg.status.listen
-        if not listen:
-            task_status.started()
-            return
-        ctx = StatusContext(
+    def _status_context(self, s: Stages) -> StatusContext:
+        """What the status endpoint and the ``gateway/state`` message read."""
+        return StatusContext(
             cfg=self.cfg,
             metrics=self.metrics,
             latest=self.latest,
@@ -395,6 +403,15 @@ class Gateway:
             clock=self.clock,
             alerts=s.alerts,
         )
+
+    async def _serve_status(
+        self, ctx: StatusContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The status endpoint until cancelled; a taken port is logged, not fatal."""
+        listen = self.cfg.status.listen
+        if not listen:
+            task_status.started()
+            return
         try:
             async with trio.open_nursery() as nursery:
                 self.status_port = await nursery.start(serve_status, ctx, listen)

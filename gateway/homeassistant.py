@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway import __version__
-from gateway.records import status_topic
+from gateway.records import state_topic, status_topic
 from gateway.telemetry import UNIT_SYMBOLS as HA_UNITS
 from gateway.telemetry import UNITS
 
@@ -58,6 +58,16 @@ METRIC_NAMES = {
     "snr": "SNR",
     "packets_received": "Packets received",
     "crc_errors": "CRC errors",
+}
+
+
+# The gateway's diagnostic entities on gateway/state: per sink, these figures.
+STATE_SINKS = {"mqtt": "MQTT", "influx": "InfluxDB"}
+STATE_FIELDS = {"backlog": "backlog", "oldest_age": "oldest_age_s", "coverage": "coverage_h"}
+STATE_FIGURES: dict[str, tuple[str, dict[str, object]]] = {
+    "backlog": ("backlog", {"unit_of_measurement": "records"}),
+    "oldest_age": ("oldest waiting", {"device_class": "duration", "unit_of_measurement": "s"}),
+    "coverage": ("outage coverage", {"device_class": "duration", "unit_of_measurement": "h"}),
 }
 
 
@@ -189,9 +199,13 @@ class Discovery:
         return added
 
     def all_configs(self) -> list[tuple[str, str]]:
-        """Every config: the gateway's and each metric seen (after a connect)."""
+        """Every config: the gateway's, its state's and each metric seen (after a connect)."""
         self.new.clear()
-        return [self.gateway_config(), *(self.metric_config(g, m) for g, m in sorted(self.seen))]
+        return [
+            self.gateway_config(),
+            *self.state_configs(),
+            *(self.metric_config(g, m) for g, m in sorted(self.seen)),
+        ]
 
     def take_new(self) -> list[tuple[str, str]]:
         """The configs of metrics seen since the last call."""
@@ -238,17 +252,66 @@ class Discovery:
             "qos": 1,
             "device_class": "connectivity",
             "entity_category": "diagnostic",
-            "device": self._device_links(
-                {
-                    "identifiers": [node],
-                    "name": self._device_name(GATEWAY_DEVICE_NAME),
-                    "manufacturer": MANUFACTURER,
-                    "model": "LoRa gateway",
-                    "sw_version": __version__,
-                }
-            ),
+            "device": self._gateway_device(),
         }
         return f"{self.discovery_prefix}/binary_sensor/{node}/status/config", _json(config)
+
+    def _gateway_device(self) -> dict[str, object]:
+        # One block for every entity of the gateway's device: Home Assistant
+        # takes a device's details from whichever config it reads last.
+        return self._device_links(
+            {
+                "identifiers": [self._node],
+                "name": self._device_name(GATEWAY_DEVICE_NAME),
+                "manufacturer": MANUFACTURER,
+                "model": "LoRa gateway",
+                "sw_version": __version__,
+            }
+        )
+
+    def state_configs(self) -> list[tuple[str, str]]:
+        """The gateway device's diagnostic entities, read from the ``gateway/state`` JSON.
+
+        Per sink its backlog, oldest record's age and outage coverage, and the
+        clock's verdict as a binary sensor. A figure the state has as null (no
+        rate yet, nothing waiting) renders "None", which Home Assistant shows
+        as unknown rather than a false zero.
+        """
+        node = self._node
+        common = {
+            "state_topic": state_topic(self.topic_prefix),
+            "qos": 1,
+            "entity_category": "diagnostic",
+            "availability_topic": status_topic(self.topic_prefix),
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": self._gateway_device(),
+        }
+        out: list[tuple[str, str]] = []
+        for sink, label in STATE_SINKS.items():
+            for key, (name, extra) in STATE_FIGURES.items():
+                object_id = f"{sink}_{key}"
+                config = {
+                    "name": f"{label} {name}",
+                    "unique_id": f"{node}-state-{object_id}",
+                    "default_entity_id": self._entity_id("sensor", "gateway", object_id),
+                    "value_template": f"{{{{ value_json.sinks.{sink}.{STATE_FIELDS[key]} }}}}",
+                    "state_class": "measurement",
+                    **extra,
+                    **common,
+                }
+                out.append(
+                    (f"{self.discovery_prefix}/sensor/{node}/{object_id}/config", _json(config))
+                )
+        clock = {
+            "name": "Clock synchronised",
+            "unique_id": f"{node}-state-clock",
+            "default_entity_id": self._entity_id("binary_sensor", "gateway", "clock"),
+            "value_template": "{{ 'ON' if value_json.clock.synchronized else 'OFF' }}",
+            **common,
+        }
+        out.append((f"{self.discovery_prefix}/binary_sensor/{node}/clock/config", _json(clock)))
+        return out
 
     def metric_config(self, group: str, metric: str) -> tuple[str, str]:
         """The discovery config of one metric's sensor: (topic, JSON payload).

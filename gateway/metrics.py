@@ -92,6 +92,10 @@ class SinkMetrics:
     salvaged: int = 0
     salvage_lost: int = 0
     oldest_age: float = 0.0
+    # Hours of outage the room left in the buffer holds at the last hour's input
+    # rate (gateway.coverage; None while there is no rate), and that rate.
+    coverage_hours: float | None = None
+    rate_per_hour: float | None = None
     # InfluxDB: the backlog waits for the clock to be right (not stuck).
     holding: bool = False
     # InfluxDB: points delivered with their best-known time, tagged clock=unsynced.
@@ -320,6 +324,16 @@ class _Collector(Collector):
             "gateway_mqtt_server", "1 for the broker in use, 0 for the others", "server", mq
         )
         yield _active("gateway_influx_server", "1 for the URL in use, 0 for the others", "url", ix)
+        coverage = GaugeMetricFamily(
+            "gateway_buffer_coverage_hours",
+            "Hours of outage the buffer's free room holds at the last hour's input rate, by sink",
+            labels=["sink"],
+        )
+        for sink in m.sinks:
+            # No sample while there is no rate: an absent series, not a fake infinity.
+            if sink.coverage_hours is not None:
+                coverage.add_metric([sink.name], sink.coverage_hours)
+        yield coverage
         yield _gauge(
             "gateway_last_packet_age_seconds", "Seconds since the last packet", m.last_packet_age()
         )

@@ -30,6 +30,7 @@ from gateway.alerts import AlertEvent, Alerts, alert_tags
 from gateway.buffer import BufferStore, DiskBuffer
 from gateway.clock import ClockTracker
 from gateway.config import Config
+from gateway.coverage import Coverage
 from gateway.metrics import Metrics, RateLimitedLog
 from gateway.records import gateway_points, packet_points, packet_records, stamp_text, tag_suffix
 from gateway.telemetry import NAME_RE, Packet, SequenceTracker, check_plausibility, parse_line
@@ -61,9 +62,12 @@ class Pipeline:
         clock: ClockTracker,
         observers: Sequence[PacketObserver] = (),
         alerts: Alerts | None = None,
+        coverage: Coverage | None = None,
     ) -> None:
         self.cfg = cfg
         self.alerts = alerts
+        # Every commit feeds the input rates outage coverage is computed from.
+        self.coverage = coverage or Coverage(metrics, cfg.gateway.min_coverage_hours)
         self._alert_tags = alert_tags(cfg.influxdb.tags)
         self.store = store
         self.metrics = metrics
@@ -185,6 +189,7 @@ class Pipeline:
         dropped = await self.store.commit(batches, state=state)
         recreated = self.store.recreated - recreated_before
         for buf in sinks:
+            self.coverage.committed(buf.name, len(batches.get(buf, ())))
             figures = self.metrics.sink(buf.name)
             # A store deleted under us and recreated is an I/O failure of each buffer.
             figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated

@@ -108,6 +108,11 @@ def status_topic(prefix: str) -> str:
     return f"{prefix}/gateway/status"
 
 
+def state_topic(prefix: str) -> str:
+    """The retained JSON state document's topic (gateway.status.state)."""
+    return f"{prefix}/gateway/state"
+
+
 def alerts_topic(prefix: str, name: str = "") -> str:
     """An alert's retained topic, ``{prefix}/alerts/{name}`` (with no name: the level's prefix)."""
     return f"{prefix}/alerts/{name}"

@@ -43,6 +43,11 @@ CONF=$CONF_DIR/config.toml
 ELF_DIR=/usr/share/iiot-gateway
 ELF=$ELF_DIR/node2.elf
 STATE_DIR=/var/lib/iiot-gateway
+# Buffer bounds written into a new config: a day of outage at the seed's pace (a
+# packet every 10 s, 9 readings: 77,760 messages and points a day) and then some.
+# config.toml keeps the design's 1000-message MQTT default (about 18 minutes of it).
+BOUND_MESSAGES=100000
+BOUND_POINTS=100000
 UNIT=/etc/systemd/system/iiot-gateway.service
 WANTS=/etc/systemd/system/multi-user.target.wants/iiot-gateway.service
 RULES=/etc/udev/rules.d/60-iiot-gateway.rules
@@ -226,7 +231,8 @@ install_config() {
     # that goes with the id. Comments and every other key stay as they are; [gateway] id and
     # buffer_dir are added at the end of the section when the example leaves them out.
     # An empty id (an image without a machine id) writes neither id nor client_id.
-    awk -v id="$gw_id" -v state="$STATE_DIR" -v elf="$ELF" '
+    awk -v id="$gw_id" -v state="$STATE_DIR" -v elf="$ELF" \
+        -v messages="$BOUND_MESSAGES" -v points="$BOUND_POINTS" '
         function close_gateway() {
             if (section != "gateway") return
             if (!seen_id && id != "") print "id = \"" id "\""
@@ -243,6 +249,12 @@ install_config() {
         section == "source" && /^command[[:space:]]*=/ { gsub(/"[^"]*\.elf"/, "\"" elf "\"") }
         section == "mqtt" && /^client_id[[:space:]]*=/ && id != "" {
             print "client_id = \"iiot-gateway-" id "\""; next
+        }
+        section == "mqtt" && /^buffer_max_messages[[:space:]]*=/ {
+            print "buffer_max_messages = " messages "  # install.sh: a day and more at 10 s"; next
+        }
+        section == "influxdb" && /^buffer_max_points[[:space:]]*=/ {
+            print "buffer_max_points = " points "  # install.sh: a day and more at 10 s"; next
         }
         { print }
         END { close_gateway() }
@@ -275,6 +287,10 @@ assert cfg["gateway"].get("id", "") == gw_id, cfg["gateway"]
 assert cfg["gateway"]["buffer_dir"] == state, cfg["gateway"]
 command = cfg.get("source", {}).get("command", [])
 assert not any(a.endswith(".elf") and a != elf for a in command), command
+# A day of outage at the seed's pace: 9 readings every 10 s.
+day = 9 * 6 * 60 * 24
+assert cfg["mqtt"]["buffer_max_messages"] >= day, cfg["mqtt"]
+assert cfg["influxdb"]["buffer_max_points"] >= day, cfg["influxdb"]
 try:
     from gateway.config import parse_config
 except ImportError:  # --no-venv: the TOML checks above are what we have

@@ -117,6 +117,7 @@ UNITS_BY_CLASS = {
     "atmospheric_pressure": {"cbar", "bar", "hPa", "mmHg", "inHg", "kPa", "mbar", "Pa", "psi"},
     "pressure": {"cbar", "bar", "hPa", "mmHg", "inHg", "kPa", "mbar", "Pa", "psi"},
     "signal_strength": {"dB", "dBm"},
+    "duration": {"d", "h", "min", "s", "ms", "µs"},
 }
 BINARY_SENSOR_CLASSES = {"connectivity", "problem", "running", "power"}
 STATE_CLASSES = {"measurement", "total", "total_increasing"}

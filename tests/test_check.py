@@ -215,6 +215,10 @@ def test_all_checks_pass_and_nothing_is_left_behind(
     result = run_check(write_config(tmp_path / "config.toml", cfg))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
+    # Coverage is a warning, never a failure: the default MQTT bound holds 18 minutes.
+    coverage = [line for line in lines if line.startswith("coverage")]
+    assert len(coverage) == 2
+    lines = [line for line in lines if not line.startswith("coverage")]
     assert [line.split()[0] for line in lines] == ["source", "source", "buffer", "mqtt", "influxdb"]
     assert lines[0].split()[1] == shutil.which("true", path="/usr/bin:/bin")
     assert lines[2].endswith("ok (will be created)")
@@ -228,6 +232,28 @@ def test_all_checks_pass_and_nothing_is_left_behind(
     # The probe was not retained.
     assert retained(broker.port, f"{test_id}/#") == {}
     assert GOOD_TOKEN not in result.stdout + result.stderr
+
+
+def test_check_warns_when_a_bound_covers_less_than_min_coverage_hours(
+    tmp_path: Path, broker: Broker, influx: FakeInflux, test_id: str
+) -> None:
+    cfg = config(tmp_path, test_id, broker.port, influx.url, ["true"])
+    cfg["gateway"]["min_coverage_hours"] = 24.0
+    cfg["mqtt"]["buffer_max_messages"] = 1000  # the design's default: 18 minutes of the seed
+    cfg["influxdb"]["buffer_max_points"] = 100_000  # 31 hours
+    result = run_check(write_config(tmp_path / "config.toml", cfg))
+    assert result.returncode == 0, result.stdout + result.stderr
+    coverage = {
+        line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("coverage")
+    }
+    mqtt, influx_line = coverage["mqtt.buffer_max_messages"], coverage["influxdb.buffer_max_points"]
+    assert "WARNING: 0.3 h of outage at 3,240 records/h (a packet every 10 s)" in mqtt
+    assert "raise mqtt.buffer_max_messages to at least 77760" in mqtt
+    assert "ok: 30.9 h" in influx_line
+    # 0 turns it off: the figures stay, the warning goes.
+    cfg["gateway"]["min_coverage_hours"] = 0.0
+    result = run_check(write_config(tmp_path / "config.toml", cfg))
+    assert "WARNING" not in result.stdout
 
 
 # -- the source ----------------------------------------------------------------------

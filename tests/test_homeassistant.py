@@ -50,7 +50,8 @@ def test_every_config_follows_home_assistants_rules(payload: str) -> None:
     configs = seed_configs(
         payload=payload, stale_after=300.0, configuration_url="http://10.0.0.5:9108/"
     )
-    assert len(configs) == 1 + 9  # the gateway's and the seed's nine metrics
+    # the gateway's, its state's seven and the seed's nine metrics
+    assert len(configs) == 1 + 7 + 9
     for config in configs.values():
         assert config["qos"] == 1
         assert config["device"]["configuration_url"] == "http://10.0.0.5:9108/"
@@ -64,6 +65,26 @@ def test_devices_and_names_of_the_seeds_groups() -> None:
     }
     assert seen == {
         ("Gateway (gw-north)", "Status", "binary_sensor.gw_north_gateway_status", "diagnostic"),
+        *(
+            (
+                "Gateway (gw-north)",
+                f"{label} {name}",
+                f"sensor.gw_north_gateway_{sink}_{key}",
+                "diagnostic",
+            )
+            for sink, label in (("mqtt", "MQTT"), ("influx", "InfluxDB"))
+            for key, name in (
+                ("backlog", "backlog"),
+                ("oldest_age", "oldest waiting"),
+                ("coverage", "outage coverage"),
+            )
+        ),
+        (
+            "Gateway (gw-north)",
+            "Clock synchronised",
+            "binary_sensor.gw_north_gateway_clock",
+            "diagnostic",
+        ),
         ("Node 1 (gw-north)", "Temperature", "sensor.gw_north_node1_temperature", None),
         ("Node 1 (gw-north)", "Humidity", "sensor.gw_north_node1_humidity", None),
         ("Node 1 (gw-north)", "Gas resistance", "sensor.gw_north_node1_gas_resistance", None),
@@ -97,6 +118,13 @@ def test_unique_ids_and_topics_are_the_ones_earlier_releases_used() -> None:
     assert {c["unique_id"] for c in configs.values()} == {
         "iiot-gw-7-status",
         *(f"iiot-gw-7-{g}-{m}" for g, m, _ in SEED.metrics()),
+        # New with the state document: their own ids, none an earlier release used.
+        *(
+            f"iiot-gw-7-state-{sink}_{key}"
+            for sink in ("mqtt", "influx")
+            for key in ("backlog", "oldest_age", "coverage")
+        ),
+        "iiot-gw-7-state-clock",
     }
     assert "homeassistant/sensor/iiot-gw-7/signal_rssi/config" in configs
     assert "homeassistant/binary_sensor/iiot-gw-7/status/config" in configs
@@ -165,7 +193,8 @@ def test_plain_payload_is_the_state_and_has_no_templates() -> None:
 
 def test_expire_after_equals_stale_after() -> None:
     configs = by_unique_id(seed_configs(stale_after=300.0))
-    sensors = [c for c in configs.values() if c["state_topic"] != "iiot/gateway/status"]
+    gateway = ("iiot/gateway/status", "iiot/gateway/state")  # about the gateway, not a group
+    sensors = [c for c in configs.values() if c["state_topic"] not in gateway]
     assert {c["expire_after"] for c in sensors} == {300}
     assert "expire_after" not in configs["iiot-gw-north-status"]
     # Only the groups whose stale alert is on; a fraction rounds up, never before the alert.
@@ -195,7 +224,8 @@ def test_discovery_publishes_new_metrics_once_and_everything_after_a_connect() -
     assert len(d.take_new()) == 2
     assert d.take_new() == []
     assert d.observe_metrics([("node3", "battery")])
-    assert len(d.all_configs()) == 1 + 3  # the gateway's and every metric seen
+    # the gateway's, its state's (3 per sink, the clock) and every metric seen
+    assert len(d.all_configs()) == 1 + 7 + 3
     assert d.take_new() == []  # a connect publishes everything, pending ones included
 
 
@@ -261,7 +291,11 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
     try:
         found = _configs_when(broker, test_id, lambda f: True, gw)
         configs = check_all(found.items())
-        sensors = {t: c for t, c in configs.items() if "/sensor/" in t}
+        sensors = {
+            t: c
+            for t, c in configs.items()
+            if "/sensor/" in t and not c["state_topic"].endswith("/gateway/state")
+        }
         assert len(sensors) == 9  # the design example's nine metrics
         assert {c["expire_after"] for c in sensors.values()} == {120}
         # Home Assistant's view of the retained readings: every one a number.
@@ -273,12 +307,22 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
                 == values[config["state_topic"]]
             )
         assert f"homeassistant/binary_sensor/{node}/status/config" in found
+        # The gateway's diagnostic entities read the retained state document.
+        state = states[f"{test_id}/gateway/state"]
+        diagnostics = {
+            c["unique_id"]: state_of(c, state)
+            for c in configs.values()
+            if c["state_topic"] == f"{test_id}/gateway/state"
+        }
+        assert diagnostics[f"{node}-state-clock"] == "ON"  # clock_sync "none": always right
+        assert float(diagnostics[f"{node}-state-mqtt_backlog"]) >= 0
+        assert len(diagnostics) == 7
         # Beside the running gateway --remove refuses: the configs would come back.
         out = _remove(gw_config)
         assert out.returncode == 1, out.stdout
         assert "answers on its status endpoint" in out.stderr
         assert "publishes its Home Assistant configs again" in out.stderr
-        assert len(retained(broker.port, f"homeassistant/+/{node}/+/config")) == 10
+        assert len(retained(broker.port, f"homeassistant/+/{node}/+/config")) == 17
         # Without the status endpoint, the lock on its buffer store tells.
         no_status = {**cfg, "status": {"listen": ""}}
         out = _remove(write_config(tmp_path / "ha-nostatus.toml", no_status))
@@ -287,7 +331,7 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
         # --force removes, and warns that they come back.
         out = _remove(gw_config, "--force")
         assert out.returncode == 0, out.stderr
-        assert "removed 10 Home Assistant discovery config(s)" in out.stdout
+        assert "removed 17 Home Assistant discovery config(s)" in out.stdout
         assert "publishes them again at its next connect" in out.stderr
     finally:
         assert gw.terminate() == 0
@@ -299,7 +343,11 @@ def test_configs_are_retained_and_remove_is_refused_while_the_gateway_runs(
 
 
 def _templated(found: dict[str, str]) -> set[bool]:
-    return {"value_template" in json.loads(p) for t, p in found.items() if "/sensor/" in t}
+    # The readings' sensors: the gateway's state entities always have a template.
+    configs = [json.loads(p) for t, p in found.items() if "/sensor/" in t]
+    return {
+        "value_template" in c for c in configs if not c["state_topic"].endswith("/gateway/state")
+    }
 
 
 def test_changing_the_payload_mode_republishes_every_config(
@@ -315,4 +363,29 @@ def test_changing_the_payload_mode_republishes_every_config(
         states = retained(broker.port, f"{test_id}/#")
         for config in configs.values():
             if "state_class" in config:
-                float(state_of(config, states[config["state_topic"]]))  # a number
+                value = state_of(config, states[config["state_topic"]])
+                if config["state_topic"].endswith("/gateway/state") and value == "None":
+                    continue  # a figure the state has as null: unknown in Home Assistant
+                float(value)  # a number
+
+
+def test_the_gateway_state_entities_read_the_state_document() -> None:
+    configs = by_unique_id(seed_configs())
+    doc = {
+        "sinks": {
+            "mqtt": {"backlog": 12, "oldest_age_s": 3.5, "coverage_h": 0.31},
+            "influx": {"backlog": 0, "oldest_age_s": None, "coverage_h": None},
+        },
+        "clock": {"synchronized": False},
+    }
+    payload = json.dumps(doc)
+    node = "iiot-gw-north"
+    read = {uid.removeprefix(f"{node}-state-"): state_of(c, payload) for uid, c in configs.items()}
+    assert read["mqtt_backlog"] == "12"
+    assert read["mqtt_oldest_age"] == "3.5"
+    assert read["mqtt_coverage"] == "0.31"
+    # null: Home Assistant's "None" payload, an unknown state, not a zero
+    assert read["influx_coverage"] == "None"
+    assert read["clock"] == "OFF"
+    for key in ("mqtt_backlog", "mqtt_oldest_age", "mqtt_coverage", "clock"):
+        assert configs[f"{node}-state-{key}"]["entity_category"] == "diagnostic"

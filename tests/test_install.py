@@ -160,6 +160,11 @@ def test_layout_under_root(tmp_path: Path, guard: Guard, fake_elf: Path) -> None
     assert cfg.gateway.id == "site-7"
     assert cfg.mqtt.client_id == "iiot-gateway-site-7"
     assert cfg.gateway.buffer_dir == "/var/lib/iiot-gateway"
+    # A day of outage at the seed's 10 s interval (9 messages and 9 points a
+    # packet: 77,760 a day), where config.toml keeps the design's 1000 messages.
+    assert cfg.mqtt.buffer_max_messages >= 77_760
+    assert cfg.influxdb.buffer_max_points >= 77_760
+    assert tomllib.loads((REPO / "config.toml").read_text())["mqtt"]["buffer_max_messages"] == 1000
     assert cfg.source.command == ("probe-rs", "attach", "--chip", "STM32F446RETx", INSTALLED_ELF)
     for arg in cfg.source.command:
         assert "/" not in arg or arg.startswith("/"), arg
@@ -171,6 +176,8 @@ def test_layout_under_root(tmp_path: Path, guard: Guard, fake_elf: Path) -> None
         ("gateway", "buffer_dir"),
         ("source", "command"),
         ("mqtt", "client_id"),
+        ("mqtt", "buffer_max_messages"),
+        ("influxdb", "buffer_max_points"),
     ]:
         example.get(section, {}).pop(key, None)
         written[section].pop(key, None)

@@ -24,7 +24,7 @@ import dataclasses
 import sys
 
 from gateway.check.common import Line
-from gateway.check.local import check_buffer, check_source
+from gateway.check.local import check_buffer, check_coverage, check_source
 from gateway.check.servers import check_influx, check_mqtt
 from gateway.config import Config
 from gateway.errors import scrub
@@ -49,6 +49,8 @@ async def check(cfg: Config) -> int:
     for line in check_source(cfg.source):
         report(line)
     report(check_buffer(cfg.gateway.buffer_dir))
+    for line in check_coverage(cfg):
+        report(line)
     # Every server of mqtt.servers and every URL of influxdb.urls on a line of
     # its own: a node that fails only shows when the sink fails over to it.
     for host, port in cfg.mqtt.endpoints:

@@ -20,7 +20,15 @@ from gateway.check.common import (
     _owner,
     _user,
 )
+from gateway.config import Config
 from gateway.config.sections import SourceSection
+from gateway.coverage import (
+    BOUND_KEYS,
+    SEED_INTERVAL_S,
+    SEED_PER_HOUR,
+    bound_for,
+    coverage_hours,
+)
 from gateway.deadletter import DEAD_LETTER_DIR
 
 # -- the source -------------------------------------------------------------------
@@ -280,3 +288,32 @@ def check_buffer(directory: str) -> Line:
         who = f"pid {in_use.pid}" if in_use.pid is not None else "pid unknown"
         return Line("buffer", directory, f"ok (in use by a running gateway, {who})")
     return Line("buffer", directory)
+
+
+def check_coverage(cfg: Config, per_hour: float = SEED_PER_HOUR) -> list[Line]:
+    """Each buffer's outage coverage at a stated input rate, against ``min_coverage_hours``.
+
+    The real rate is the firmware's, which no config says: the check takes
+    the seed's (a packet every 10 s, 9 readings each), so a site sending
+    faster needs proportionally more. A shortfall is a warning, not a
+    failure: the gateway runs, it only drops sooner.
+    """
+    need = cfg.gateway.min_coverage_hours
+    rate = f"{per_hour:,.0f} records/h (a packet every {SEED_INTERVAL_S:g} s)"
+    lines = []
+    for name, bound in (
+        ("mqtt", cfg.mqtt.buffer_max_messages),
+        ("influx", cfg.influxdb.buffer_max_points),
+    ):
+        hours = coverage_hours(bound, 0, per_hour)
+        assert hours is not None  # a stated rate is positive
+        key = BOUND_KEYS[name]
+        where = f"{key} = {bound}"
+        verdict = f"ok: {hours:.1f} h of outage at {rate}"
+        if need > 0 and hours < need:
+            verdict = (
+                f"WARNING: {hours:.1f} h of outage at {rate}, under gateway.min_coverage_hours"
+                f" = {need:g}: raise {key} to at least {bound_for(need, per_hour)}"
+            )
+        lines.append(Line("coverage", where, verdict))
+    return lines

@@ -148,7 +148,8 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
             )
         parts.insert(1, alerts)  # active alerts right after the first line
     for name, s in doc["sinks"].items():
-        up = s.get("connected", s.get("healthy"))
+        # InfluxDB's "healthy" is None before its first request: "?" rather than "no".
+        up = s.get("healthy", s.get("connected"))
         sink = Table(
             Column("sink", style="bold", no_wrap=True),
             Column(str(name), overflow="fold"),
@@ -160,6 +161,7 @@ def _status_tables(doc: dict[str, Any]) -> list[Text | Table]:
             ("up", {True: "yes", False: "no"}.get(up, "?")),
             ("backlog", s["backlog"]),
             ("oldest", _age(s["oldest_age_s"])),
+            ("coverage", "-" if s.get("coverage_h") is None else f"{s['coverage_h']} h"),
             ("delivered", s["delivered"]),
             ("dropped", s["dropped"]),
             ("dead letters", s["dead_letters"]),

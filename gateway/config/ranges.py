@@ -22,6 +22,12 @@ MIN_TIMEOUT = 0.1
 MAX_TIMEOUT = 600.0
 # The gateway's own stats points; the end-to-end test asks for 0.3 s.
 MIN_STATS_INTERVAL = 0.1
+# The gateway/state message's period; more often than every second is what the
+# on-change messages are for.
+MIN_STATE_INTERVAL = 1.0
+# Outage coverage asked for: a year is beyond any bound a gateway's disk holds.
+MIN_COVERAGE_HOURS = 0.01
+MAX_COVERAGE_HOURS = 8760.0
 # Write-behind: below 0.1 s it saves nothing; beyond 60 s a kill -9 could cost
 # a minute of readings, more than the buffer is there to protect against.
 MIN_WRITE_DELAY = 0.1

@@ -19,6 +19,7 @@ from gateway.config.ranges import (
     MAX_BATCH_SIZE,
     MAX_BAUD,
     MAX_BUFFER_RECORDS,
+    MAX_COVERAGE_HOURS,
     MAX_DELAY,
     MAX_INFLIGHT,
     MAX_KEEPALIVE,
@@ -30,11 +31,13 @@ from gateway.config.ranges import (
     MAX_WINDOW,
     MAX_WRITE_DELAY,
     MIN_BAUD,
+    MIN_COVERAGE_HOURS,
     MIN_DELAY,
     MIN_KEEPALIVE,
     MIN_LINE_BYTES,
     MIN_RATE,
     MIN_STALE_AFTER,
+    MIN_STATE_INTERVAL,
     MIN_STATS_INTERVAL,
     MIN_TIMEOUT,
     MIN_WRITE_DELAY,
@@ -50,6 +53,8 @@ DEFAULT_BUFFER_DIR = "/var/lib/iiot-gateway"
 # systemd-timesyncd touches this file once the clock is synchronised.
 DEFAULT_CLOCK_SYNC_FILE = "/run/systemd/timesync/synchronized"
 DEFAULT_MQTT_BUFFER_MAX = 1000
+DEFAULT_STATE_INTERVAL = 60.0
+DEFAULT_MIN_COVERAGE_HOURS = 24.0
 
 ClockSync = Literal["auto", "file", "none"]
 """``[gateway] clock_sync``: which evidence says the wall clock is right (gateway.clock).
@@ -235,6 +240,16 @@ class GatewaySection:
     write_delay: Annotated[float, Range(MIN_WRITE_DELAY, MAX_WRITE_DELAY, zero_is_off=True)] = 0.0
     # Seconds between the gateway's own points (backlog, drops) in InfluxDB; 0 = off.
     stats_interval: Annotated[float, Range(MIN_STATS_INTERVAL, MAX_WINDOW, zero_is_off=True)] = 30.0
+    # Seconds between gateway/state messages besides those on connect and on a
+    # change; 0 = only those.
+    state_interval: Annotated[float, Range(MIN_STATE_INTERVAL, MAX_WINDOW, zero_is_off=True)] = (
+        DEFAULT_STATE_INTERVAL
+    )
+    # Outage hours each buffer should hold at the input rate (gateway.coverage):
+    # below it `gateway check` and the log warn. 0 = off.
+    min_coverage_hours: Annotated[
+        float, Range(MIN_COVERAGE_HOURS, MAX_COVERAGE_HOURS, zero_is_off=True)
+    ] = DEFAULT_MIN_COVERAGE_HOURS
     # When the wall clock counts as right (see README "Time and the clock"):
     # "auto": the kernel's NTP status (adjtimex) or clock_sync_file exists;
     # "file": only clock_sync_file; "none": always (a box with a real-time clock).

@@ -24,10 +24,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib import metadata, resources
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -38,93 +36,37 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from gateway.alerts import Alerts, rfc3339
-from gateway.clock import ClockTracker
-from gateway.config import Config
-from gateway.metrics import Metrics
 from gateway.records import rfc3339_ms
 from gateway.status.health import health, snapshot
-from gateway.status.latest import LatestValues
 from gateway.status.page import render_page
+from gateway.status.state import (
+    ERROR_SAMPLE,
+    BufferView,
+    ErrorSince,
+    SinkView,
+    SourceView,
+    StatusContext,
+    alerts_document,
+    sink_figures,
+)
+
+# Fields of sink_figures that /api/status takes as they are.
+SHARED = ("coverage_h", "rate_per_hour")
 
 log = logging.getLogger(__name__)
 
-
-class SourceView(Protocol):
-    """What the page shows of the source stage."""
-
-    @property
-    def state(self) -> str: ...
-    @property
-    def pid(self) -> int | None: ...
-    @property
-    def restarts(self) -> Mapping[str, int]: ...
-    @property
-    def last_error(self) -> str: ...
-    @property
-    def last_error_since(self) -> int | None: ...  # wall ns
-
-
-class SinkView(Protocol):
-    """What the page shows of a sink beyond its metrics."""
-
-    @property
-    def last_error(self) -> str: ...
-    @property
-    def healthy(self) -> bool | None: ...
-
-
-class BufferView(Protocol):
-    """What the page shows of a buffer beyond its metrics."""
-
-    @property
-    def max_records(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class StatusContext:
-    """Everything the endpoint reports on; built by the daemon once its stages exist."""
-
-    cfg: Config
-    metrics: Metrics
-    latest: LatestValues
-    source: SourceView
-    sinks: Mapping[str, SinkView]
-    buffers: Mapping[str, BufferView]
-    clock: ClockTracker
-    alerts: Alerts | None = None
-    errors: ErrorSince = field(default_factory=lambda: ErrorSince())
-
-
-class ErrorSince:
-    """Since when each sink's current error text has been seen (wall ns).
-
-    The sinks keep only their last error's text; this notes when it first
-    appeared, so that the page can say "since". :func:`serve_status` samples
-    the sinks every :data:`ERROR_SAMPLE` seconds (and every document does
-    too), so "since" is right to within that, whether or not anyone is looking.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[str, int]] = {}
-
-    def since(self, stage: str, text: str, now_ns: int) -> int | None:
-        """When ``text`` became ``stage``'s error (None: there is none)."""
-        if not text:
-            self._seen.pop(stage, None)
-            return None
-        seen = self._seen.get(stage)
-        if seen is None or seen[0] != text:
-            self._seen[stage] = seen = (text, now_ns)
-        return seen[1]
-
-    def sample(self, sinks: Mapping[str, SinkView], now_ns: int) -> None:
-        """Note every sink's current error."""
-        for name, sink in sinks.items():
-            self.since(name, sink.last_error, now_ns)
-
-
-ERROR_SAMPLE = 1.0  # seconds between ErrorSince samples
+__all__ = [
+    "BufferView",
+    "ErrorSince",
+    "SinkView",
+    "SourceView",
+    "StatusContext",
+    "alerts_document",
+    "build_app",
+    "page_html",
+    "serve_status",
+    "status_document",
+]
 
 
 def page_html() -> str:
@@ -177,6 +119,8 @@ def status_document(ctx: StatusContext) -> dict[str, Any]:
             ),
             "waiting_for_s": _age(now, p.waiting_since),
             "last_delivery_age_s": _age(now, p.last_delivery),
+            # The figures the gateway/state message carries too, from one builder.
+            **{k: v for k, v in sink_figures(ctx, name, p.backlog).items() if k in SHARED},
         }
 
     sinks = {
@@ -253,23 +197,6 @@ def summary(healthy: bool, firing: int) -> str:
     if firing:
         text += f" · {firing} alert{'s' if firing > 1 else ''} firing"
     return text
-
-
-def alerts_document(engine: Alerts | None, now_ns: int) -> list[dict[str, Any]]:
-    """The active alerts, oldest first: what fired, on what value, since when."""
-    if engine is None:
-        return []
-    return [
-        {
-            "name": a.name,
-            "metric": a.metric,
-            "value": a.value,
-            "since": rfc3339(a.since_ns),
-            "at": rfc3339(a.at_ns),
-            "firing_for_s": round(max(0.0, (now_ns - a.at_ns) / 1e9), 3),
-        }
-        for a in engine.active()
-    ]
 
 
 def _rfc3339(ns: int | None) -> str | None:

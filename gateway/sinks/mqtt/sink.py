@@ -13,6 +13,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, Literal
 
 import aiomqtt
@@ -35,6 +36,7 @@ from gateway.records import (
     alerts_topic,
     json_payload,
     split_record,
+    state_topic,
     status_topic,
 )
 from gateway.sinks.mqtt.client import (
@@ -129,6 +131,9 @@ class MqttSink:
                 stable_after=max(cfg.backoff_max, STABLE_CONNECTION_S),
             ),
         )
+        # The retained gateway/state document, built when it is sent; None: not sent.
+        self.state_document: Callable[[], str] | None = None
+        self._state_wake = trio.Event()
         self.figures.servers = tuple(server_name(*s) for s in cfg.endpoints)
         self.figures.server = self.server
         self.takeovers = TakeoverWatch()
@@ -367,6 +372,10 @@ class MqttSink:
                 nursery.start_soon(self._watch_disconnect, client)
                 if self.discovery is not None:
                     nursery.start_soon(self._publish_discovery, client)
+                if self.state_document is not None:
+                    # Built now, before the window sends anything: the first
+                    # state after an outage shows the backlog it left.
+                    nursery.start_soon(self._publish_state, client, self.state_document())
                 await self._window.run(wire, self.effective_window)
                 # Stopping: the in-flight window landed; say goodbye on purpose.
                 with trio.move_on_after(STATUS_TIMEOUT):
@@ -426,6 +435,27 @@ class MqttSink:
             await self._discovery_wake.wait()
             self._discovery_wake = trio.Event()
             configs = self.discovery.take_new()
+
+    def publish_state(self) -> None:
+        """Send a fresh ``gateway/state`` document now if connected (else at the next connect)."""
+        self._state_wake.set()
+
+    async def _publish_state(self, client: aiomqtt.Client, payload: str) -> None:
+        """The state document at connect, then whenever :meth:`publish_state` asks.
+
+        Straight on the live connection, not through the buffer: it is state,
+        retained, and only the newest counts; a backlog of old states would
+        only delay the current one.
+        """
+        assert self.state_document is not None
+        topic = state_topic(self.cfg.topic_prefix)
+        while True:
+            self._state_wake = trio.Event()
+            await trio_asyncio.aio_as_trio(client.publish)(
+                topic, payload, qos=1, retain=True, properties=self._live_properties()
+            )
+            await self._state_wake.wait()
+            payload = self.state_document()
 
     async def _watch_disconnect(self, client: aiomqtt.Client) -> None:
         # Iterating client.messages raises as soon as paho sees the socket die,

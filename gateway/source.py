@@ -81,9 +81,6 @@ class Source:
         self.backoff = Backoff(cfg.restart_initial, cfg.restart_max)
         self.restarts: dict[str, int] = {}
         self.state = "starting"
-        # Why the source last failed or restarted; "" until it does (kept while
-        # it runs again: the state says whether the error is current).
-        self.last_error = ""
         self.pid: int | None = None
         # Why the source last failed and since when (wall ns), for the status
         # page; cleared once lines flow again. The log says the same, but an
@@ -131,7 +128,6 @@ class Source:
     async def _retry_later(self, reason: str, what: str, exc: OSError) -> None:
         """Count a failed start, log it, keep it as the last error, and wait out the backoff."""
         self.state = "failed"
-        self.last_error = f"{what}: {exc.strerror or exc}"
         self._count_restart(reason)
         delay = self.backoff.next_delay()
         self._note_error(f"{what}: {exc.strerror or exc}")
@@ -193,7 +189,6 @@ class Source:
                 continue
             ready()
             reason = await self._supervise(proc)
-            self.last_error = f"{argv[0]}: {reason}"
             self._count_restart(reason)
             self._note_error(f"{argv[0]}: {reason.replace('_', ' ')}")
             delay = self.backoff.next_delay()
@@ -319,7 +314,6 @@ class Source:
                 self.state = "restarting"
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
-            self.last_error = f"{port}: {reason}"
             self._count_restart(reason)
             self._note_error(f"{port}: {reason.replace('_', ' ')}")
             delay = self.backoff.next_delay()

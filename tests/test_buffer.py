@@ -13,7 +13,7 @@ import trio
 from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, Record, StoreReader
 from gateway.buffer import queue as buffer_module
 from gateway.buffer import store as store_module
-from gateway.buffer.cachefile import PAGE_SIZE
+from gateway.buffer.cachefile import PAGE_SIZE, store_bytes
 from gateway.buffer.store import DRAIN_ACK_DELAY
 
 
@@ -25,7 +25,7 @@ def on_disk(store: BufferStore, name: str) -> list[Record]:
 
 def crash(store: BufferStore) -> None:
     """What kill -9 leaves: the file closed with nothing more written."""
-    cache, store.cache = store.cache, None
+    cache, store.file.cache = store.file.cache, None
     assert cache is not None
     store._thread.call(cache.close)
 
@@ -270,7 +270,7 @@ async def test_corrupt_store_is_moved_aside(tmp_path: Path, corrupt) -> None:  #
     assert aside.name.startswith("buffer.corrupt-")
     assert aside.exists()
     assert buf.count.value == 0
-    assert buf.store.integrity_check() == "ok"
+    assert buf.store.file.integrity_check() == "ok"
     await buf.append(["fresh"])
     assert values(await buf.peek(10)) == ["fresh"]
     buf.store.close()
@@ -295,7 +295,7 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
 
 def pragma(store: BufferStore, name: str) -> object:
     """A pragma of the store's own connection (diskcache sets them per connection)."""
-    return store._thread.call(lambda: store.cache.reset(f"sqlite_{name}", update=False))
+    return store._thread.call(lambda: store.file.cache.reset(f"sqlite_{name}", update=False))
 
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
@@ -313,7 +313,7 @@ async def test_durability(tmp_path: Path, durability: str, synchronous: int) -> 
     buf.store.close()
     buf = await open_buffer(path, durability=durability)
     assert values(await buf.peek(10)) == ["a", "b"]
-    assert buf.store.integrity_check() == "ok"
+    assert buf.store.file.integrity_check() == "ok"
     buf.store.close()
 
 
@@ -322,7 +322,7 @@ async def test_count_bound_bytes_and_records(tmp_path: Path) -> None:
     await buf.append(["a", "b", "c"])
     assert buf.count.value == 3
     assert buf.max_records == 7
-    assert buf.store.disk_bytes() > 0
+    assert store_bytes(buf.store.path) > 0
     assert values(await buf.peek(10)) == ["a", "b", "c"]
     buf.store.close()
 
@@ -344,13 +344,13 @@ async def test_one_transaction_for_both_sinks_carries_the_acks(tmp_path: Path) -
     assert mqtt.count.value == 0
     assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
     transactions = []
-    transact = store.cache.transact
+    transact = store.file.cache.transact
 
     def counted() -> object:
         transactions.append(1)
         return transact()
 
-    store.cache.transact = counted
+    store.file.cache.transact = counted
     await store.commit({mqtt: ["m3"], influx: ["p2"]})
     # ... which deletes them in the same transaction as the new rows.
     assert disk_values(tmp_path, "mqtt") == ["m3"]
@@ -430,7 +430,7 @@ async def test_acks_during_a_drain_are_written_within_the_drain_pacing(
 def count_wakeups(store: BufferStore) -> dict[str, int]:
     """Count run()'s loop turns (each asks next_due once) and its writes."""
     counts = {"wakeups": 0, "syncs": 0, "transactions": 0}
-    next_due, sync, transact = store.schedule.next_due, store.sync, store.cache.transact
+    next_due, sync, transact = store.schedule.next_due, store.sync, store.file.cache.transact
 
     def counted_due(degraded: bool) -> float | None:
         counts["wakeups"] += 1
@@ -446,7 +446,7 @@ def count_wakeups(store: BufferStore) -> dict[str, int]:
 
     store.schedule.next_due = counted_due  # type: ignore[method-assign]
     store.sync = counted_sync  # type: ignore[method-assign]
-    store.cache.transact = counted_transact
+    store.file.cache.transact = counted_transact
     return counts
 
 
@@ -688,11 +688,11 @@ def test_a_relocation_during_a_write_is_written_by_the_next_one(tmp_path: Path) 
     buf.add(["r1", alert(1), "r2"])
     in_flight = store._plan()  # a write under way, with the slots' old values ...
     buf.add(["r3", "r4"])  # ... while a commit moves the alert up
-    store._write_sync(in_flight)
+    store.index.write(store.file.cache, in_flight, None)
     store._wrote(in_flight, {})
     assert buf.pending()
     plan = store._plan()
-    store._write_sync(plan)
+    store.index.write(store.file.cache, plan, None)
     store._wrote(plan, {})
     assert not buf.pending()
     store.close()
@@ -731,13 +731,13 @@ async def test_a_store_of_another_format_is_moved_aside(tmp_path: Path) -> None:
 async def test_a_boot_is_stored_once_not_per_record(tmp_path: Path) -> None:
     store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
     writes: list[str] = []
-    set_ = store.cache.set
+    set_ = store.file.cache.set
 
     def counted(key: str, value: object) -> object:
         writes.append(key)
         return set_(key, value)
 
-    store.cache.set = counted
+    store.file.cache.set = counted
     boot = "0123abcd-0000-0000-0000-000000000000"
     for _ in range(3):
         assert await store.save_boot(boot, None)
@@ -764,13 +764,13 @@ async def settled(store: BufferStore) -> None:
 
 def count_transactions(store: BufferStore) -> list[int]:
     transactions: list[int] = []
-    transact = store.cache.transact
+    transact = store.file.cache.transact
 
     def counted() -> object:
         transactions.append(1)
         return transact()
 
-    store.cache.transact = counted
+    store.file.cache.transact = counted
     return transactions
 
 

@@ -119,7 +119,7 @@ class DiskBufferModel(RuleBasedStateMachine):
     @rule()
     def crash(self) -> None:
         store = self.buffer.store
-        cache, store.cache = store.cache, None
+        cache, store.file.cache = store.file.cache, None
         assert cache is not None
         store._thread.call(cache.close)  # kill -9: whatever was not committed stays undone
         self.buffer = self._open()

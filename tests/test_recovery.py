@@ -86,7 +86,7 @@ async def test_a_damaged_page_loses_only_the_records_on_it(tmp_path: Path) -> No
             assert (got[0], got[-1]) == (1, 1000)
         assert store.boot_offsets() == {"0123abcd": ("0123abcd-boot", 42)}
         assert store.alert_state() == {"group:node1": "1"}
-        assert store.integrity_check() == "ok"
+        assert store.file.integrity_check() == "ok"
     finally:
         store.close()
 

@@ -6,7 +6,9 @@ and where its protected records are; the store hands those to each buffer
 (:meth:`DiskBuffer.adopt`). A corrupt file goes to
 :func:`gateway.buffer.recovery.replace`, and the new file is opened instead.
 
-Runs on the store's thread.
+:class:`StoreFile` is the file itself: its ``diskcache.Cache``, the flock that
+keeps imports out, and which file it is (so that one deleted under us is
+noticed). Everything here runs on the store's thread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from gateway.buffer.cachefile import (
     STORE_FILE,
     CorruptItem,
     _create,
+    _file_identity,
     _is_corruption,
     hold,
+    integrity_check,
     load_json,
     open_cache,
 )
@@ -163,3 +167,84 @@ def _read_state(opened: Opened, markers: Mapping[str, str | None]) -> None:
         opened.ranges[name] = live_range(first_item, chunks.end, saved_head(opened.heads, name))
     opened.boots = parse_boots(load_json(cache.get(BOOTS_KEY), {}))
     opened.alert_rows = dict(load_json(cache.get(ALERT_STATE_KEY), {}))
+
+
+class StoreFile:
+    """The store's file while it is open, and the corrupt ones it replaced.
+
+    Args:
+        directory: the buffer directory.
+        durability: see :class:`~gateway.buffer.store.BufferStore`.
+        bounds: buffer name → its bound, dead-letter queues included.
+        markers: buffer name → the marker of its protected records, if any.
+        sinks: the sinks' buffers, whose salvage is counted from 0.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        durability: Durability,
+        bounds: Mapping[str, int],
+        markers: Mapping[str, str | None],
+        sinks: Iterable[str],
+    ) -> None:
+        self.directory = directory
+        self.path = directory / STORE_FILE
+        self.durability = durability
+        self._bounds = dict(bounds)
+        self._markers = dict(markers)
+        self.cache: Any = None  # the diskcache.Cache, None while the file cannot be opened
+        self._fd: int | None = None  # holds the flock that keeps imports out
+        self._identity: tuple[int, int] | None = None
+        self.corrupt_moved: list[Path] = []
+        # Records salvaged from corrupt files, and those of their live range lost.
+        self.salvaged = dict.fromkeys(sinks, 0)
+        self.salvage_lost = dict.fromkeys(self.salvaged, 0)
+
+    def open(self) -> Opened | None:
+        """Open the file (moving a corrupt one aside); None if the disk refuses."""
+        opened, replaced = open_store(self.directory, self.durability, self._bounds, self._markers)
+        if replaced is not None:
+            found = replaced.found
+            self.corrupt_moved.append(replaced.aside)
+            for name in self._bounds:  # dead-letter queues included
+                got, lost = (found.count(name), found.lost.get(name, 0)) if found else (0, 0)
+                self.salvaged[name] = self.salvaged.get(name, 0) + got
+                self.salvage_lost[name] = self.salvage_lost.get(name, 0) + lost
+        return opened
+
+    def install(self, opened: Opened) -> None:
+        """Use an opened file from now on."""
+        self.cache, self._fd = opened.cache, opened.fd
+        self._identity = _file_identity(self.path)
+
+    def reopen(self) -> bool:
+        """Close the file and open the one the path names now; False if the disk refuses."""
+        self.close()
+        opened = self.open()
+        if opened is not None:
+            self.install(opened)
+        return opened is not None
+
+    def was_replaced(self) -> bool:
+        """True when the path no longer names the file we have open (deleted, replaced).
+
+        SQLite would go on writing to the unlinked file: no error, and the
+        whole backlog gone at the next start. One stat per commit finds it.
+        """
+        return self.cache is not None and _file_identity(self.path) != self._identity
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` of the file ("ok" when healthy)."""
+        if self.cache is None:
+            return "not open"
+        return integrity_check(self.path)
+
+    def close(self) -> None:
+        """Close the cache and let go of the flock."""
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -93,7 +93,9 @@ class Store(Protocol):
 
     degraded: bool
     write_delay: float
-    corrupt_moved: list[Path]
+
+    @property
+    def corrupt_moved(self) -> list[Path]: ...
 
     async def commit(
         self,

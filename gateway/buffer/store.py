@@ -1,28 +1,19 @@
-"""The disk buffers: bounded, durable FIFOs of small text records in one ``diskcache.Cache``.
+"""The disk buffers' file: one ``diskcache.Cache`` holding every buffer, one transaction per commit.
 
-Every sink has a :class:`DiskBuffer`; all of them live as queues (a key prefix
-each) in one :class:`BufferStore` (``<buffer_dir>/cache.db``), so that a
-packet's records for *both* sinks, and the acknowledgements that arrived since
-the last packet, go to disk in one ``Cache.transact()``: one fsync per packet.
-
-A record's lifecycle (commit, peek or read, ack, the bound's drop) is told in
-:mod:`gateway.buffer.queue`, where the records are in
-:mod:`gateway.buffer.ledger`; this module owns the file underneath and the
-transactions. Beside it: :mod:`gateway.buffer.opening` (open, or move a
-corrupt file aside and salvage it with :mod:`gateway.buffer.recovery`),
-:mod:`gateway.buffer.writer` (what a write takes, and the transaction),
-:mod:`gateway.buffer.schedule` (when the store writes by itself),
-:mod:`gateway.buffer.cachefile` the keys it holds and
-:mod:`gateway.buffer.chunks` how a commit's records are one item per buffer.
-
-Beside the records the store keeps the boots (each boot's id and clock offset,
-stored once per boot), the alert engine's active alerts (written in the same
+Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`, its
+positions in a :class:`~gateway.buffer.ledger.Ledger`); all of them live as
+queues (a key prefix each) in one :class:`BufferStore` (``<buffer_dir>/cache.db``),
+so that a packet's records for *both* sinks, and the acknowledgements that
+arrived since the last packet, go to disk in one ``Cache.transact()``: one
+fsync per packet. Beside the records the store keeps the boots (each boot's id
+and clock offset), the alert engine's active alerts (written in the same
 transaction as the events that changed them) and where protected records are.
 
-Recent records are also kept in memory, so a sink that keeps up never reads the
-file. When the disk refuses writes (full, read-only, gone) the records stay in
-memory, still bounded, live delivery goes on, and they are written, oldest
-first, by the next write that works. A corrupt file is moved aside and replaced.
+This module owns the transactions; beside it are opening (:mod:`.opening`,
+salvage in :mod:`.recovery`), the write itself (:mod:`.writer`) and when the
+store writes by itself (:mod:`.schedule`). When the disk refuses writes (full,
+read-only, gone) records stay in memory, bounded, live delivery goes on, and
+the next write that works takes them, oldest first.
 
 All diskcache work runs on one thread of the store's (:mod:`gateway.buffer.worker`),
 one call at a time: one connection, and a transaction never spans threads.
@@ -32,28 +23,21 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import trio
 
 from gateway.buffer import opening
 from gateway.buffer.cachefile import (
-    ALERT_STATE_KEY,
-    BOOTS_KEY,
     DEAD_SUFFIX,
     STORE_ERRORS,
     STORE_FILE,
-    _file_identity,
-    integrity_check,
-    store_bytes,
 )
-from gateway.buffer.layout import Boots, apply_state, boots_json, merge_boots
+from gateway.buffer.layout import Boots, apply_state
 from gateway.buffer.queue import CommitResult, DiskBuffer, Record
 from gateway.buffer.schedule import ACK_DELAY, DRAIN_ACK_DELAY, REOPEN_INTERVAL, Schedule
 from gateway.buffer.worker import StoreThread
@@ -75,6 +59,16 @@ class _Synced:
     ok: bool
     errors: dict[str, int] = field(default_factory=dict)
     recreated: int = 0
+
+
+class StoreOptions(TypedDict, total=False):
+    """:class:`BufferStore`'s keyword arguments, for :meth:`BufferStore.open`."""
+
+    durability: Durability
+    ack_delay: float
+    write_delay: float
+    protect: Mapping[str, str] | None
+    dead_letters: bool
 
 
 class BufferStore:
@@ -126,22 +120,25 @@ class BufferStore:
                 self.buffers[buf.dead.name] = buf.dead
         # alert_state changes to write with the next transaction (None: delete).
         self._state: dict[str, str | None] = {}
-        self.corrupt_moved: list[Path] = []
-        # Records salvaged from corrupt files, and those of their live range lost.
-        self.salvaged = dict.fromkeys(sinks, 0)
-        self.salvage_lost = dict.fromkeys(sinks, 0)
+        self.file = opening.StoreFile(
+            self.directory,
+            durability,
+            {name: buf.max_records for name, buf in self.buffers.items()},
+            {name: buf.marker for name, buf in self.buffers.items()},
+            sinks,
+        )
+        # The file's own, shared: corrupt files moved aside, and what was salvaged.
+        self.corrupt_moved = self.file.corrupt_moved
+        self.salvaged, self.salvage_lost = self.file.salvaged, self.file.salvage_lost
         self.degraded = True  # until the file is open and the last write worked
         self.recreated = 0  # times the file was deleted under us and recreated
         self.schedule = Schedule(
             self.buffers, self._state, ack_delay=ack_delay, write_delay=write_delay
         )
         self._lock = trio.Lock()
-        self.cache: Any = None  # the diskcache.Cache, None while the file cannot be opened
-        self._fd: int | None = None  # holds the flock that keeps imports out
         self._thread = StoreThread()
-        self._identity: tuple[int, int] | None = None
         self.index = FileIndex(self.buffers)
-        opened = self._thread.call(self._open_or_replace)
+        opened = self._thread.call(self.file.open)
         if opened is not None:
             self._install(opened)
         for buf in self.buffers.values():
@@ -149,70 +146,29 @@ class BufferStore:
 
     @classmethod
     async def open(
-        cls,
-        directory: Path,
-        sinks: Mapping[str, int],
-        *,
-        durability: Durability = "full",
-        ack_delay: float = ACK_DELAY,
-        write_delay: float = 0.0,
-        protect: Mapping[str, str] | None = None,
-        dead_letters: bool = True,
+        cls, directory: Path, sinks: Mapping[str, int], **options: Unpack[StoreOptions]
     ) -> BufferStore:
         """Open (or create, or replace a corrupt) store without blocking Trio."""
         started = trio.current_time()
-        store = await trio.to_thread.run_sync(
-            lambda: cls(
-                directory,
-                sinks,
-                durability=durability,
-                ack_delay=ack_delay,
-                write_delay=write_delay,
-                protect=protect,
-                dead_letters=dead_letters,
-            )
-        )
-        if store.cache is None:
+        store = await trio.to_thread.run_sync(functools.partial(cls, directory, sinks, **options))
+        if store.file.cache is None:
             store.schedule.retry_later(started)
         return store
 
-    # -- opening (on the store's thread) ----------------------------------------------
-
-    def _open_or_replace(self) -> opening.Opened | None:
-        """Open the file (moving a corrupt one aside); None if the disk refuses."""
-        bounds = {name: buf.max_records for name, buf in self.buffers.items()}
-        markers = {name: buf.marker for name, buf in self.buffers.items()}
-        opened, replaced = opening.open_store(self.directory, self.durability, bounds, markers)
-        if replaced is not None:
-            found = replaced.found
-            self.corrupt_moved.append(replaced.aside)
-            for name in bounds:  # dead-letter queues included
-                got = found.count(name) if found else 0
-                self.salvaged[name] = self.salvaged.get(name, 0) + got
-                lost = found.lost.get(name, 0) if found else 0
-                self.salvage_lost[name] = self.salvage_lost.get(name, 0) + lost
-        return opened
+    # -- opening and writing ---------------------------------------------------------
 
     def _install(self, opened: opening.Opened) -> None:
         """Take over an opened file: what it holds comes before records held in memory."""
-        self.cache, self._fd = opened.cache, opened.fd
+        self.file.install(opened)
         for name, (first, last) in opened.ranges.items():
             self.buffers[name].adopt(first, last, opened.protected.get(name, []))
         self.index.take(opened.chunks, opened.heads, opened.boots, opened.alert_rows)
         self.degraded = False
-        self._identity = _file_identity(self.path)
-
-    # -- writing -------------------------------------------------------------------
 
     def _plan(self, *, owed_only: bool = False) -> Plan:
         """What is not yet on disk (``owed_only``: see :func:`gateway.buffer.writer.plan`)."""
         due_by = trio.current_time() if owed_only and self.write_delay > 0 else None
         return plan(self.buffers.values(), due_by=due_by, write_delay=self.write_delay)
-
-    def _write_sync(self, plan: Plan, state: Mapping[str, str | None] | None = None) -> None:
-        """One transaction: each buffer's deletions and rows, the alert state (store's thread)."""
-        assert self.cache is not None
-        self.index.write(self.cache, plan, state)
 
     def _wrote(self, plan: Plan, state: Mapping[str, str | None]) -> None:
         """After a write that worked, in Trio's thread (commits change the same state)."""
@@ -250,19 +206,17 @@ class BufferStore:
         dropped = {buf.name: buf.add(records) for buf, records in batches.items() if records}
         if state:
             self._state.update(state)
-        synced = _Synced(ok=True)
+        waits = False
         if self.write_delay > 0:
             now = trio.current_time()
             for buf, records in batches.items():
                 if records:
                     buf.note_commit(now)
-            if not state and all(
-                buf.may_wait(records) for buf, records in batches.items() if records
-            ):
-                self.schedule.wake_for(now + self.write_delay)  # written when due
-                await trio.lowlevel.checkpoint()
-            else:
-                synced = await self._sync()
+            waits = not state and all(buf.may_wait(r) for buf, r in batches.items() if r)
+        if waits:
+            self.schedule.wake_for(now + self.write_delay)  # written when due
+            await trio.lowlevel.checkpoint()
+            synced = _Synced(ok=True)
         else:
             synced = await self._sync()
         for buf in batches:
@@ -282,10 +236,10 @@ class BufferStore:
             # This write takes every ack so far along (or, when the disk
             # refuses, the retry interval paces them: never a busy loop).
             self.schedule.writing()
-            if self.cache is None:
+            if self.file.cache is None:
                 opened = None
                 if self.schedule.may_retry():
-                    opened = await self._thread.run(self._open_or_replace)
+                    opened = await self._thread.run(self.file.open)
                     if opened is None:
                         self.schedule.retry_later()
                 if opened is None:
@@ -294,17 +248,17 @@ class BufferStore:
                 self._install(opened)
                 log.warning("buffer store %s can be opened again", self.path)
             recreated = 0
-            if self._file_was_replaced():
+            if self.file.was_replaced():
                 await self._thread.run(self._recreate_sync)
                 recreated = 1
-                if self.cache is None:
+                if self.file.cache is None:
                     self.schedule.retry_later()
                     self.schedule.note_pending()
                     return _Synced(ok=False, recreated=recreated)
             plan, path, state = self._plan(owed_only=owed_only), self.path, dict(self._state)
             if plan or state:
                 try:
-                    await self._thread.run(self._write_sync, plan, state)
+                    await self._thread.run(self.index.write, self.file.cache, plan, state)
                 except STORE_ERRORS as exc:
                     self.failed("write", exc, [step.buf for step in plan], degrade=True)
                     return _Synced(False, {step.buf.name: 1 for step in plan}, recreated)
@@ -377,32 +331,15 @@ class BufferStore:
 
     # -- the file deleted under us -------------------------------------------------
 
-    def _file_was_replaced(self) -> bool:
-        """True when the path no longer names the file we have open (deleted, replaced).
-
-        SQLite would go on writing to the unlinked file: no error, and the
-        whole backlog gone at the next start. One stat per commit finds it.
-        """
-        return self.cache is not None and _file_identity(self.path) != self._identity
-
-    def _close_file(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-            self.cache = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
     def _recreate_sync(self) -> None:
         """Read every live record from the orphaned file, then write them to a new store."""
-        cache = self.cache
+        cache = self.file.cache
         assert cache is not None
-        held = 0
-        for buf in self.buffers.values():
-            name = buf.name
-            held += buf.hold_everything(functools.partial(self.index.read, cache, name))
+        held = sum(
+            buf.hold_everything(functools.partial(self.index.read, cache, buf.name))
+            for buf in self.buffers.values()
+        )
         self.index.forget_records()
-        self._close_file()
         self.recreated += 1
         log.error(
             "buffer store %s was deleted or replaced while open; recreating it "
@@ -410,31 +347,17 @@ class BufferStore:
             self.path,
             held,
         )
-        opened = self._open_or_replace()
-        if opened is None:
-            self.degraded = True
-            return
         # The new file is empty: every record is written again by the caller's
         # plan, the rest of what the old one held here.
-        self.cache, self._fd = opened.cache, opened.fd
-        self._identity = _file_identity(self.path)
-        self.degraded = False
-        self.cache.set(BOOTS_KEY, boots_json(self.index.boots))
-        self.cache.set(ALERT_STATE_KEY, json.dumps(self.index.alert_rows))
+        self.degraded = not self.file.reopen()
+        if not self.degraded:
+            self.index.write_documents(self.file.cache)
 
     # -- boots and the alert engine's state ------------------------------------------
 
     def boot_offsets(self) -> Boots:
         """Every boot the store knows: key → (boot id, learned offset or None)."""
         return dict(self.index.boots)
-
-    def _save_boot_sync(self, boot_id: str, offset_ns: int | None) -> None:
-        boots = merge_boots(self.index.boots, [(boot_id, offset_ns)], keep_known=False)
-        if boots == self.index.boots:
-            return  # once per boot (and per offset it learns), not per record
-        if self.cache is not None:
-            self.cache.set(BOOTS_KEY, boots_json(boots))
-        self.index.boots = boots
 
     async def save_boot(self, boot_id: str, offset_ns: int | None) -> bool:
         """Remember a boot (and the clock offset it learned); False if the disk refused.
@@ -443,10 +366,10 @@ class BufferStore:
         be corrected after a restart, even in a later boot.
         """
         async with self._lock:
-            if self.cache is None:
+            if self.file.cache is None:
                 return False
             try:
-                await self._thread.run(self._save_boot_sync, boot_id, offset_ns)
+                await self._thread.run(self.index.save_boot, self.file.cache, boot_id, offset_ns)
             except STORE_ERRORS as exc:
                 _errlog.log(logging.ERROR, "boot", "buffer store %s: %s", self.path, exc)
                 return False
@@ -460,39 +383,29 @@ class BufferStore:
 
     def read_sync(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
         """Records ``start <= seq < end`` of ``buf`` from disk (blocking)."""
-        return self._thread.call(self.index.read, self.cache, buf.name, start, end)
+        return self._thread.call(self.index.read, self.file.cache, buf.name, start, end)
 
     async def read(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
         """:meth:`read_sync` on the store's thread, in turn with writes."""
         async with self._lock:
-            if self.cache is None:
+            if self.file.cache is None:
                 raise OSError(errno.EIO, "store not open")
-            return await self._thread.run(self.index.read, self.cache, buf.name, start, end)
+            return await self._thread.run(self.index.read, self.file.cache, buf.name, start, end)
 
-    # -- inspection and closing -------------------------------------------------------
-
-    def disk_bytes(self) -> int:
-        """Bytes of the store's files on disk."""
-        return store_bytes(self.path)
-
-    def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` of the file ("ok" when healthy)."""
-        if self.cache is None:
-            return "not open"
-        return integrity_check(self.path)
+    # -- closing -------------------------------------------------------------------
 
     def _close_sync(self) -> int:
-        if self.cache is None:
+        if self.file.cache is None:
             # Never opened (the disk refused): try once more, so that what is
             # held in memory is not lost if the disk is back.
-            opened = self._open_or_replace()
+            opened = self.file.open()
             if opened is not None:
                 self._install(opened)
-        if self.cache is not None:
+        if self.file.cache is not None:
             plan, state = self._plan(), dict(self._state)
             if plan or state:
                 try:
-                    self._write_sync(plan, state)
+                    self.index.write(self.file.cache, plan, state)
                     self._wrote(plan, state)
                 except STORE_ERRORS as exc:
                     log.error("buffer store %s: final write failed (%s)", self.path, exc)
@@ -503,7 +416,7 @@ class BufferStore:
                 self.path,
                 lost,
             )
-        self._close_file()
+        self.file.close()
         return lost
 
     def close(self) -> int:
@@ -520,22 +433,15 @@ class BufferStore:
 
 
 async def open_buffer(
-    directory: Path,
-    *,
-    max_records: int,
-    durability: Durability = "full",
-    name: str = "buffer",
-    ack_delay: float = 0.0,
-    write_delay: float = 0.0,
+    directory: Path, *, max_records: int, name: str = "buffer", **options: Unpack[StoreOptions]
 ) -> DiskBuffer:
-    """A buffer with a store of its own in ``directory`` (tests, tools); close its ``store``."""
-    store = await BufferStore.open(
-        directory,
-        {name: max_records},
-        durability=durability,
-        ack_delay=ack_delay,
-        write_delay=write_delay,
-    )
+    """A buffer with a store of its own in ``directory`` (tests, tools); close its ``store``.
+
+    Unlike a :class:`BufferStore`'s, its acknowledgements are written at once
+    unless ``ack_delay`` says otherwise.
+    """
+    options.setdefault("ack_delay", 0.0)
+    store = await BufferStore.open(directory, {name: max_records}, **options)
     return store.buffers[name]
 
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.buffer.cachefile import ALERT_STATE_KEY, HEADS_KEY, record_key
+from gateway.buffer.cachefile import ALERT_STATE_KEY, BOOTS_KEY, HEADS_KEY, record_key
 from gateway.buffer.chunks import MAX_ITEM, Chunks, decode, encode
-from gateway.buffer.layout import Boots, apply_state
+from gateway.buffer.layout import Boots, apply_state, boots_json, merge_boots
 from gateway.buffer.ledger import WritePlan
 from gateway.buffer.queue import DiskBuffer, Record
 
@@ -89,6 +89,19 @@ class FileIndex:
         self.chunks = {name: Chunks() for name in self.chunks}
         self.heads = {}
         self._decoded = None
+
+    def save_boot(self, cache: Any, boot_id: str, offset_ns: int | None) -> None:
+        """Remember a boot and the offset it learned (written once per boot and offset)."""
+        boots = merge_boots(self.boots, [(boot_id, offset_ns)], keep_known=False)
+        if boots != self.boots:
+            if cache is not None:
+                cache.set(BOOTS_KEY, boots_json(boots))
+            self.boots = boots
+
+    def write_documents(self, cache: Any) -> None:
+        """A new file: the boots and the alert state as last written to the old one."""
+        cache.set(BOOTS_KEY, boots_json(self.boots))
+        cache.set(ALERT_STATE_KEY, json.dumps(self.alert_rows))
 
     def read(self, cache: Any, name: str, start: int, end: int) -> list[Record]:
         """Records ``start <= seq < end`` of buffer ``name``."""

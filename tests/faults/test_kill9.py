@@ -38,7 +38,7 @@ def committed_after_kill(buffer_dir: Path) -> tuple[set[int], set[int], list[str
         return waiting["mqtt"], waiting["influx"], checks
     store = BufferStore(buffer_dir, {"mqtt": 10**9, "influx": 10**9}, ack_delay=0)
     try:
-        checks.append(store.integrity_check())
+        checks.append(store.file.integrity_check())
         assert not store.corrupt_moved, "the buffer store was corrupt after kill -9"
         waiting["mqtt"] = {int(split_record(r.value)[2]) for r in on_disk(store, "mqtt")}
         waiting["influx"] = {

@@ -218,7 +218,7 @@ async def test_reopen_keeps_records_in_order(tmp_path: Path) -> None:
     assert buf.count.value == 2
     await buf.append(["d"])
     assert values(await buf.peek(10)) == ["b", "c", "d"]
-    assert buf.corrupt_moved == []
+    assert buf.store.corrupt_moved == []
     buf.store.close()
 
 
@@ -264,8 +264,8 @@ async def test_corrupt_store_is_moved_aside(tmp_path: Path, corrupt) -> None:  #
     corrupt(path / STORE_FILE)
 
     buf = await open_buffer(path, max_records=1000)
-    assert len(buf.corrupt_moved) == 1
-    aside = buf.corrupt_moved[0]
+    assert len(buf.store.corrupt_moved) == 1
+    aside = buf.store.corrupt_moved[0]
     assert aside.parent == path
     assert aside.name.startswith("buffer.corrupt-")
     assert aside.exists()
@@ -285,7 +285,7 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
         buf.store.close()
         corrupt_with_random_bytes(path / STORE_FILE)
         buf = await open_buffer(path)
-        moved += buf.corrupt_moved
+        moved += buf.store.corrupt_moved
         buf.store.close()
     assert len(set(moved)) == 2
     for aside in moved:
@@ -723,7 +723,7 @@ async def test_a_store_of_another_format_is_moved_aside(tmp_path: Path) -> None:
     with diskcache.Cache(str(tmp_path)) as cache:
         cache.set("format", 99)
     buf = await open_buffer(tmp_path)
-    assert len(buf.corrupt_moved) == 1
+    assert len(buf.store.corrupt_moved) == 1
     assert buf.count.value == 0
     buf.store.close()
 

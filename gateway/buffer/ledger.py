@@ -13,6 +13,8 @@ ledger; each position moves only through one of the named transitions below.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -27,7 +29,16 @@ class WritePlan:
 class Ledger:
     """Head, tail, what is on disk, what a write tried, the read cursor and the generation."""
 
-    __slots__ = ("cursor", "disk_head", "disk_tail", "generation", "head", "tail", "tried_tail")
+    __slots__ = (
+        "commits",
+        "cursor",
+        "disk_head",
+        "disk_tail",
+        "generation",
+        "head",
+        "tail",
+        "tried_tail",
+    )
 
     def __init__(self) -> None:
         self.head = 1
@@ -37,6 +48,9 @@ class Ledger:
         self.tried_tail = 1
         self.cursor = 1
         self.generation = 0
+        # Write-behind (the store's write_delay > 0): (tail after a commit, its
+        # Trio time) for each commit with records not on disk yet, oldest first.
+        self.commits: deque[tuple[int, float]] = deque()
 
     # -- what the positions say -----------------------------------------------------
 
@@ -69,7 +83,30 @@ class Ledger:
         """Acknowledged (or dropped) rows that may be on disk still: to delete."""
         return self.disk_head < min(self.head, self.tried_tail)
 
+    def due(self, write_delay: float, *, delivering: bool, rewrites: bool) -> float | None:
+        """Write-behind: when the oldest unwritten, unacknowledged record must be written.
+
+        At once (-inf) when the sink does not deliver or ``rewrites`` wait; None
+        when nothing is unwritten.
+        """
+        self.settle_commits()
+        if self.unwritten_from >= self.tail and not rewrites:
+            return None
+        if not delivering or rewrites or not self.commits:
+            return -math.inf  # now
+        return self.commits[0][1] + write_delay
+
     # -- transitions ------------------------------------------------------------------
+
+    def committed(self, at: float) -> None:
+        """Write-behind: the records up to the tail were committed at Trio time ``at``."""
+        self.commits.append((self.tail, at))
+
+    def settle_commits(self) -> None:
+        """Forget the commits whose records are all written or gone."""
+        commits, start = self.commits, self.unwritten_from
+        while commits and commits[0][0] <= start:
+            commits.popleft()
 
     def add(self, n: int) -> None:
         """``n`` records were committed after the tail."""
@@ -127,6 +164,7 @@ class Ledger:
             self.forget_disk()
             return None
         shift = max(0, last + 1 - self.head)
+        self.commits = deque((tail + shift, at) for tail, at in self.commits)
         self.tail += shift
         self.head = self.disk_head = first
         self.disk_tail = self.tried_tail = last + 1

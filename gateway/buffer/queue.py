@@ -36,20 +36,16 @@ Only a buffer holding nothing but protected records drops protected ones.
 Recent records are also kept in memory, so a sink that keeps up never reads
 the file; when the disk refuses writes, live delivery goes on from memory.
 
-Where the records are (head, tail, what is on disk, the read cursor) is the
-buffer's :class:`~gateway.buffer.ledger.Ledger`; this module holds the records
-themselves and the sink's API, and asks its store (a :class:`Store`) for the
-file.
+Where the records are is the buffer's :class:`~gateway.buffer.ledger.Ledger`; this
+module holds the records themselves and the sink's API, and asks its :class:`Store`.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -94,9 +90,6 @@ class Store(Protocol):
     degraded: bool
     write_delay: float
 
-    @property
-    def corrupt_moved(self) -> list[Path]: ...
-
     async def commit(
         self,
         batches: Mapping[DiskBuffer, Sequence[str]],
@@ -125,10 +118,7 @@ class DiskBuffer:
     deliver now, acknowledged ones excluded) or :attr:`unread` (those of them
     not handed out by :meth:`read` yet). For a buffer of its own (tests,
     tools), :func:`gateway.buffer.store.open_buffer` makes a store of one buffer.
-
-    The methods without a docstring's "sink" in them (:meth:`add`,
-    :meth:`unwritten`, :meth:`adopt` ...) are the store's side: it calls them
-    to write, open and recreate the file.
+    The store calls the methods under "the store's side" to write, open and recreate.
     """
 
     def __init__(
@@ -155,9 +145,6 @@ class DiskBuffer:
         self._rewrites: dict[int, str] = {}
         # Of those, the ones read() has not handed out yet.
         self.unread: AsyncValue[int] = AsyncValue(0)
-        # Write-behind (the store's write_delay > 0): (tail after a commit, its
-        # Trio time) for each commit with records not on disk yet, oldest first.
-        self._commits: deque[tuple[int, float]] = deque()
         # Whether the sink delivers now (connected, not holding): only then may
         # records wait in memory for their acknowledgement (see set_delivering).
         self.delivering = False
@@ -187,11 +174,6 @@ class DiskBuffer:
     def in_memory(self) -> int:
         """Records held only in memory because the disk refused them."""
         return self.ledger.in_memory
-
-    @property
-    def corrupt_moved(self) -> list[Path]:
-        """Corrupt stores moved aside when this buffer's store was opened."""
-        return self.store.corrupt_moved
 
     @property
     def unsynced_acks(self) -> int:
@@ -288,25 +270,15 @@ class DiskBuffer:
             # a renumbering, every unacknowledged record is handed out again.
             ledger.renumber()
 
-    def note_commit(self, at: float) -> None:
-        """Write-behind: records up to the tail were committed at Trio time ``at``."""
-        self._commits.append((self.ledger.tail, at))
-
     def may_wait(self, records: Sequence[str]) -> bool:
         """Write-behind: whether ``records`` may wait in memory (delivered now, none protected)."""
         return self.delivering and not (self.marker and any(self.marker in r for r in records))
 
     def records_due(self, write_delay: float) -> float | None:
         """Write-behind: when the oldest unwritten, unacknowledged record must be written."""
-        start = self.ledger.unwritten_from
-        commits = self._commits
-        while commits and commits[0][0] <= start:
-            commits.popleft()
-        if start >= self.ledger.tail and not self._rewrites:
-            return None
-        if not self.delivering or self._rewrites or not commits:
-            return -math.inf  # now
-        return commits[0][1] + write_delay
+        return self.ledger.due(
+            write_delay, delivering=self.delivering, rewrites=bool(self._rewrites)
+        )
 
     def _overlay(self, records: list[Record]) -> list[Record]:
         """Records read from disk, with any protected record the drop moved into their slot."""
@@ -327,15 +299,11 @@ class DiskBuffer:
     def adopt(
         self, first: int | None, last: int | None, protected: Sequence[tuple[int, str]]
     ) -> None:
-        """Opening: take over the file's live records ``[first, last]`` (and its protected ones).
-
-        Records held in memory come after them, renumbered.
-        """
+        """Opening: the file's live records ``[first, last]``; those held in memory come after."""
         shift = self.ledger.adopt(first, last)
         if shift is None:
             return
         self._cache_start += shift
-        self._commits = deque((tail + shift, at) for tail, at in self._commits)
         held = [(seq + shift, value) for seq, value in self._protected.items()]
         self._rewrites = {seq + shift: value for seq, value in self._rewrites.items()}
         self._protected = dict([*protected, *held])
@@ -343,10 +311,7 @@ class DiskBuffer:
         self.renumbered()  # what a sink has in flight carries the old keys
 
     def hold_everything(self, read: Callable[[int, int], list[Record]]) -> int:
-        """The file is gone: take every live record into memory (``read`` gets the older rows).
-
-        Returns how many records are held.
-        """
+        """The file is gone: hold every live record in memory (``read``: older rows); count them."""
         head = self.ledger.head
         if head < self._cache_start:
             # The rows the memory cache no longer holds: still readable from
@@ -367,9 +332,7 @@ class DiskBuffer:
             del self._protected[seqs.popleft()]
         if self._rewrites:
             self._rewrites = {k: v for k, v in self._rewrites.items() if k >= ledger.head}
-        written = ledger.unwritten_from
-        while self._commits and self._commits[0][0] <= written:
-            self._commits.popleft()
+        ledger.settle_commits()
         keep_from = max(ledger.head, min(ledger.disk_tail, ledger.tail - CACHE_RECORDS))
         for _ in range(min(keep_from - self._cache_start, len(self._cache))):
             self._cache.popleft()

@@ -211,7 +211,7 @@ class BufferStore:
             now = trio.current_time()
             for buf, records in batches.items():
                 if records:
-                    buf.note_commit(now)
+                    buf.ledger.committed(now)
             waits = not state and all(buf.may_wait(r) for buf, r in batches.items() if r)
         if waits:
             self.schedule.wake_for(now + self.write_delay)  # written when due

@@ -184,17 +184,15 @@ class Pipeline:
     ) -> None:
         """Commit records (and alert state) in one transaction; count what that dropped."""
         sinks = (self.mqtt_buffer, self.influx_buffer)  # not their dead-letter queues
-        errors_before = {buf: buf.write_errors for buf in sinks}
-        recreated_before = self.store.recreated
-        dropped = await self.store.commit(batches, state=state)
-        recreated = self.store.recreated - recreated_before
+        result = await self.store.commit(batches, state=state)
+        dropped = result.dropped
         for buf in sinks:
             self.coverage.committed(buf.name, len(batches.get(buf, ())))
             figures = self.metrics.sink(buf.name)
             # A store deleted under us and recreated is an I/O failure of each buffer.
-            figures.buffer_errors += buf.write_errors - errors_before[buf] + recreated
+            figures.buffer_errors += result.write_errors.get(buf.name, 0) + result.recreated
             # Records the disk refused; write-behind's records wait in memory by design.
-            figures.memory_records = buf.in_memory if self.store.degraded else 0
+            figures.memory_records = buf.in_memory if result.degraded else 0
             # A store first opened later (the disk refused at start) may have been salvaged.
             figures.salvaged = self.store.salvaged[buf.name]
             figures.salvage_lost = self.store.salvage_lost[buf.name]

@@ -12,19 +12,26 @@ import trio
 
 from gateway.buffer import STORE_FILE, BufferStore, DiskBuffer, Record, StoreReader
 from gateway.buffer import queue as buffer_module
-from gateway.buffer.cachefile import PAGE_SIZE
+from gateway.buffer import store as store_module
+from gateway.buffer.cachefile import PAGE_SIZE, store_bytes
 from gateway.buffer.store import DRAIN_ACK_DELAY
+
+
+def on_disk(store: BufferStore, name: str) -> list[Record]:
+    """Every record waiting in buffer ``name``, read from the file (all of them are written)."""
+    buf = store.buffers[name]
+    return store.read_sync(buf, buf.head, buf.tail)
 
 
 def crash(store: BufferStore) -> None:
     """What kill -9 leaves: the file closed with nothing more written."""
-    cache, store.cache = store.cache, None
+    cache, store.file.cache = store.file.cache, None
     assert cache is not None
     store._thread.call(cache.close)
 
 
 async def open_buffer(path: Path, max_records: int = 100, **kwargs: object) -> DiskBuffer:
-    return await DiskBuffer.open(path, max_records=max_records, **kwargs)  # type: ignore[arg-type]
+    return await store_module.open_buffer(path, max_records=max_records, **kwargs)  # type: ignore[arg-type]
 
 
 def values(records: list) -> list[str]:  # type: ignore[type-arg]
@@ -38,7 +45,7 @@ async def test_fifo_order(tmp_path: Path) -> None:
     await buf.append(["d", "e", "f"])
     assert values(await buf.peek(10)) == ["a", "b", "c", "d", "e", "f"]
     assert values(await buf.peek(2)) == ["a", "b"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_peek_does_not_remove(tmp_path: Path) -> None:
@@ -48,8 +55,8 @@ async def test_peek_does_not_remove(tmp_path: Path) -> None:
     second = await buf.peek(2)
     assert first == second
     assert buf.count.value == 3
-    assert buf.stats()["records"] == 3
-    buf.close()
+    assert len(await buf.peek(10)) == 3
+    buf.store.close()
 
 
 async def test_ack_is_fifo_and_acks_every_older_record(tmp_path: Path) -> None:
@@ -63,7 +70,7 @@ async def test_ack_is_fifo_and_acks_every_older_record(tmp_path: Path) -> None:
     await buf.ack(batch[:1])
     await buf.ack([])
     assert values(await buf.peek(10)) == ["c", "d"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_records_appended_after_a_peek_survive_its_ack(tmp_path: Path) -> None:
@@ -73,7 +80,7 @@ async def test_records_appended_after_a_peek_survive_its_ack(tmp_path: Path) -> 
     await buf.append(["c"])
     await buf.ack(batch)
     assert values(await buf.peek(10)) == ["c"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_stale_ack_after_the_buffer_emptied_keeps_new_records(tmp_path: Path) -> None:
@@ -86,7 +93,7 @@ async def test_stale_ack_after_the_buffer_emptied_keeps_new_records(tmp_path: Pa
     assert [r.key for r in await buf.peek(10)] == [stale[0].key + 1]
     await buf.ack(stale)
     assert values(await buf.peek(10)) == ["new"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_read_hands_out_records_after_those_in_flight(tmp_path: Path) -> None:
@@ -109,7 +116,7 @@ async def test_read_hands_out_records_after_those_in_flight(tmp_path: Path) -> N
     assert buf.unread.value == 4
     assert values(await buf.read(10)) == ["c", "d", "e", "f"]
     assert first[0].value == "e"
-    buf.close()
+    buf.store.close()
 
 
 async def test_read_and_rewind_across_disk_and_memory(
@@ -137,7 +144,7 @@ async def test_read_and_rewind_across_disk_and_memory(
             buf.rewind()
             in_flight = []
     assert got == sent
-    buf.close()
+    buf.store.close()
 
 
 async def test_overflow_past_the_read_cursor(tmp_path: Path) -> None:
@@ -149,7 +156,7 @@ async def test_overflow_past_the_read_cursor(tmp_path: Path) -> None:
     assert values(await buf.read(10)) == ["e", "f", "g"]
     await buf.ack(in_flight)  # a dropped record: ignored
     assert buf.count.value == 3
-    buf.close()
+    buf.store.close()
 
 
 async def test_renumbered_records_are_handed_out_again(
@@ -160,7 +167,7 @@ async def test_renumbered_records_are_handed_out_again(
     await buf.append(["a", "b", "c"])
     await buf.read(2)
     generation = buf.generation
-    buf._renumbered()  # what the store does when it adopts a file's rows
+    buf.renumbered()  # what the store does when it adopts a file's rows
     assert buf.generation == generation + 1
     assert buf.unread.value == 3
     # A read that spans a renumbering hands out nothing and moves nothing.
@@ -168,14 +175,14 @@ async def test_renumbered_records_are_handed_out_again(
 
     async def read_then_renumber(*args: object) -> list[Record]:
         rows = await read(*args)  # type: ignore[arg-type]
-        buf._renumbered()
+        buf.renumbered()
         return rows
 
     monkeypatch.setattr(buf.store, "read", read_then_renumber)
     assert await buf.read(10) == []
     monkeypatch.setattr(buf.store, "read", read)
     assert values(await buf.read(10)) == ["a", "b", "c"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_bound_drops_oldest_and_returns_the_count(tmp_path: Path) -> None:
@@ -188,7 +195,7 @@ async def test_bound_drops_oldest_and_returns_the_count(tmp_path: Path) -> None:
     assert buf.dropped_total == 14
     assert buf.count.value == 5
     assert await buf.append([]) == 0
-    buf.close()
+    buf.store.close()
 
 
 async def test_ack_of_records_dropped_by_overflow(tmp_path: Path) -> None:
@@ -198,7 +205,7 @@ async def test_ack_of_records_dropped_by_overflow(tmp_path: Path) -> None:
     await buf.append(["d", "e"])  # drops a and b while the batch is in flight
     await buf.ack(batch)
     assert values(await buf.peek(10)) == ["d", "e"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_reopen_keeps_records_in_order(tmp_path: Path) -> None:
@@ -206,13 +213,13 @@ async def test_reopen_keeps_records_in_order(tmp_path: Path) -> None:
     buf = await open_buffer(path)
     await buf.append(["a", "b", "c"])
     await buf.ack(await buf.peek(1))
-    buf.close()
+    buf.store.close()
     buf = await open_buffer(path)
     assert buf.count.value == 2
     await buf.append(["d"])
     assert values(await buf.peek(10)) == ["b", "c", "d"]
-    assert buf.corrupt_moved == []
-    buf.close()
+    assert buf.store.corrupt_moved == []
+    buf.store.close()
 
 
 async def test_count_wakes_a_waiting_sink(tmp_path: Path) -> None:
@@ -232,7 +239,7 @@ async def test_count_wakes_a_waiting_sink(tmp_path: Path) -> None:
     assert seen == [3]
     await buf.ack(await buf.peek(2))
     assert buf.count.value == 1
-    buf.close()
+    buf.store.close()
 
 
 def sibling_names(directory: Path, prefix: str) -> list[str]:
@@ -253,20 +260,20 @@ async def test_corrupt_store_is_moved_aside(tmp_path: Path, corrupt) -> None:  #
     path = tmp_path / "influx"
     buf = await open_buffer(path, max_records=1000)
     await buf.append([f"record {i} " + "x" * 100 for i in range(500)])
-    buf.close()
+    buf.store.close()
     corrupt(path / STORE_FILE)
 
     buf = await open_buffer(path, max_records=1000)
-    assert len(buf.corrupt_moved) == 1
-    aside = buf.corrupt_moved[0]
+    assert len(buf.store.corrupt_moved) == 1
+    aside = buf.store.corrupt_moved[0]
     assert aside.parent == path
     assert aside.name.startswith("buffer.corrupt-")
     assert aside.exists()
     assert buf.count.value == 0
-    assert buf.integrity_check() == "ok"
+    assert buf.store.file.integrity_check() == "ok"
     await buf.append(["fresh"])
     assert values(await buf.peek(10)) == ["fresh"]
-    buf.close()
+    buf.store.close()
 
 
 async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> None:
@@ -275,11 +282,11 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
     for _ in range(2):
         buf = await open_buffer(path)
         await buf.append(["a"])
-        buf.close()
+        buf.store.close()
         corrupt_with_random_bytes(path / STORE_FILE)
         buf = await open_buffer(path)
-        moved += buf.corrupt_moved
-        buf.close()
+        moved += buf.store.corrupt_moved
+        buf.store.close()
     assert len(set(moved)) == 2
     for aside in moved:
         assert aside.exists()
@@ -288,7 +295,7 @@ async def test_two_corruptions_in_a_row_get_separate_names(tmp_path: Path) -> No
 
 def pragma(store: BufferStore, name: str) -> object:
     """A pragma of the store's own connection (diskcache sets them per connection)."""
-    return store._thread.call(lambda: store.cache.reset(f"sqlite_{name}", update=False))
+    return store._thread.call(lambda: store.file.cache.reset(f"sqlite_{name}", update=False))
 
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
@@ -303,22 +310,21 @@ async def test_durability(tmp_path: Path, durability: str, synchronous: int) -> 
     finally:
         con.close()
     await buf.append(["a", "b"])
-    buf.close()
+    buf.store.close()
     buf = await open_buffer(path, durability=durability)
     assert values(await buf.peek(10)) == ["a", "b"]
-    assert buf.integrity_check() == "ok"
-    buf.close()
+    assert buf.store.file.integrity_check() == "ok"
+    buf.store.close()
 
 
-async def test_stats_and_iter_all(tmp_path: Path) -> None:
+async def test_count_bound_bytes_and_records(tmp_path: Path) -> None:
     buf = await open_buffer(tmp_path / "influx", max_records=7)
     await buf.append(["a", "b", "c"])
-    stats = buf.stats()
-    assert stats["records"] == 3
-    assert stats["max_records"] == 7
-    assert stats["bytes"] > 0
-    assert values(buf.iter_all()) == ["a", "b", "c"]
-    buf.close()
+    assert buf.count.value == 3
+    assert buf.max_records == 7
+    assert store_bytes(buf.store.path) > 0
+    assert values(await buf.peek(10)) == ["a", "b", "c"]
+    buf.store.close()
 
 
 def disk_values(directory: Path, table: str) -> list[str]:
@@ -338,13 +344,13 @@ async def test_one_transaction_for_both_sinks_carries_the_acks(tmp_path: Path) -
     assert mqtt.count.value == 0
     assert disk_values(tmp_path, "mqtt") == ["m1", "m2"]
     transactions = []
-    transact = store.cache.transact
+    transact = store.file.cache.transact
 
     def counted() -> object:
         transactions.append(1)
         return transact()
 
-    store.cache.transact = counted
+    store.file.cache.transact = counted
     await store.commit({mqtt: ["m3"], influx: ["p2"]})
     # ... which deletes them in the same transaction as the new rows.
     assert disk_values(tmp_path, "mqtt") == ["m3"]
@@ -422,13 +428,13 @@ async def test_acks_during_a_drain_are_written_within_the_drain_pacing(
 
 
 def count_wakeups(store: BufferStore) -> dict[str, int]:
-    """Count run()'s loop turns (each asks _next_due once) and its writes."""
+    """Count run()'s loop turns (each asks next_due once) and its writes."""
     counts = {"wakeups": 0, "syncs": 0, "transactions": 0}
-    next_due, sync, transact = store._next_due, store.sync, store.cache.transact
+    next_due, sync, transact = store.schedule.next_due, store.sync, store.file.cache.transact
 
-    def counted_due() -> float | None:
+    def counted_due(degraded: bool) -> float | None:
         counts["wakeups"] += 1
-        return next_due()
+        return next_due(degraded)
 
     async def counted_sync(**kwargs: bool) -> bool:
         counts["syncs"] += 1
@@ -438,9 +444,9 @@ def count_wakeups(store: BufferStore) -> dict[str, int]:
         counts["transactions"] += 1
         return transact()
 
-    store._next_due = counted_due  # type: ignore[method-assign]
+    store.schedule.next_due = counted_due  # type: ignore[method-assign]
     store.sync = counted_sync  # type: ignore[method-assign]
-    store.cache.transact = counted_transact
+    store.file.cache.transact = counted_transact
     return counts
 
 
@@ -572,21 +578,21 @@ async def test_a_backlog_beyond_the_memory_cache_is_read_back_in_order(
         got += values(batch)
         await buf.ack(batch)
     assert got == sent
-    buf.close()
+    buf.store.close()
 
 
 async def test_records_dropped_in_flight_are_not_acknowledged_as_delivered(
     tmp_path: Path,
 ) -> None:
     """A sink's window overtaken by the bound: its ack counts only what it still held."""
-    buf = await DiskBuffer.open(tmp_path, max_records=10)
+    buf = await open_buffer(tmp_path, max_records=10)
     await buf.append([f"r{i}" for i in range(10)])
     window = await buf.peek(10)
     await buf.append([f"s{i}" for i in range(6)])  # drops r0..r5 while in flight
     assert buf.dropped_total == 6
     assert await buf.ack(window) == 4  # r6..r9: published; r0..r5 were dropped
     assert [r.value for r in await buf.peek(10)] == [f"s{i}" for i in range(6)]
-    buf.close()
+    buf.store.close()
 
 
 # -- protected records (alert events): the bound counts them, the drop skips them -----
@@ -604,16 +610,18 @@ async def open_store(path: Path, bound: int) -> BufferStore:
 
 
 def texts(store: BufferStore) -> list[str]:
-    return [r.value for r in store.buffers["mqtt"].iter_all()]
+    return [r.value for r in on_disk(store, "mqtt")]
 
 
 async def test_a_full_buffer_drops_unprotected_records_first(tmp_path: Path) -> None:
     store = await open_store(tmp_path, 5)
     buf = store.buffers["mqtt"]
-    assert await store.commit({buf: ["r1", alert(1), "r2"]}) == {"mqtt": 0}
+    assert (await store.commit({buf: ["r1", alert(1), "r2"]})).dropped == {"mqtt": 0}
     dropped = 0
     for i in range(3, 13):
-        dropped += (await store.commit({buf: [f"r{i}", *([alert(2)] if i == 6 else [])]}))["mqtt"]
+        dropped += (await store.commit({buf: [f"r{i}", *([alert(2)] if i == 6 else [])]})).dropped[
+            "mqtt"
+        ]
     # The bound counts protected records; the drop skips them; the order kept holds.
     assert texts(store) == [alert(1), alert(2), "r10", "r11", "r12"]
     assert dropped == buf.dropped_total == 9
@@ -653,7 +661,7 @@ async def test_protection_survives_a_reopen(tmp_path: Path) -> None:
 async def test_a_buffer_of_protected_records_only_drops_the_oldest(tmp_path: Path) -> None:
     store = await open_store(tmp_path, 3)
     buf = store.buffers["mqtt"]
-    dropped = (await store.commit({buf: [alert(i) for i in range(5)]}))["mqtt"]
+    dropped = (await store.commit({buf: [alert(i) for i in range(5)]})).dropped["mqtt"]
     assert (dropped, texts(store)) == (2, [alert(2), alert(3), alert(4)])
     store.close()
 
@@ -677,16 +685,16 @@ async def test_protected_records_beyond_the_memory_cache(tmp_path: Path) -> None
 def test_a_relocation_during_a_write_is_written_by_the_next_one(tmp_path: Path) -> None:
     store = BufferStore(tmp_path, {"mqtt": 3}, ack_delay=0, protect={"mqtt": MARK})
     buf = store.buffers["mqtt"]
-    buf._add(["r1", alert(1), "r2"])
+    buf.add(["r1", alert(1), "r2"])
     in_flight = store._plan()  # a write under way, with the slots' old values ...
-    buf._add(["r3", "r4"])  # ... while a commit moves the alert up
-    store._write_sync(in_flight)
+    buf.add(["r3", "r4"])  # ... while a commit moves the alert up
+    store.index.write(store.file.cache, in_flight, None)
     store._wrote(in_flight, {})
-    assert buf._pending()
+    assert buf.pending()
     plan = store._plan()
-    store._write_sync(plan)
+    store.index.write(store.file.cache, plan, None)
     store._wrote(plan, {})
-    assert not buf._pending()
+    assert not buf.pending()
     store.close()
     store = BufferStore(tmp_path, {"mqtt": 3}, ack_delay=0, protect={"mqtt": MARK})
     assert texts(store) == [alert(1), "r3", "r4"]
@@ -711,25 +719,25 @@ async def test_a_store_of_another_format_is_moved_aside(tmp_path: Path) -> None:
 
     buf = await open_buffer(tmp_path)
     await buf.append(["a"])
-    buf.close()
+    buf.store.close()
     with diskcache.Cache(str(tmp_path)) as cache:
         cache.set("format", 99)
     buf = await open_buffer(tmp_path)
-    assert len(buf.corrupt_moved) == 1
+    assert len(buf.store.corrupt_moved) == 1
     assert buf.count.value == 0
-    buf.close()
+    buf.store.close()
 
 
 async def test_a_boot_is_stored_once_not_per_record(tmp_path: Path) -> None:
     store = await BufferStore.open(tmp_path, {"mqtt": 100}, ack_delay=0)
     writes: list[str] = []
-    set_ = store.cache.set
+    set_ = store.file.cache.set
 
     def counted(key: str, value: object) -> object:
         writes.append(key)
         return set_(key, value)
 
-    store.cache.set = counted
+    store.file.cache.set = counted
     boot = "0123abcd-0000-0000-0000-000000000000"
     for _ in range(3):
         assert await store.save_boot(boot, None)
@@ -756,13 +764,13 @@ async def settled(store: BufferStore) -> None:
 
 def count_transactions(store: BufferStore) -> list[int]:
     transactions: list[int] = []
-    transact = store.cache.transact
+    transact = store.file.cache.transact
 
     def counted() -> object:
         transactions.append(1)
         return transact()
 
-    store.cache.transact = counted
+    store.file.cache.transact = counted
     return transactions
 
 
@@ -907,8 +915,8 @@ async def test_a_large_commit_is_split_into_items_and_read_back_in_order(
     buf = await open_buffer(tmp_path, max_records=5000)
     sent = [f"r{i}" for i in range(1300)]
     await buf.append(sent)
-    assert len(buf.store._chunks["buffer"].starts) == 3  # at most MAX_ITEM (512) each
-    buf.close()
+    assert len(buf.store.index.chunks["buffer"].starts) == 3  # at most MAX_ITEM (512) each
+    buf.store.close()
     buf = await open_buffer(tmp_path, max_records=5000)
     got: list[str] = []
     while buf.count.value:
@@ -916,5 +924,5 @@ async def test_a_large_commit_is_split_into_items_and_read_back_in_order(
         got += values(batch)
         await buf.ack(batch[-1:])
     assert got == sent
-    buf.close()
+    buf.store.close()
     assert disk_values(tmp_path, "buffer") == []

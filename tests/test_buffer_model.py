@@ -51,7 +51,7 @@ class DiskBufferModel(RuleBasedStateMachine):
         return store.buffers["influx"]
 
     def teardown(self) -> None:
-        self.buffer.close()
+        self.buffer.store.close()
         buffer_module.CACHE_RECORDS = self.saved_cache
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -110,7 +110,7 @@ class DiskBufferModel(RuleBasedStateMachine):
 
     @rule()
     def reopen(self) -> None:
-        self.buffer.close()  # a clean stop writes the pending acks
+        self.buffer.store.close()  # a clean stop writes the pending acks
         self.buffer = self._open()
         self.durable = deque(self.live)
         self.handed = 0
@@ -119,7 +119,7 @@ class DiskBufferModel(RuleBasedStateMachine):
     @rule()
     def crash(self) -> None:
         store = self.buffer.store
-        cache, store.cache = store.cache, None
+        cache, store.file.cache = store.file.cache, None
         assert cache is not None
         store._thread.call(cache.close)  # kill -9: whatever was not committed stays undone
         self.buffer = self._open()
@@ -131,7 +131,14 @@ class DiskBufferModel(RuleBasedStateMachine):
     def same_contents(self) -> None:
         assert self.buffer.count.value == len(self.live)
         assert self.buffer.unread.value == len(self.live) - self.handed
-        assert [r.value for r in self.buffer.iter_all()] == list(self.live)
+        # Everything waiting, handed out or not: rewind, peek, and read the
+        # handed-out ones again (the cursor ends where it was).
+        self.buffer.rewind()
+        everything = trio.run(self.buffer.peek, MAX_RECORDS + 1)
+        assert [r.value for r in everything] == list(self.live)
+        if self.handed:
+            assert len(trio.run(self.buffer.read, self.handed)) == self.handed
+        assert self.buffer.unread.value == len(self.live) - self.handed
 
 
 TestDiskBufferModel = DiskBufferModel.TestCase

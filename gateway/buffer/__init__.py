@@ -1,6 +1,7 @@
 """The disk buffers: bounded, durable FIFOs of small text records in one ``diskcache.Cache``.
 
-Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`); all of them
+Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`, its positions
+in a :class:`~gateway.buffer.ledger.Ledger`); all of them
 live as queues in one :class:`BufferStore` (:mod:`gateway.buffer.store`,
 ``<buffer_dir>/cache.db``), so that a packet's records for *both* sinks, and
 the acknowledgements that arrived since the last packet, go to disk in one
@@ -14,9 +15,9 @@ second gateway off a buffer directory one already runs on.
 from gateway.buffer.cachefile import FORMAT_VERSION, STORE_ERRORS, STORE_FILE
 from gateway.buffer.dirlock import LOCK_FILE, DirLock, holder, lock_dir
 from gateway.buffer.importer import AlreadyImported, BufferFull, StoreInUse, import_records
-from gateway.buffer.queue import DiskBuffer, Record
+from gateway.buffer.queue import CommitResult, DiskBuffer, Record
 from gateway.buffer.reader import StoreError, StoreReader, read_store
-from gateway.buffer.store import BufferStore
+from gateway.buffer.store import BufferStore, open_buffer
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,6 +27,7 @@ __all__ = [
     "AlreadyImported",
     "BufferFull",
     "BufferStore",
+    "CommitResult",
     "DirLock",
     "DiskBuffer",
     "Record",
@@ -35,5 +37,6 @@ __all__ = [
     "holder",
     "import_records",
     "lock_dir",
+    "open_buffer",
     "read_store",
 ]

@@ -24,7 +24,7 @@ from gateway.buffer.cachefile import (
 )
 from gateway.buffer.chunks import MAX_ITEM, decode, encode
 from gateway.buffer.dirlock import holder
-from gateway.clock import boot_key
+from gateway.buffer.layout import boots_json, first_live, merge_boots, parse_boots, saved_head
 
 
 class StoreInUse(Exception):
@@ -154,7 +154,7 @@ def _append(
             front, _ = c.peek(prefix=name, side="front")
             back, last_run = c.peek(prefix=name, side="back")
             end = seq_of(back) + len(decode(last_run)) if back is not None else 1
-            first = max(seq_of(front), int(heads.get(name, 0))) if front is not None else end
+            first = first_live(seq_of(front), saved_head(heads, name)) if front is not None else end
             count = max(0, end - first)
             bound = bounds.get(name)
             if bound is not None and count + len(values) > bound:
@@ -166,16 +166,10 @@ def _append(
             for at in range(0, len(values), MAX_ITEM):
                 c.set(record_key(name, end + at), encode(list(values[at : at + MAX_ITEM])))
             added[name] = len(values)
-        known = {k: tuple(v) for k, v in load_json(c.get(BOOTS_KEY), {}).items()}
-        merged = dict(known)
-        for boot_id, offset in boots:
-            key = boot_key(boot_id)
-            if key in merged:
-                # A boot the store knows keeps its offset.
-                old_id, old_offset = merged[key]
-                merged[key] = (old_id, old_offset if old_offset is not None else offset)
-            else:
-                merged[key] = (boot_id, offset)
+        known = parse_boots(load_json(c.get(BOOTS_KEY), {}))
+        merged = merge_boots(
+            known, boots, keep_known=True
+        )  # a boot the store knows keeps its offset
         if merged != known:
-            c.set(BOOTS_KEY, json.dumps({k: list(v) for k, v in merged.items()}))
+            c.set(BOOTS_KEY, boots_json(merged))
     return added

@@ -35,26 +35,24 @@ Only a buffer holding nothing but protected records drops protected ones.
 
 Recent records are also kept in memory, so a sink that keeps up never reads
 the file; when the disk refuses writes, live delivery goes on from memory.
+
+Where the records are is the buffer's :class:`~gateway.buffer.ledger.Ledger`; this
+module holds the records themselves and the sink's API, and asks its :class:`Store`.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 from trio_util import AsyncValue
 
 from gateway.buffer.cachefile import STORE_ERRORS, check_name
-
-if TYPE_CHECKING:
-    from gateway.buffer.store import BufferStore
-    from gateway.config.sections import Durability
+from gateway.buffer.ledger import Ledger
 
 CACHE_RECORDS = 4096  # committed records per buffer also kept in memory
 _READ_FAILED_PAUSE = 1.0
@@ -68,18 +66,63 @@ class Record:
     value: str
 
 
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What one :meth:`Store.commit` did, for the figures a caller keeps.
+
+    Attributes:
+        dropped: buffer name → old records dropped to stay in the bound
+            (every buffer of the commit, 0 included).
+        write_errors: buffer name → writes the disk refused in this commit.
+        recreated: the store's file was found deleted under us and recreated.
+        degraded: the disk refuses writes: records wait in memory.
+    """
+
+    dropped: dict[str, int]
+    write_errors: dict[str, int] = field(default_factory=dict)
+    recreated: int = 0
+    degraded: bool = False
+
+
+class Store(Protocol):
+    """What a :class:`DiskBuffer` needs from the store it lives in (a ``BufferStore``)."""
+
+    degraded: bool
+    write_delay: float
+
+    async def commit(
+        self,
+        batches: Mapping[DiskBuffer, Sequence[str]],
+        *,
+        state: Mapping[str, str | None] | None = None,
+    ) -> CommitResult: ...
+
+    async def read(self, buf: DiskBuffer, start: int, end: int) -> list[Record]: ...
+
+    def failed(
+        self, what: str, exc: BaseException, buffers: Iterable[DiskBuffer], *, degrade: bool = False
+    ) -> None: ...
+
+    async def acknowledged(self, *, soon: bool = False) -> None: ...
+
+    def hurry(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
 class DiskBuffer:
-    """One sink's bounded FIFO of text records inside a :class:`BufferStore`.
+    """One sink's bounded FIFO of text records inside a store.
 
     The sink reads it with :meth:`peek` (or :meth:`read` and :meth:`rewind`)
     and :meth:`ack`, and waits on :attr:`count` (the number of records it may
     deliver now, acknowledged ones excluded) or :attr:`unread` (those of them
     not handed out by :meth:`read` yet). For a buffer of its own (tests,
-    tools), :meth:`open` makes a store of one buffer.
+    tools), :func:`gateway.buffer.store.open_buffer` makes a store of one buffer.
+    The store calls the methods under "the store's side" to write, open and recreate.
     """
 
     def __init__(
-        self, store: BufferStore, name: str, max_records: int, marker: str | None = None
+        self, store: Store, name: str, max_records: int, marker: str | None = None
     ) -> None:
         self.store = store
         self.name = name
@@ -88,20 +131,7 @@ class DiskBuffer:
         check_name(name)  # it prefixes the keys of the buffer's records
         self.dropped_total = 0
         self.write_errors = 0
-        # Sequence numbers: live records are exactly [head, tail). Rows below
-        # disk_head are deleted on disk; rows below disk_tail are written.
-        self.head = 1
-        self.tail = 1
-        self.disk_head = 1
-        self.disk_tail = 1
-        # Rows at or above it were never written, not even by a write that failed.
-        self._tried_tail = 1
-        # The next record read() hands out; below head it counts as head
-        # (records dropped or acknowledged are never handed out).
-        self.cursor = 1
-        # Bumped when the store renumbers the records (it adopted a file's
-        # rows): records handed out before carry keys that mean nothing now.
-        self.generation = 0
+        self.ledger = Ledger()
         # Records [cache_start, tail) in memory: every unwritten one, plus up
         # to CACHE_RECORDS written ones for the sink to read without the file.
         self._cache: deque[str] = deque()
@@ -115,9 +145,6 @@ class DiskBuffer:
         self._rewrites: dict[int, str] = {}
         # Of those, the ones read() has not handed out yet.
         self.unread: AsyncValue[int] = AsyncValue(0)
-        # Write-behind (the store's write_delay > 0): (tail after a commit, its
-        # Trio time) for each commit with records not on disk yet, oldest first.
-        self._commits: deque[tuple[int, float]] = deque()
         # Whether the sink delivers now (connected, not holding): only then may
         # records wait in memory for their acknowledgement (see set_delivering).
         self.delivering = False
@@ -126,40 +153,27 @@ class DiskBuffer:
         # Where records refused for good go with their ack (set by the store).
         self.dead: DiskBuffer | None = None
 
-    @classmethod
-    async def open(
-        cls,
-        directory: Path,
-        *,
-        max_records: int,
-        durability: Durability = "full",
-        name: str = "buffer",
-        ack_delay: float = 0.0,
-        write_delay: float = 0.0,
-    ) -> DiskBuffer:
-        """A buffer with a store of its own in ``directory``."""
-        from gateway.buffer.store import BufferStore
-
-        store = await BufferStore.open(
-            directory,
-            {name: max_records},
-            durability=durability,
-            ack_delay=ack_delay,
-            write_delay=write_delay,
-        )
-        return store.buffers[name]
-
     # -- state in memory ---------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        """The oldest live record's sequence number."""
+        return self.ledger.head
+
+    @property
+    def tail(self) -> int:
+        """The sequence number the next committed record gets."""
+        return self.ledger.tail
+
+    @property
+    def generation(self) -> int:
+        """Bumped when the keys of records handed out before mean nothing now."""
+        return self.ledger.generation
 
     @property
     def in_memory(self) -> int:
         """Records held only in memory because the disk refused them."""
-        return self.tail - max(self.disk_tail, self.head)
-
-    @property
-    def corrupt_moved(self) -> list[Path]:
-        """Corrupt stores moved aside when this buffer's store was opened."""
-        return self.store.corrupt_moved
+        return self.ledger.in_memory
 
     @property
     def unsynced_acks(self) -> int:
@@ -171,15 +185,15 @@ class DiskBuffer:
         """
         if self.store.degraded:
             return 0
-        return max(0, min(self.head, self._tried_tail) - self.disk_head)
+        return self.ledger.unsynced
 
     def _visible_tail(self) -> int:
         # Records become deliverable once written; when the disk refuses
         # writes, live delivery goes on from memory, and with write-behind
         # they are deliverable before they are written.
         if self.store.degraded or self.store.write_delay > 0:
-            return self.tail
-        return max(self.disk_tail, self.head)
+            return self.ledger.tail
+        return self.ledger.unwritten_from
 
     def set_delivering(self, delivering: bool) -> None:
         """The sink says whether it delivers now (connected, its server answering, not holding).
@@ -190,81 +204,81 @@ class DiskBuffer:
         if delivering != self.delivering:
             self.delivering = delivering
             if not delivering:
-                self.store._wake.set()
+                self.store.wake()
 
-    def _records_due(self, write_delay: float) -> float | None:
-        """Write-behind: when the oldest unwritten, unacknowledged record must be written."""
-        start = max(self.disk_tail, self.head)
-        commits = self._commits
-        while commits and commits[0][0] <= start:
-            commits.popleft()
-        if start >= self.tail and not self._rewrites:
-            return None
-        if not self.delivering or self._rewrites or not commits:
-            return -math.inf  # now
-        return commits[0][1] + write_delay
-
-    def _next(self) -> int:
-        return max(self.cursor, self.head)
-
-    def _publish_count(self) -> int:
+    def publish(self) -> int:
+        """Tell the sink what it may deliver (:attr:`count`, :attr:`unread`, :attr:`unsynced`)."""
+        ledger = self.ledger
         visible = self._visible_tail()
-        count = max(0, visible - self.head)
+        count = max(0, visible - ledger.head)
         self.count.value = count
-        self.unread.value = max(0, visible - self._next())
+        self.unread.value = max(0, visible - ledger.next)
         self.unsynced.value = self.unsynced_acks
         return count
 
-    def _renumbered(self) -> None:
+    def renumbered(self) -> None:
         """The store gave every record a new key: hand them all out again."""
-        self.generation += 1
-        self.cursor = self.head
-        self._publish_count()
+        self.ledger.renumber()
+        self.publish()
 
-    def _add(self, records: Sequence[str]) -> int:
+    # -- the store's side: commits, writes, opening -------------------------------
+
+    def add(self, records: Sequence[str]) -> int:
+        """Take committed records after the tail; return how many old ones the bound dropped."""
+        tail = self.ledger.tail
         self._cache.extend(records)
         if self.marker is not None:
-            for seq, value in enumerate(records, self.tail):
+            for seq, value in enumerate(records, tail):
                 if self.marker in value:
                     self._protected[seq] = value
                     self._protected_seqs.append(seq)
-        self.tail += len(records)
-        dropped = max(0, self.tail - self.head - self.max_records)
+        self.ledger.add(len(records))
+        dropped = max(0, self.ledger.waiting - self.max_records)
         if dropped:
             self._drop(dropped)
             self.dropped_total += dropped
-        self._trim()
+        self.trim()
         # The head may have moved past every written record: the count a sink
         # waits on must never promise records that peek() cannot return.
-        self._publish_count()
+        self.publish()
         return dropped
 
     def _drop(self, n: int) -> None:
         """Drop the ``n`` oldest records, skipping protected ones (see module doc)."""
-        end = self.head + n
+        ledger = self.ledger
+        end = ledger.head + n
         moved: list[str] = []
         seqs = self._protected_seqs
         # Every protected record inside the range widens it by one unprotected record.
         while seqs and seqs[0] < end:
             moved.append(self._protected.pop(seqs.popleft()))
             end += 1
-        if end > self.tail:
+        if end > ledger.tail:
             # Too few unprotected records: the oldest protected ones go too.
-            del moved[: end - self.tail]
-            end = self.tail
-        self.head = end - len(moved)
-        for seq, value in enumerate(moved, self.head):
+            del moved[: end - ledger.tail]
+            end = ledger.tail
+        ledger.drop(end - len(moved))
+        for seq, value in enumerate(moved, ledger.head):
             self._protected[seq] = value
             # The slot may be on disk already, or in a write under way: rewrite it.
             self._rewrites[seq] = value
             if seq >= self._cache_start:
                 self._cache[seq - self._cache_start] = value
-        seqs.extendleft(reversed(range(self.head, end)))
-        if moved and self.cursor > self.head:
+        seqs.extendleft(reversed(range(ledger.head, end)))
+        if moved and ledger.cursor > ledger.head:
             # Protected records now sit in slots a reader may have passed: like
             # a renumbering, every unacknowledged record is handed out again.
-            self.generation += 1
-            self.cursor = self.head
+            ledger.renumber()
+
+    def may_wait(self, records: Sequence[str]) -> bool:
+        """Write-behind: whether ``records`` may wait in memory (delivered now, none protected)."""
+        return self.delivering and not (self.marker and any(self.marker in r for r in records))
+
+    def records_due(self, write_delay: float) -> float | None:
+        """Write-behind: when the oldest unwritten, unacknowledged record must be written."""
+        return self.ledger.due(
+            write_delay, delivering=self.delivering, rewrites=bool(self._rewrites)
+        )
 
     def _overlay(self, records: list[Record]) -> list[Record]:
         """Records read from disk, with any protected record the drop moved into their slot."""
@@ -275,59 +289,77 @@ class DiskBuffer:
             for r in records
         ]
 
-    def _written(self, rows: Sequence[tuple[int, str]]) -> None:
+    def rows_written(self, rows: Sequence[tuple[int, str]]) -> None:
         """``rows`` reached the disk: rewrites among them are done."""
         if self._rewrites:
             for seq, value in rows:
                 if self._rewrites.get(seq) == value:
                     del self._rewrites[seq]
 
-    def _adopt_protected(self, on_disk: Sequence[tuple[int, str]], shift: int) -> None:
-        """Opening: the file's protected records, then those held in memory (moved by ``shift``)."""
+    def adopt(
+        self, first: int | None, last: int | None, protected: Sequence[tuple[int, str]]
+    ) -> None:
+        """Opening: the file's live records ``[first, last]``; those held in memory come after."""
+        shift = self.ledger.adopt(first, last)
+        if shift is None:
+            return
+        self._cache_start += shift
         held = [(seq + shift, value) for seq, value in self._protected.items()]
         self._rewrites = {seq + shift: value for seq, value in self._rewrites.items()}
-        self._protected = dict([*on_disk, *held])
+        self._protected = dict([*protected, *held])
         self._protected_seqs = deque(sorted(self._protected))
+        self.renumbered()  # what a sink has in flight carries the old keys
 
-    def _trim(self) -> None:
+    def hold_everything(self, read: Callable[[int, int], list[Record]]) -> int:
+        """The file is gone: hold every live record in memory (``read``: older rows); count them."""
+        head = self.ledger.head
+        if head < self._cache_start:
+            # The rows the memory cache no longer holds: still readable from
+            # the deleted file through the open connection.
+            older = read(head, self._cache_start)
+            self._cache.extendleft(reversed([r.value for r in older]))
+            self._cache_start = head
+        self.ledger.forget_disk()
+        return self.ledger.waiting
+
+    def trim(self) -> None:
+        """Forget what is no longer needed in memory."""
         # Acknowledged or dropped records are never needed again; written ones
         # beyond CACHE_RECORDS are read back from disk when needed.
+        ledger = self.ledger
         seqs = self._protected_seqs
-        while seqs and seqs[0] < self.head:
+        while seqs and seqs[0] < ledger.head:
             del self._protected[seqs.popleft()]
         if self._rewrites:
-            self._rewrites = {k: v for k, v in self._rewrites.items() if k >= self.head}
-        written = max(self.disk_tail, self.head)
-        while self._commits and self._commits[0][0] <= written:
-            self._commits.popleft()
-        keep_from = max(self.head, min(self.disk_tail, self.tail - CACHE_RECORDS))
+            self._rewrites = {k: v for k, v in self._rewrites.items() if k >= ledger.head}
+        ledger.settle_commits()
+        keep_from = max(ledger.head, min(ledger.disk_tail, ledger.tail - CACHE_RECORDS))
         for _ in range(min(keep_from - self._cache_start, len(self._cache))):
             self._cache.popleft()
         self._cache_start = max(self._cache_start, keep_from)
 
-    def _unwritten(self) -> list[tuple[int, str]]:
-        start = max(self.disk_tail, self.head)
+    def unwritten(self) -> list[tuple[int, str]]:
+        """(seq, text) of every row a write must take: rewrites, then records not on disk."""
+        start = self.ledger.unwritten_from
         values = itertools.islice(self._cache, start - self._cache_start, None)
         rewrites = [(seq, v) for seq, v in self._rewrites.items() if seq < start]
         return rewrites + list(zip(itertools.count(start), values, strict=False))
 
-    def _deletes_pending(self) -> bool:
-        """Acknowledged (or dropped) rows that may be on disk still: to delete."""
-        return self.disk_head < min(self.head, self._tried_tail)
+    def rewrites_pending(self) -> bool:
+        """Protected records the drop moved whose new slots are not written yet."""
+        return bool(self._rewrites)
 
-    def _pending(self) -> bool:
-        return (
-            self._deletes_pending()
-            or max(self.disk_tail, self.head) < self.tail
-            or bool(self._rewrites)
-        )
+    def pending(self) -> bool:
+        """Anything a write would take: deletions, records or rewrites."""
+        ledger = self.ledger
+        return ledger.deletes_pending() or ledger.in_memory > 0 or bool(self._rewrites)
 
     def _from_cache(self, start: int, end: int) -> list[Record]:
         start = max(start, self._cache_start)
         values = itertools.islice(self._cache, start - self._cache_start, end - self._cache_start)
         return [Record(key, value) for key, value in zip(itertools.count(start), values)]
 
-    # -- the async API used by the pipeline ---------------------------------------
+    # -- the async API used by the pipeline and the sinks -------------------------
 
     async def append(self, records: Sequence[str]) -> int:
         """Commit ``records`` in one transaction; return how many old ones were dropped.
@@ -335,7 +367,7 @@ class DiskBuffer:
         Never raises: when the disk refuses the write, the records wait in memory
         (bounded) and are committed, oldest first, with the next write that works.
         """
-        return (await self.store.commit({self: records}))[self.name]
+        return (await self.store.commit({self: records})).dropped[self.name]
 
     async def peek(self, limit: int) -> list[Record]:
         """Return up to ``limit`` of the oldest deliverable records not yet handed out.
@@ -345,7 +377,8 @@ class DiskBuffer:
         from memory: a sink that loops on peek() can never starve the event loop.
         """
         await trio.lowlevel.checkpoint()
-        start = self._next()
+        ledger = self.ledger
+        start = ledger.next
         end = min(self._visible_tail(), start + limit)
         out: list[Record] = []
         if start < min(self._cache_start, end):
@@ -360,9 +393,9 @@ class DiskBuffer:
                 return out  # rows were dropped meanwhile; the next peek goes on
             start = out[-1].key + 1 if out else start
         # The state may have moved while we read: take the rest as it is now.
-        end = min(self._visible_tail(), self._next() + limit)
+        end = min(self._visible_tail(), ledger.next + limit)
         if start >= self._cache_start:
-            out += self._from_cache(max(start, self._next()), end)[: limit - len(out)]
+            out += self._from_cache(max(start, ledger.next), end)[: limit - len(out)]
         return out
 
     async def read(self, limit: int) -> list[Record]:
@@ -372,19 +405,19 @@ class DiskBuffer:
         on from there while these are still in flight. They stay in the
         buffer until acknowledged; :meth:`rewind` hands them out again.
         """
-        generation = self.generation
+        generation = self.ledger.generation
         records = await self.peek(limit)
-        if self.generation != generation:
+        if self.ledger.generation != generation:
             return []  # renumbered meanwhile: these keys mean nothing now
         if records:
-            self.cursor = max(self.cursor, records[-1].key + 1)
-            self._publish_count()
+            self.ledger.hand_out(records[-1].key)
+            self.publish()
         return records
 
     def rewind(self) -> None:
         """Hand out every unacknowledged record again, oldest first (a new connection)."""
-        self.cursor = self.head
-        self._publish_count()
+        self.ledger.rewind()
+        self.publish()
 
     async def ack(
         self, records: Sequence[Record], *, dead: Sequence[str] = (), more: bool = False
@@ -421,26 +454,27 @@ class DiskBuffer:
         if dead:
             if self.dead is None:
                 raise ValueError(f"buffer {self.name} has no dead-letter queue")
-            self.dead._add(dead)
+            self.dead.add(dead)
         if not records:
             if dead:
                 await self.store.acknowledged(soon=True)
             return 0
+        ledger = self.ledger
         newest = max(r.key for r in records) + 1
-        if newest <= self.head and not dead:
+        if newest <= ledger.head and not dead:
             await trio.lowlevel.checkpoint()
             return 0
-        acked = sum(1 for r in records if r.key >= self.head)
-        self.head = max(self.head, min(newest, self.tail))
-        self._trim()
-        self._publish_count()
-        draining = (self.unread.value > 0 or more) and self._deletes_pending()
+        acked = sum(1 for r in records if r.key >= ledger.head)
+        ledger.ack(newest)
+        self.trim()
+        self.publish()
+        draining = (self.unread.value > 0 or more) and ledger.deletes_pending()
         await self.store.acknowledged(soon=bool(draining or dead))
         return acked
 
     def hurry_acks(self) -> None:
         """The sink needs the room: write the waiting acknowledgements now, not paced."""
-        if self._deletes_pending():
+        if self.ledger.deletes_pending():
             self.store.hurry()
 
     async def oldest_stamp(self) -> str | None:
@@ -450,53 +484,17 @@ class DiskBuffer:
         is what "oldest waiting" is computed from, whether or not anything is
         being sent.
         """
-        if self.head >= self.tail:
+        head = self.ledger.head
+        if head >= self.ledger.tail:
             return None
-        if self.head >= self._cache_start:
-            value = self._cache[self.head - self._cache_start]
+        if head >= self._cache_start:
+            value = self._cache[head - self._cache_start]
         else:
             try:
-                rows = await self.store.read(self, self.head, self.head + 1)
+                rows = await self.store.read(self, head, head + 1)
             except STORE_ERRORS:
                 return None
             if not rows:
                 return None
             value = self._overlay(rows)[0].value
         return value.split(" ", 1)[0]
-
-    # -- inspection (blocking; for the CLI and tests) -------------------------------
-
-    def stats(self) -> dict[str, int]:
-        """Records waiting, the store's bytes on disk, and the bound."""
-        return {
-            "records": self.tail - self.head,
-            "bytes": self.store.disk_bytes(),
-            "max_records": self.max_records,
-        }
-
-    def iter_all(self) -> list[Record]:
-        """Every waiting record, oldest first."""
-        out: list[Record] = []
-        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
-            out = self._overlay(
-                self.store.read_sync(self, self.head, min(self.disk_tail, self._cache_start))
-            )
-        start = out[-1].key + 1 if out else self.head
-        return out + self._from_cache(start, self.tail)
-
-    def oldest(self) -> Record | None:
-        """The oldest waiting record, or None."""
-        if self.store.cache is not None and self.head < min(self.disk_tail, self._cache_start):
-            rows = self._overlay(self.store.read_sync(self, self.head, self.head + 1))
-            if rows:
-                return rows[0]
-        rows = self._from_cache(self.head, self.head + 1)
-        return rows[0] if rows else None
-
-    def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` of the store's file ("ok" when healthy)."""
-        return self.store.integrity_check()
-
-    def close(self) -> int:
-        """Close the store (a buffer opened with :meth:`open` owns one); see BufferStore.close."""
-        return self.store.close()

@@ -33,6 +33,7 @@ from gateway.buffer.cachefile import (
     store_bytes,
 )
 from gateway.buffer.chunks import decode
+from gateway.buffer.layout import first_live, parse_boots, saved_head
 from gateway.buffer.queue import Record
 
 _RAW = 1  # diskcache's MODE_RAW: the value column holds the value itself
@@ -180,7 +181,7 @@ class StoreReader:
         """Every record waiting in ``sink``'s buffer, oldest first (read as iterated)."""
         if sink not in self.tables or self.con is None or not self._written:
             return
-        head = int(self._document(HEADS_KEY, {}).get(sink, 0))
+        head = saved_head(self._document(HEADS_KEY, {}), sink)
         left = limit
         try:
             cursor = self.con.execute(
@@ -198,9 +199,10 @@ class StoreReader:
                         raise StoreError(
                             f"buffer store {self.path}: {key} is not a run of records"
                         ) from exc
-                    for seq, record in enumerate(values, seq_of(key)):
-                        if seq < head:
-                            continue  # acknowledged; its run is still on disk
+                    # Records below the head are acknowledged; their run is still on disk.
+                    start = seq_of(key)
+                    first = first_live(start, head)
+                    for seq, record in enumerate(values[first - start :], first):
                         if left == 0:
                             return
                         left -= 1
@@ -212,10 +214,7 @@ class StoreReader:
         """Every boot the store knows: key → (boot id, learned clock offset or None)."""
         if self.con is None:
             return {}
-        return {
-            key: (str(boot_id), offset)
-            for key, (boot_id, offset) in self._document(BOOTS_KEY, {}).items()
-        }
+        return parse_boots(self._document(BOOTS_KEY, {}))
 
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""

@@ -1,23 +1,19 @@
-"""The disk buffers: bounded, durable FIFOs of small text records in one ``diskcache.Cache``.
+"""The disk buffers' file: one ``diskcache.Cache`` holding every buffer, one transaction per commit.
 
-Every sink has a :class:`DiskBuffer`; all of them live as queues (a key prefix
-each) in one :class:`BufferStore` (``<buffer_dir>/cache.db``), so that a
-packet's records for *both* sinks, and the acknowledgements that arrived since
-the last packet, go to disk in one ``Cache.transact()``: one fsync per packet.
-
-A record's lifecycle (commit, peek or read, ack, the bound's drop) is told in
-:mod:`gateway.buffer.queue`; this module is the file underneath,
-:mod:`gateway.buffer.cachefile` the keys it holds and
-:mod:`gateway.buffer.chunks` how a commit's records are one item per buffer.
-
-Beside the records the store keeps the boots (each boot's id and clock offset,
-stored once per boot), the alert engine's active alerts (written in the same
+Every sink has a :class:`DiskBuffer` (:mod:`gateway.buffer.queue`, its
+positions in a :class:`~gateway.buffer.ledger.Ledger`); all of them live as
+queues (a key prefix each) in one :class:`BufferStore` (``<buffer_dir>/cache.db``),
+so that a packet's records for *both* sinks, and the acknowledgements that
+arrived since the last packet, go to disk in one ``Cache.transact()``: one
+fsync per packet. Beside the records the store keeps the boots (each boot's id
+and clock offset), the alert engine's active alerts (written in the same
 transaction as the events that changed them) and where protected records are.
 
-Recent records are also kept in memory, so a sink that keeps up never reads the
-file. When the disk refuses writes (full, read-only, gone) the records stay in
-memory, still bounded, live delivery goes on, and they are written, oldest
-first, by the next write that works. A corrupt file is moved aside and replaced.
+This module owns the transactions; beside it are opening (:mod:`.opening`,
+salvage in :mod:`.recovery`), the write itself (:mod:`.writer`) and when the
+store writes by itself (:mod:`.schedule`). When the disk refuses writes (full,
+read-only, gone) records stay in memory, bounded, live delivery goes on, and
+the next write that works takes them, oldest first.
 
 All diskcache work runs on one thread of the store's (:mod:`gateway.buffer.worker`),
 one call at a time: one connection, and a transaction never spans threads.
@@ -26,77 +22,53 @@ one call at a time: one connection, and a transaction never spans threads.
 from __future__ import annotations
 
 import errno
-import json
+import functools
 import logging
-import math
-import os
-import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import trio
 
-from gateway.buffer import recovery
+from gateway.buffer import opening
 from gateway.buffer.cachefile import (
-    ALERT_STATE_KEY,
-    BOOTS_KEY,
     DEAD_SUFFIX,
-    HEADS_KEY,
-    SEQ_DIGITS,
     STORE_ERRORS,
     STORE_FILE,
-    CorruptItem,
-    _create,
-    _file_identity,
-    _is_corruption,
-    hold,
-    integrity_check,
-    load_json,
-    open_cache,
-    record_key,
-    store_bytes,
 )
-from gateway.buffer.chunks import MAX_ITEM, Chunks, decode, encode
-from gateway.buffer.queue import DiskBuffer, Record
+from gateway.buffer.layout import Boots, apply_state
+from gateway.buffer.queue import CommitResult, DiskBuffer, Record
+from gateway.buffer.schedule import ACK_DELAY, DRAIN_ACK_DELAY, REOPEN_INTERVAL, Schedule
 from gateway.buffer.worker import StoreThread
-from gateway.clock import boot_key
+from gateway.buffer.writer import FileIndex, Plan, plan
 from gateway.config.sections import Durability
 from gateway.metrics import RateLimitedLog
 
+__all__ = ["ACK_DELAY", "DRAIN_ACK_DELAY", "REOPEN_INTERVAL", "BufferStore", "open_buffer"]
+
 log = logging.getLogger(__name__)
 
-Boots = dict[str, tuple[str, int | None]]  # boot key → (boot id, learned offset or None)
-
-
-class _Opened:
-    """What opening the file found (on the store's thread, installed in Trio's)."""
-
-    def __init__(self, cache: Any, fd: int) -> None:
-        self.cache = cache
-        self.fd = fd
-        self.ranges: dict[str, tuple[int | None, int | None]] = {}
-        self.protected: dict[str, list[tuple[int, str]]] = {}
-        self.chunks: dict[str, Chunks] = {}
-        self.heads: dict[str, int] = {}
-        self.boots: Boots = {}
-        self.alert_rows: dict[str, str] = {}
-
-
-# (buffer, delete below, written up to, rows, protected seqs kept)
-_Plan = list[tuple[DiskBuffer, int, int, list[tuple[int, str]], list[int]]]
-# Seconds an acknowledgement that left its buffer caught up may wait to ride
-# with the next commit (at field rate: one write per packet, not two). Acks
-# during a drain are written at once (DiskBuffer.ack).
-ACK_DELAY = 1.0
-# Seconds acks during a drain may wait for others to share their write: a
-# write per PUBACK burst would keep the store's one thread busy with fsyncs
-# (and the drain's reads waiting behind them). A sink that needs the room
-# sooner asks for it (DiskBuffer.hurry_acks).
-DRAIN_ACK_DELAY = 0.05
 DEAD_LETTER_BOUND = 10_000  # records refused for good, kept until the dead-letter file takes them
-REOPEN_INTERVAL = 5.0  # seconds between attempts to write to a disk that refused
+
+
+@dataclass
+class _Synced:
+    """What one write did: whether it worked, the buffers it failed for, a recreation."""
+
+    ok: bool
+    errors: dict[str, int] = field(default_factory=dict)
+    recreated: int = 0
+
+
+class StoreOptions(TypedDict, total=False):
+    """:class:`BufferStore`'s keyword arguments, for :meth:`BufferStore.open`."""
+
+    durability: Durability
+    ack_delay: float
+    write_delay: float
+    protect: Mapping[str, str] | None
+    dead_letters: bool
 
 
 class BufferStore:
@@ -148,301 +120,60 @@ class BufferStore:
                 self.buffers[buf.dead.name] = buf.dead
         # alert_state changes to write with the next transaction (None: delete).
         self._state: dict[str, str | None] = {}
-        self.corrupt_moved: list[Path] = []
-        # Records salvaged from corrupt files, and those of their live range lost.
-        self.salvaged = dict.fromkeys(sinks, 0)
-        self.salvage_lost = dict.fromkeys(sinks, 0)
+        self.file = opening.StoreFile(
+            self.directory,
+            durability,
+            {name: buf.max_records for name, buf in self.buffers.items()},
+            {name: buf.marker for name, buf in self.buffers.items()},
+            sinks,
+        )
+        # The file's own, shared: corrupt files moved aside, and what was salvaged.
+        self.corrupt_moved = self.file.corrupt_moved
+        self.salvaged, self.salvage_lost = self.file.salvaged, self.file.salvage_lost
         self.degraded = True  # until the file is open and the last write worked
-        self._lock = trio.Lock()
-        self._pending_since: float | None = None
-        # An ack during a drain (or a dead letter) asked for a write at once.
-        self._soon_at: float | None = None
-        self._retry_at = 0.0
-        self._wake = trio.Event()
-        # When run() wakes by itself (inf: only when woken; -inf: awake): a
-        # commit or an ack wakes it only for a write due sooner than that.
-        self._asleep_until = -math.inf
-        self._retry_due = 0.0
-        self.cache: Any = None  # the diskcache.Cache, None while the file cannot be opened
-        self._fd: int | None = None  # holds the flock that keeps imports out
-        self._thread = StoreThread()
-        self._identity: tuple[int, int] | None = None
-        # What the file holds besides records, as last written.
-        self._boots: Boots = {}
-        self._alert_rows: dict[str, str] = {}
-        # Each buffer's items on disk, and the heads document as written.
-        self._chunks: dict[str, Chunks] = {name: Chunks() for name in self.buffers}
-        self._heads: dict[str, int] = {}
-        self._decoded: tuple[str, int, list[str]] | None = None  # the last item read
         self.recreated = 0  # times the file was deleted under us and recreated
-        opened = self._thread.call(self._open_or_replace)
+        self.schedule = Schedule(
+            self.buffers, self._state, ack_delay=ack_delay, write_delay=write_delay
+        )
+        self._lock = trio.Lock()
+        self._thread = StoreThread()
+        self.index = FileIndex(self.buffers)
+        opened = self._thread.call(self.file.open)
         if opened is not None:
             self._install(opened)
         for buf in self.buffers.values():
-            buf._publish_count()
+            buf.publish()
 
     @classmethod
     async def open(
-        cls,
-        directory: Path,
-        sinks: Mapping[str, int],
-        *,
-        durability: Durability = "full",
-        ack_delay: float = ACK_DELAY,
-        write_delay: float = 0.0,
-        protect: Mapping[str, str] | None = None,
-        dead_letters: bool = True,
+        cls, directory: Path, sinks: Mapping[str, int], **options: Unpack[StoreOptions]
     ) -> BufferStore:
         """Open (or create, or replace a corrupt) store without blocking Trio."""
-        return await trio.to_thread.run_sync(
-            lambda: cls(
-                directory,
-                sinks,
-                durability=durability,
-                ack_delay=ack_delay,
-                write_delay=write_delay,
-                protect=protect,
-                dead_letters=dead_letters,
-            )
-        )
+        started = trio.current_time()
+        store = await trio.to_thread.run_sync(functools.partial(cls, directory, sinks, **options))
+        if store.file.cache is None:
+            store.schedule.retry_later(started)
+        return store
 
-    # -- opening (on the store's thread) ----------------------------------------------
+    # -- opening and writing ---------------------------------------------------------
 
-    def _open_file(self) -> _Opened:
-        if not self.path.exists():
-            _create(self.path)
-        try:
-            fd = hold(self.path, exclusive=False)
-        except BlockingIOError:
-            raise OSError(errno.EBUSY, "locked by `gateway buffer import`") from None
-        try:
-            cache = open_cache(self.directory, self.durability, list(self.buffers))
-        except BaseException:
-            os.close(fd)
-            raise
-        return _Opened(cache, fd)
-
-    def _open_or_replace(self) -> _Opened | None:
-        """Open the file (moving a corrupt one aside); None if the disk refuses."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                return self._open_read()
-            except STORE_ERRORS as exc:
-                if not _is_corruption(exc):
-                    raise
-                self._replace_corrupt(exc)
-                return self._open_read()
-        except STORE_ERRORS as exc:
-            self._retry_at = time.monotonic() + REOPEN_INTERVAL
-            _errlog.log(
-                logging.ERROR,
-                "open",
-                "buffer store %s cannot be opened (%s): keeping records IN MEMORY ONLY "
-                "(bounded) until it can; they are lost if the process dies",
-                self.path,
-                exc,
-            )
-            return None
-
-    def _read_state(self, opened: _Opened) -> None:
-        cache = opened.cache
-        opened.heads = {k: int(v) for k, v in load_json(cache.get(HEADS_KEY), {}).items()}
-        opened.chunks = {name: Chunks() for name in self.buffers}
-        protected: dict[str, list[tuple[int, str]]] = {name: [] for name in self.buffers}
-        # One pass over the keys (diskcache lists no key range): each item once.
-        for key in cache.iterkeys():
-            if not isinstance(key, str):
-                continue
-            name, _, digits = key.rpartition("-")
-            buf = self.buffers.get(name)
-            if buf is None or len(digits) != SEQ_DIGITS or not digits.isdigit():
-                continue
-            start = int(digits)
-            values = decode(cache.get(key))
-            if not values:
-                continue
-            opened.chunks[name].add(start, len(values))
-            if buf.marker:
-                # The drop must know where protected records are.
-                head = opened.heads.get(name, 0)
-                protected[name] += [
-                    (seq, v)
-                    for seq, v in enumerate(values, start)
-                    if buf.marker in v and seq >= head
-                ]
-        for name, chunks in opened.chunks.items():
-            first = max(chunks.starts[0], opened.heads.get(name, 0)) if chunks else None
-            last = chunks.end - 1 if chunks else None
-            if first is None or last is None or first > last:
-                first = last = None
-            opened.ranges[name] = (first, last)
-            opened.protected[name] = protected[name]
-        opened.boots = {
-            key: (str(boot_id), offset)
-            for key, (boot_id, offset) in load_json(cache.get(BOOTS_KEY), {}).items()
-        }
-        opened.alert_rows = dict(load_json(cache.get(ALERT_STATE_KEY), {}))
-
-    def _install(self, opened: _Opened) -> None:
+    def _install(self, opened: opening.Opened) -> None:
         """Take over an opened file: what it holds comes before records held in memory."""
-        self.cache, self._fd = opened.cache, opened.fd
+        self.file.install(opened)
         for name, (first, last) in opened.ranges.items():
-            self._adopt(self.buffers[name], first, last, opened.protected.get(name, []))
-        self._chunks = opened.chunks
-        self._heads = opened.heads
-        self._decoded = None
-        self._boots = opened.boots
-        self._alert_rows = opened.alert_rows
+            self.buffers[name].adopt(first, last, opened.protected.get(name, []))
+        self.index.take(opened.chunks, opened.heads, opened.boots, opened.alert_rows)
         self.degraded = False
-        self._identity = _file_identity(self.path)
 
-    def _open_read(self) -> _Opened:
-        opened = self._open_file()
-        try:
-            self._read_state(opened)  # every item is read: damage quick_check missed shows here
-        except BaseException as exc:
-            opened.cache.close()
-            os.close(opened.fd)
-            if isinstance(exc, ValueError):  # an item or a document that does not decode
-                raise CorruptItem(str(exc)) from exc
-            raise
-        return opened
+    def _plan(self, *, owed_only: bool = False) -> Plan:
+        """What is not yet on disk (``owed_only``: see :func:`gateway.buffer.writer.plan`)."""
+        due_by = trio.current_time() if owed_only and self.write_delay > 0 else None
+        return plan(self.buffers.values(), due_by=due_by, write_delay=self.write_delay)
 
-    def _replace_corrupt(self, exc: BaseException) -> None:
-        """Move a corrupt file aside; the new one holds what could be salvaged from it."""
-        bounds = {name: buf.max_records for name, buf in self.buffers.items()}
-        aside, found = recovery.replace(self.path, exc, bounds, self.durability)
-        self.corrupt_moved.append(aside)
-        for name in bounds:  # dead-letter queues included
-            self.salvaged[name] = self.salvaged.get(name, 0) + (found.count(name) if found else 0)
-            lost = found.lost.get(name, 0) if found else 0
-            self.salvage_lost[name] = self.salvage_lost.get(name, 0) + lost
-
-    @staticmethod
-    def _adopt(
-        buf: DiskBuffer, first: int | None, last: int | None, protected: list[tuple[int, str]]
-    ) -> None:
-        """Take over what the file holds; records kept in memory come after it."""
-        if last is None:
-            buf.disk_head = buf.disk_tail = buf._tried_tail = buf.head
-            return
-        assert first is not None
-        shift = max(0, last + 1 - buf.head)
-        buf.tail += shift
-        buf._cache_start += shift
-        buf.head = buf.disk_head = first
-        buf.disk_tail = last + 1
-        buf._tried_tail = last + 1
-        buf._commits = deque((tail + shift, at) for tail, at in buf._commits)
-        buf._adopt_protected(protected, shift)
-        buf._renumbered()  # what a sink has in flight carries the old keys
-
-    # -- writing -------------------------------------------------------------------
-
-    def _plan(self, *, owed_only: bool = False) -> _Plan:
-        """What is not yet on disk: (buffer, delete below, written up to, rows, protected).
-
-        ``owed_only`` (:meth:`run`'s writes): with write-behind, a buffer's
-        records only once they are due (:meth:`DiskBuffer._records_due`);
-        its deletions always. A write made for acks alone must not write
-        records that would be acknowledged in time: each of them would cost
-        a deletion, written alone, and that write would take the next
-        records along, and so on, once a second for ever.
-        """
-        for buf in self.buffers.values():
-            if not buf._deletes_pending():
-                # Acknowledged before they were written (write-behind, or held
-                # while the disk refused): nothing on disk to delete.
-                buf.disk_head = max(buf.disk_head, buf.head)
-        now = trio.current_time() if owed_only and self.write_delay > 0 else None
-        plan: _Plan = []
-        for buf in self.buffers.values():
-            if not buf._pending():
-                continue
-            due = buf._records_due(self.write_delay) if now is not None else None
-            if now is not None and (due is None or due > now):
-                if buf._deletes_pending():
-                    plan.append((buf, buf.head, buf.disk_tail, [], []))
-                continue
-            plan.append(
-                (
-                    buf,
-                    buf.head,
-                    buf.tail,
-                    buf._unwritten(),
-                    sorted(s for s in buf._protected if buf.head <= s < buf.tail),
-                )
-            )
-        return plan
-
-    def _write_sync(self, plan: _Plan, state: Mapping[str, str | None] | None = None) -> None:
-        """One transaction: each buffer's deletions and rows, the alert state (store's thread)."""
-        cache = self.cache
-        assert cache is not None
-        rows_after = dict(self._alert_rows)
-        for key, value in (state or {}).items():
-            if value is None:
-                rows_after.pop(key, None)
-            else:
-                rows_after[key] = value
-        heads = dict(self._heads)
-        # The index changes only once the transaction is committed.
-        removed: list[tuple[str, int]] = []
-        added: list[tuple[str, int, int]] = []
-        with cache.transact():
-            for buf, head, _tail, rows, _ in plan:
-                name, chunks = buf.name, self._chunks[buf.name]
-                gone = chunks.below(head)  # every record in them acknowledged
-                for start in gone:
-                    cache.delete(record_key(name, start))
-                removed += [(name, start) for start in gone]
-                end = chunks.end
-                # Rows inside items on disk: protected records moved into their slots.
-                rewrites: dict[int, dict[int, str]] = {}
-                new: list[tuple[int, str]] = []
-                for seq, value in rows:
-                    item = chunks.containing(seq) if seq < end else None
-                    if item is None:
-                        new.append((seq, value))
-                    else:
-                        rewrites.setdefault(item, {})[seq - item] = value
-                for item, slots in rewrites.items():
-                    values = decode(cache.get(record_key(name, item)))
-                    for offset, value in slots.items():
-                        if offset < len(values):
-                            values[offset] = value
-                    cache.set(record_key(name, item), encode(values))
-                for start, values in _runs(sorted(new)):
-                    cache.set(record_key(name, start), encode(values))
-                    added.append((name, start, len(values)))
-                live = [s for s in chunks.starts if s not in gone] + [
-                    a[1] for a in added if a[0] == name
-                ]
-                if live and min(live) < head:
-                    heads[name] = head  # the first live record is inside an item
-                else:
-                    heads.pop(name, None)
-            if heads != self._heads:
-                cache.set(HEADS_KEY, json.dumps(heads))
-            if state:
-                cache.set(ALERT_STATE_KEY, json.dumps(rows_after))
-        for name, start in removed:
-            self._chunks[name].remove(start)
-        for name, start, count in added:
-            self._chunks[name].add(start, count)
-        self._heads = heads
-        self._decoded = None
-        self._alert_rows = rows_after
-        for buf, head, tail, _, _ in plan:
-            buf._tried_tail = max(buf._tried_tail, tail)
-            buf.disk_head = max(buf.disk_head, head)
-            buf.disk_tail = max(buf.disk_tail, tail)
-
-    def _wrote(self, plan: _Plan, state: Mapping[str, str | None]) -> None:
+    def _wrote(self, plan: Plan, state: Mapping[str, str | None]) -> None:
         """After a write that worked, in Trio's thread (commits change the same state)."""
-        for buf, _, _, rows, _ in plan:
-            buf._written(rows)
+        for step in plan:
+            step.buf.rows_written(step.rows)
         for key, value in state.items():
             # A newer change of the same key waits for the next write.
             if key in self._state and self._state[key] == value:
@@ -453,7 +184,7 @@ class BufferStore:
         batches: Mapping[DiskBuffer, Sequence[str]],
         *,
         state: Mapping[str, str | None] | None = None,
-    ) -> dict[str, int]:
+    ) -> CommitResult:
         """Commit each buffer's records, with pending acks, in one transaction.
 
         ``state`` (key → text, or None to delete) goes to the ``alert_state``
@@ -468,70 +199,78 @@ class BufferStore:
         when they hold protected records (alert events) or when ``state``
         changes. Acknowledged in time, they never touch the disk.
 
-        Returns how many old records each buffer dropped to stay in its bound.
+        Returns how many old records each buffer dropped to stay in its bound,
+        the writes the disk refused and whether the file had to be recreated.
         Never raises: records the disk refuses wait in memory (see module doc).
         """
-        dropped = {buf.name: buf._add(records) for buf, records in batches.items() if records}
+        dropped = {buf.name: buf.add(records) for buf, records in batches.items() if records}
         if state:
             self._state.update(state)
+        waits = False
         if self.write_delay > 0:
             now = trio.current_time()
             for buf, records in batches.items():
                 if records:
-                    buf._commits.append((buf.tail, now))
-            if not state and all(
-                buf.delivering and not (buf.marker and any(buf.marker in r for r in records))
-                for buf, records in batches.items()
-                if records
-            ):
-                for buf in batches:
-                    dropped.setdefault(buf.name, 0)
-                    buf._publish_count()
-                self._wake_for(trio.current_time() + self.write_delay)  # written when due
-                await trio.lowlevel.checkpoint()
-                return dropped
-        await self.sync()
+                    buf.ledger.committed(now)
+            waits = not state and all(buf.may_wait(r) for buf, r in batches.items() if r)
+        if waits:
+            self.schedule.wake_for(now + self.write_delay)  # written when due
+            await trio.lowlevel.checkpoint()
+            synced = _Synced(ok=True)
+        else:
+            synced = await self._sync()
         for buf in batches:
             dropped.setdefault(buf.name, 0)
-            buf._publish_count()  # also when the disk refused: deliver from memory
-        return dropped
+            buf.publish()  # also when the disk refused: deliver from memory
+        return CommitResult(dropped, synced.errors, synced.recreated, self.degraded)
 
     async def sync(self, *, owed_only: bool = False) -> bool:
         """Write everything pending (records and acks); False if the disk refused.
 
         ``owed_only``: with write-behind, records only once they are due (see :meth:`_plan`).
         """
+        return (await self._sync(owed_only=owed_only)).ok
+
+    async def _sync(self, *, owed_only: bool = False) -> _Synced:
         async with self._lock:
             # This write takes every ack so far along (or, when the disk
             # refuses, the retry interval paces them: never a busy loop).
-            self._soon_at = None
-            if self.cache is None:
+            self.schedule.writing()
+            if self.file.cache is None:
                 opened = None
-                if time.monotonic() >= self._retry_at:
-                    opened = await self._thread.run(self._open_or_replace)
+                if self.schedule.may_retry():
+                    opened = await self._thread.run(self.file.open)
+                    if opened is None:
+                        self.schedule.retry_later()
                 if opened is None:
-                    self._note_pending()
-                    return False
+                    self.schedule.note_pending()
+                    return _Synced(ok=False)
                 self._install(opened)
                 log.warning("buffer store %s can be opened again", self.path)
-            if self._file_was_replaced():
+            recreated = 0
+            if self.file.was_replaced():
                 await self._thread.run(self._recreate_sync)
+                recreated = 1
+                if self.file.cache is None:
+                    self.schedule.retry_later()
+                    self.schedule.note_pending()
+                    return _Synced(ok=False, recreated=recreated)
             plan, path, state = self._plan(owed_only=owed_only), self.path, dict(self._state)
             if plan or state:
                 try:
-                    await self._thread.run(self._write_sync, plan, state)
+                    await self._thread.run(self.index.write, self.file.cache, plan, state)
                 except STORE_ERRORS as exc:
-                    self.failed("write", exc, [p[0] for p in plan], degrade=True)
-                    return False
+                    self.failed("write", exc, [step.buf for step in plan], degrade=True)
+                    return _Synced(False, {step.buf.name: 1 for step in plan}, recreated)
                 self._wrote(plan, state)
                 if self.degraded:
                     log.warning("buffer store %s: records held in memory are on disk now", path)
             self.degraded = False
-            self._pending_since = trio.current_time() if self._has_pending() else None
+            self.schedule.wrote()
             for buf in self.buffers.values():
-                buf._trim()
-                buf._publish_count()
-            return True
+                buf.trim()
+                buf.publish()
+            return _Synced(ok=True, recreated=recreated)
 
     def failed(
         self, what: str, exc: BaseException, buffers: Iterable[DiskBuffer], *, degrade: bool = False
@@ -539,12 +278,12 @@ class BufferStore:
         """Count and log a refused disk operation; records stay in memory."""
         if degrade:
             self.degraded = True
-        self._retry_due = trio.current_time() + REOPEN_INTERVAL
+        self.schedule.retry_later()
         held = 0
         for buf in buffers:
             buf.write_errors += 1
             held += buf.in_memory
-            buf._publish_count()
+            buf.publish()
         _errlog.log(
             logging.ERROR,
             what,
@@ -554,44 +293,7 @@ class BufferStore:
             exc,
             held,
         )
-        self._note_pending()
-
-    def _has_pending(self) -> bool:
-        """Acks, state or (without write-behind) records waiting for a write."""
-        if self.write_delay > 0:
-            # Records have due times of their own (_next_due).
-            return bool(self._state) or any(
-                buf._deletes_pending() or bool(buf._rewrites) for buf in self.buffers.values()
-            )
-        return bool(self._state) or any(buf._pending() for buf in self.buffers.values())
-
-    def _next_due(self) -> float | None:
-        """The Trio time of the next write :meth:`run` owes; None: nothing owed."""
-        dues = []
-        if self._soon_at is not None:
-            dues.append(self._soon_at)
-        if self._pending_since is not None:
-            if self._has_pending() or self.degraded:
-                dues.append(self._pending_since + self.ack_delay)
-            else:
-                self._pending_since = None
-        if self.write_delay > 0:
-            for buf in self.buffers.values():
-                due = buf._records_due(self.write_delay)
-                if due is not None:
-                    dues.append(due)
-        return min(dues, default=None)
-
-    def _note_pending(self) -> None:
-        if self._pending_since is None:
-            self._pending_since = trio.current_time()
-        due = self._pending_since + self.ack_delay
-        self._wake_for(due if self._soon_at is None else min(due, self._soon_at))
-
-    def _wake_for(self, due: float) -> None:
-        """Wake :meth:`run` for a write due at ``due``, unless it wakes by then anyway."""
-        if due < self._asleep_until:
-            self._wake.set()
+        self.schedule.note_pending()
 
     async def acknowledged(self, *, soon: bool = False) -> None:
         """Called by a buffer whose head moved: write at once (``soon``) or within ``ack_delay``.
@@ -604,82 +306,40 @@ class BufferStore:
         if self.ack_delay <= 0:
             await self.sync()
             return
-        if not soon and not self._has_pending():
+        if soon:
+            self.schedule.soon()
+        elif self.schedule.has_pending():
+            self.schedule.note_pending()
+        else:
             # Acknowledged before they were written (write-behind): nothing
             # on disk to delete, nothing owed, no reason to wake run().
             await trio.lowlevel.checkpoint()
-            return
-        if soon:
-            at = trio.current_time() + DRAIN_ACK_DELAY
-            self._soon_at = at if self._soon_at is None else min(self._soon_at, at)
-        self._note_pending()
 
     def hurry(self) -> None:
         """Write the pending acknowledgements at once (a sink needs the room)."""
-        if self._soon_at != -math.inf:
-            self._soon_at = -math.inf
-            self._note_pending()
+        self.schedule.hurry()
+
+    def wake(self) -> None:
+        """Have :meth:`run` look again at what is owed (a sink stopped delivering)."""
+        self.schedule.wake()
 
     async def run(self) -> None:
         """Write what is owed: acks no commit took along within ``ack_delay``,
         write-behind records not acknowledged within ``write_delay``, and
         writes the disk refused (retried every ``REOPEN_INTERVAL``)."""
-        while True:
-            due = self._next_due()
-            if due is not None and self.degraded:
-                due = max(due, self._retry_due)
-            if due is None or trio.current_time() < due:
-                # A commit, an ack or a sink that stops delivering may bring it forward.
-                self._asleep_until = math.inf if due is None else due
-                try:
-                    with trio.move_on_at(self._asleep_until):
-                        await self._wake.wait()
-                finally:
-                    self._asleep_until = -math.inf
-                if self._wake.is_set():
-                    self._wake = trio.Event()
-                continue
-            if not await self.sync(owed_only=True):
-                self._pending_since = trio.current_time()
+        await self.schedule.run(lambda: self.sync(owed_only=True), lambda: self.degraded)
 
-    # -- boots and their clock offsets ------------------------------------------------
-
-    def boot_offsets(self) -> Boots:
-        """Every boot the store knows: key → (boot id, learned offset or None)."""
-        return dict(self._boots)
-
-    def _file_was_replaced(self) -> bool:
-        """True when the path no longer names the file we have open (deleted, replaced).
-
-        SQLite would go on writing to the unlinked file: no error, and the
-        whole backlog gone at the next start. One stat per commit finds it.
-        """
-        return self.cache is not None and _file_identity(self.path) != self._identity
-
-    def _close_file(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-            self.cache = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    # -- the file deleted under us -------------------------------------------------
 
     def _recreate_sync(self) -> None:
         """Read every live record from the orphaned file, then write them to a new store."""
-        assert self.cache is not None
-        for buf in self.buffers.values():
-            if buf.head < buf._cache_start:
-                # The rows the memory cache no longer holds: still readable from
-                # the deleted file through the open connection.
-                older = self.read_sync(buf, buf.head, buf._cache_start)
-                buf._cache.extendleft(reversed([r.value for r in older]))
-                buf._cache_start = buf.head
-            buf.disk_head = buf.disk_tail = buf._tried_tail = buf.head
-            self._chunks[buf.name] = Chunks()
-        self._heads = {}
-        self._decoded = None
-        held = sum(buf.tail - buf.head for buf in self.buffers.values())
-        self._close_file()
+        cache = self.file.cache
+        assert cache is not None
+        held = sum(
+            buf.hold_everything(functools.partial(self.index.read, cache, buf.name))
+            for buf in self.buffers.values()
+        )
+        self.index.forget_records()
         self.recreated += 1
         log.error(
             "buffer store %s was deleted or replaced while open; recreating it "
@@ -687,29 +347,17 @@ class BufferStore:
             self.path,
             held,
         )
-        opened = self._open_or_replace()
-        if opened is None:
-            self.degraded = True
-            return
         # The new file is empty: every record is written again by the caller's
         # plan, the rest of what the old one held here.
-        self.cache, self._fd = opened.cache, opened.fd
-        self._identity = _file_identity(self.path)
-        self.degraded = False
-        self.cache.set(BOOTS_KEY, _boots_json(self._boots))
-        self.cache.set(ALERT_STATE_KEY, json.dumps(self._alert_rows))
+        self.degraded = not self.file.reopen()
+        if not self.degraded:
+            self.index.write_documents(self.file.cache)
 
-    def _save_boot_sync(self, boot_id: str, offset_ns: int | None) -> None:
-        key = boot_key(boot_id)
-        known = self._boots.get(key)
-        if offset_ns is None and known is not None and known[0] == boot_id:
-            offset_ns = known[1]  # a boot keeps the offset it learned
-        if known == (boot_id, offset_ns):
-            return  # once per boot (and per offset it learns), not per record
-        boots = {**self._boots, key: (boot_id, offset_ns)}
-        if self.cache is not None:
-            self.cache.set(BOOTS_KEY, _boots_json(boots))
-        self._boots = boots
+    # -- boots and the alert engine's state ------------------------------------------
+
+    def boot_offsets(self) -> Boots:
+        """Every boot the store knows: key → (boot id, learned offset or None)."""
+        return dict(self.index.boots)
 
     async def save_boot(self, boot_id: str, offset_ns: int | None) -> bool:
         """Remember a boot (and the clock offset it learned); False if the disk refused.
@@ -718,79 +366,46 @@ class BufferStore:
         be corrected after a restart, even in a later boot.
         """
         async with self._lock:
-            if self.cache is None:
+            if self.file.cache is None:
                 return False
             try:
-                await self._thread.run(self._save_boot_sync, boot_id, offset_ns)
+                await self._thread.run(self.index.save_boot, self.file.cache, boot_id, offset_ns)
             except STORE_ERRORS as exc:
                 _errlog.log(logging.ERROR, "boot", "buffer store %s: %s", self.path, exc)
                 return False
             return True
 
-    # -- the alert engine's state ---------------------------------------------------------
-
     def alert_state(self) -> dict[str, str]:
         """The alert engine's rows, with changes not yet written applied."""
-        rows = dict(self._alert_rows)
-        for key, value in self._state.items():
-            if value is None:
-                rows.pop(key, None)
-            else:
-                rows[key] = value
-        return rows
+        return apply_state(self.index.alert_rows, self._state)
 
     # -- reading -------------------------------------------------------------------
 
-    def _read_rows(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
-        cache = self.cache
-        assert cache is not None
-        out = []
-        for item in list(self._chunks[buf.name].overlapping(start, end)):
-            # A sink reads on where its last read ended: often in the same item.
-            if self._decoded is not None and self._decoded[:2] == (buf.name, item):
-                values = self._decoded[2]
-            else:
-                values = decode(cache.get(record_key(buf.name, item)))
-                self._decoded = (buf.name, item, values)
-            for seq in range(max(start, item), min(end, item + len(values))):
-                out.append(Record(seq, values[seq - item]))
-        return out
-
     def read_sync(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
         """Records ``start <= seq < end`` of ``buf`` from disk (blocking)."""
-        return self._thread.call(self._read_rows, buf, start, end)
+        return self._thread.call(self.index.read, self.file.cache, buf.name, start, end)
 
     async def read(self, buf: DiskBuffer, start: int, end: int) -> list[Record]:
         """:meth:`read_sync` on the store's thread, in turn with writes."""
         async with self._lock:
-            if self.cache is None:
+            if self.file.cache is None:
                 raise OSError(errno.EIO, "store not open")
-            return await self._thread.run(self._read_rows, buf, start, end)
+            return await self._thread.run(self.index.read, self.file.cache, buf.name, start, end)
 
-    # -- inspection and closing -------------------------------------------------------
-
-    def disk_bytes(self) -> int:
-        """Bytes of the store's files on disk."""
-        return store_bytes(self.path)
-
-    def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` of the file ("ok" when healthy)."""
-        if self.cache is None:
-            return "not open"
-        return integrity_check(self.path)
+    # -- closing -------------------------------------------------------------------
 
     def _close_sync(self) -> int:
-        if self.cache is None:
+        if self.file.cache is None:
             # Never opened (the disk refused): try once more, so that what is
             # held in memory is not lost if the disk is back.
-            opened = self._open_or_replace()
+            opened = self.file.open()
             if opened is not None:
                 self._install(opened)
-        if self.cache is not None:
+        if self.file.cache is not None:
             plan, state = self._plan(), dict(self._state)
             if plan or state:
                 try:
-                    self._write_sync(plan, state)
+                    self.index.write(self.file.cache, plan, state)
                     self._wrote(plan, state)
                 except STORE_ERRORS as exc:
                     log.error("buffer store %s: final write failed (%s)", self.path, exc)
@@ -801,7 +416,7 @@ class BufferStore:
                 self.path,
                 lost,
             )
-        self._close_file()
+        self.file.close()
         return lost
 
     def close(self) -> int:
@@ -817,19 +432,17 @@ class BufferStore:
             self._thread.close()
 
 
-def _runs(rows: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:
-    """Sorted rows as items: runs of consecutive sequence numbers, MAX_ITEM at most."""
-    runs: list[tuple[int, list[str]]] = []
-    for seq, value in rows:
-        if runs and runs[-1][0] + len(runs[-1][1]) == seq and len(runs[-1][1]) < MAX_ITEM:
-            runs[-1][1].append(value)
-        else:
-            runs.append((seq, [value]))
-    return runs
+async def open_buffer(
+    directory: Path, *, max_records: int, name: str = "buffer", **options: Unpack[StoreOptions]
+) -> DiskBuffer:
+    """A buffer with a store of its own in ``directory`` (tests, tools); close its ``store``.
 
-
-def _boots_json(boots: Boots) -> str:
-    return json.dumps({key: [boot_id, offset] for key, (boot_id, offset) in boots.items()})
+    Unlike a :class:`BufferStore`'s, its acknowledgements are written at once
+    unless ``ack_delay`` says otherwise.
+    """
+    options.setdefault("ack_delay", 0.0)
+    store = await BufferStore.open(directory, {name: max_records}, **options)
+    return store.buffers[name]
 
 
 _errlog = RateLimitedLog(log, interval=10.0)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.buffer import STORE_FILE, BufferStore
+from gateway.buffer import STORE_FILE, BufferStore, Record
 from gateway.records import split_record
 from gateway.sinks.mqtt import WINDOW
 from tests.conftest import Subscriber, base_config, wait_until
@@ -22,6 +22,12 @@ from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy
 
 KILLS = int(os.environ.get("SOAK_KILLS", "30"))
+
+
+def on_disk(store: BufferStore, name: str) -> list[Record]:
+    """Every record waiting in buffer ``name`` (the store was just opened: all on disk)."""
+    buf = store.buffers[name]
+    return store.read_sync(buf, buf.head, buf.tail)
 
 
 def committed_after_kill(buffer_dir: Path) -> tuple[set[int], set[int], list[str]]:
@@ -32,12 +38,11 @@ def committed_after_kill(buffer_dir: Path) -> tuple[set[int], set[int], list[str
         return waiting["mqtt"], waiting["influx"], checks
     store = BufferStore(buffer_dir, {"mqtt": 10**9, "influx": 10**9}, ack_delay=0)
     try:
-        checks.append(store.integrity_check())
+        checks.append(store.file.integrity_check())
         assert not store.corrupt_moved, "the buffer store was corrupt after kill -9"
-        waiting["mqtt"] = {int(split_record(r.value)[2]) for r in store.buffers["mqtt"].iter_all()}
+        waiting["mqtt"] = {int(split_record(r.value)[2]) for r in on_disk(store, "mqtt")}
         waiting["influx"] = {
-            int(float(r.value.split("value=")[1].split()[0]))
-            for r in store.buffers["influx"].iter_all()
+            int(float(r.value.split("value=")[1].split()[0])) for r in on_disk(store, "influx")
         }
     finally:
         store.close()

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.buffer import DiskBuffer
+from gateway.buffer import DiskBuffer, open_buffer
 from gateway.clock import ClockTracker, SyncVerdict
 from gateway.config.sections import InfluxSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
@@ -257,7 +257,7 @@ async def test_a_bug_in_the_writer_ends_the_sink(tmp_path: Path) -> None:
         def abort(self) -> None:
             pass
 
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     await buffer.append(records_of(example_points()))
     sink = InfluxSink(
         section("http://127.0.0.1:9", batch_size=1),
@@ -269,7 +269,7 @@ async def test_a_bug_in_the_writer_ends_the_sink(tmp_path: Path) -> None:
     with pytest.raises(ExceptionGroup) as raised, trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
-    buffer.close()
+    buffer.store.close()
     assert raised.group_contains(TypeError, match="a bug")
 
 
@@ -278,7 +278,7 @@ async def test_dead_letters_on_a_disk_that_refuses_stay_in_the_store(
 ) -> None:
     """A point rejected for good while the dead-letter directory cannot be made."""
     influx.respond = lambda lines: (400, {})
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     await buffer.append(records_of(example_points()[:3]))
     blocker = tmp_path / "not-a-dir"
@@ -301,7 +301,7 @@ async def test_dead_letters_on_a_disk_that_refuses_stay_in_the_store(
             await buffer.dead.count.wait_value(0)
             sink.stop()
             nursery.cancel_scope.cancel()
-    buffer.close()
+    buffer.store.close()
     lines = (blocker / "dead-letter" / DEAD_LETTER_FILE).read_text().splitlines()
     assert len(lines) == 3
     assert metrics.influx.dead_letters == 3
@@ -337,12 +337,12 @@ async def test_bad_point_goes_to_dead_letter_the_rest_is_written(
     points = [f"temperature,node=n{i} value={i}.5 {RECEIVED_NS + i}" for i in range(10)]
     marker = points[6]
     influx.respond = lambda lines: (400, {}) if marker in lines else (204, {})
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     await buffer.append(records_of(points))
     cfg = section(influx.url, batch_size=10, flush_interval=0.05)
     await run_sink_until_drained(cfg, buffer, metrics, tmp_path / "dead-letter")
-    buffer.close()
+    buffer.store.close()
 
     accepted = influx.accepted()
     assert sorted(accepted) == sorted(p for p in points if p != marker)
@@ -358,11 +358,11 @@ async def test_too_large_requests_are_split_until_accepted(
 ) -> None:
     points = [f"pressure,node=n{i} value=1000.{i} {RECEIVED_NS + i}" for i in range(10)]
     influx.respond = lambda lines: (413, {}) if len(lines) > 4 else (204, {})
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     await buffer.append(records_of(points))
     await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
-    buffer.close()
+    buffer.store.close()
 
     assert influx.accepted() == points  # all of them, in order, once
     assert all(len(r.lines) <= 4 for r in influx.log if r.status == 204)
@@ -374,11 +374,11 @@ async def test_unavailable_then_available_loses_nothing(influx: FakeInflux, tmp_
     points = [f"rssi,node=signal value=-{i}.0 {RECEIVED_NS + i}" for i in range(10)]
     answers = iter([503, 503])
     influx.respond = lambda lines: (next(answers, 204), {})
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     await buffer.append(records_of(points))
     sink = await run_sink_until_drained(section(influx.url), buffer, metrics, tmp_path / "dead")
-    buffer.close()
+    buffer.store.close()
 
     assert [r.status for r in influx.log] == [503, 503, 204]
     assert influx.log[-1].lines == points
@@ -425,7 +425,7 @@ def points(n: int, start: int = 0) -> list[str]:
 async def start_sink(
     nursery: trio.Nursery, tmp_path: Path, writer: RecordingWriter, **cfg: object
 ) -> tuple[InfluxSink, DiskBuffer]:
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=1000)
+    buffer = await open_buffer(tmp_path / "influx", max_records=1000)
     sink = InfluxSink(
         section("http://127.0.0.1:9", **cfg),
         buffer,
@@ -542,7 +542,7 @@ async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
 ) -> None:
     clock = FakeClock()
     records, truth = clock.records(3)
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     sink = InfluxSink(
         section(influx.url, batch_size=3),
@@ -563,7 +563,7 @@ async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
         clock.tracker.refresh()
         await run_until(lambda: buffer.count.value == 0)
         sink.stop()
-    buffer.close()
+    buffer.store.close()
     assert [int(line.rsplit(" ", 1)[1]) for line in influx.accepted()] == truth
     assert not metrics.influx.holding
     assert metrics.influx.unsynced == 0
@@ -579,7 +579,7 @@ async def test_points_of_an_earlier_boot_use_its_offset_or_are_tagged_unsynced(
     now = FakeClock()  # this boot, clock right
     now.right = True
     now.tracker.refresh()
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=100)
+    buffer = await open_buffer(tmp_path / "influx", max_records=100)
     metrics = Metrics()
     sink = InfluxSink(
         section(influx.url, batch_size=4),
@@ -594,7 +594,7 @@ async def test_points_of_an_earlier_boot_use_its_offset_or_are_tagged_unsynced(
         await buffer.append(known + never)
         await run_until(lambda: buffer.count.value == 0)
         sink.stop()
-    buffer.close()
+    buffer.store.close()
     accepted = influx.accepted()
     assert [int(line.rsplit(" ", 1)[1]) for line in accepted[:2]] == truth
     assert all(",clock=unsynced " not in line for line in accepted[:2])
@@ -608,7 +608,7 @@ async def test_held_points_are_released_unsynced_before_the_bound_would_drop_the
 ) -> None:
     clock = FakeClock()
     records, _ = clock.records(9)
-    buffer = await DiskBuffer.open(tmp_path / "influx", max_records=10)
+    buffer = await open_buffer(tmp_path / "influx", max_records=10)
     metrics = Metrics()
     sink = InfluxSink(
         section(influx.url, batch_size=1),
@@ -624,7 +624,7 @@ async def test_held_points_are_released_unsynced_before_the_bound_would_drop_the
         await buffer.append(records[5:])  # 9 of 10: the release share
         await run_until(lambda: buffer.count.value == 0)
         sink.stop()
-    buffer.close()
+    buffer.store.close()
     assert len(influx.accepted()) == 9
     assert all(",clock=unsynced " in line for line in influx.accepted())
     assert buffer.dropped_total == 0

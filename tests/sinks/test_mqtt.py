@@ -23,7 +23,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from gateway.buffer import DiskBuffer, Record
+from gateway.buffer import DiskBuffer, Record, open_buffer
 from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
@@ -43,7 +43,7 @@ def sink_config(port: int, test_id: str, **overrides: Any) -> MqttSection:
 
 async def test_windows_deliver_everything_in_order(tmp_path: Path, broker, test_id: str) -> None:
     cfg = sink_config(broker.port, test_id)
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/t/n"
     sub = Subscriber(broker.port, f"{test_id}/t/#")
     metrics = Metrics()
@@ -65,7 +65,7 @@ async def test_windows_deliver_everything_in_order(tmp_path: Path, broker, test_
         assert metrics.mqtt.delivered == 1000
     finally:
         sub.close()
-        buffer.close()
+        buffer.store.close()
 
 
 async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
@@ -86,7 +86,7 @@ async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
 
     monkeypatch.setattr(Wire, "written_at_once", noting)
     cfg = sink_config(broker.port, test_id, keepalive=600)  # no PINGREQ writes what was left
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=10_000, name="mqtt")
     topic = f"{test_id}/big/n"
     sub = Subscriber(broker.port, f"{test_id}/big/#")
     metrics = Metrics()
@@ -110,7 +110,7 @@ async def test_a_window_the_socket_cannot_take_at_once_is_written_as_it_drains(
         assert (metrics.mqtt.connects, metrics.mqtt.connect_failures) == (1, 0)
     finally:
         sub.close()
-        buffer.close()
+        buffer.store.close()
 
 
 def test_only_a_connack_refusal_gets_the_credentials_hint() -> None:
@@ -311,7 +311,7 @@ async def test_the_window_slides_one_puback_one_message(
     window = 10
     topic = f"{test_id}/t/n"
     gate = PubackGate(broker.port, topic)
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10_000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=10_000, name="mqtt")
     await buffer.append([f"{i} {topic} {i}" for i in range(1, 101)])
     acks: list[int] = []
     ack = buffer.ack
@@ -356,7 +356,7 @@ async def test_the_window_slides_one_puback_one_message(
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:
-        buffer.close()
+        buffer.store.close()
     again = gate.sent[dropped_at : dropped_at + window]
     assert gate.sent[:dropped_at] + gate.sent[dropped_at + window :] == [
         str(i) for i in range(1, 101)

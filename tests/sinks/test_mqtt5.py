@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.buffer import DiskBuffer
+from gateway.buffer import DiskBuffer, open_buffer
 from gateway.clock import Stamp
 from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
@@ -132,7 +132,7 @@ async def test_a_broker_that_refuses_5_is_spoken_to_in_3_1_1_from_then_on(
     caplog.set_level(logging.INFO, logger="gateway.sinks.mqtt")
     topic = f"{test_id}/t/n"
     fake = NoFiveBroker(broker.port, refusal)
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=1000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=1000, name="mqtt")
     sub = Subscriber(broker.port, f"{test_id}/t/#")
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as servers:
@@ -162,7 +162,7 @@ async def test_a_broker_that_refuses_5_is_spoken_to_in_3_1_1_from_then_on(
         assert [p for t, p in sub.snapshot() if t == topic] == [str(i) for i in range(1, 21)]
     finally:
         sub.close()
-        buffer.close()
+        buffer.store.close()
     refused = [r for r in caplog.records if "refused MQTT 5" in r.getMessage()]
     assert len(refused) == 1, [r.getMessage() for r in caplog.records]
     assert refused[0].levelno == logging.WARNING
@@ -183,7 +183,7 @@ async def test_every_connection_starts_a_clean_session_that_ends_with_it(
     cfg = config(0, test_id, protocol=protocol)
     fake = NoFiveBroker(broker.port, REFUSALS["5.0 rc 0x84"])  # only to read the CONNECT
     # MQTT 5 CONNECTs go straight to the broker; the fake one notes 3.1.1 ones.
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=1000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=1000, name="mqtt")
     gate = PubackGate(broker.port, f"{test_id}/none")
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as servers:
@@ -214,7 +214,7 @@ async def test_every_connection_starts_a_clean_session_that_ends_with_it(
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:
-        buffer.close()
+        buffer.store.close()
     connect = (connects if protocol == "5" else fake.connects)[0]
     assert connect_flags(connect) & 0x02  # clean session (3.1.1) / clean start (5)
     if protocol == "5":
@@ -249,7 +249,7 @@ async def test_the_window_is_capped_at_the_brokers_receive_maximum(
     broker = Broker(tmp_path, extra_conf="max_inflight_messages 5\n").start()
     topic = f"{test_id}/t/n"
     gate = PubackGate(broker.port, topic)
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=1000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=1000, name="mqtt")
     await buffer.append([f"{i} {topic} {i}" for i in range(1, 41)])
     metrics = Metrics()
     try:
@@ -265,7 +265,7 @@ async def test_the_window_is_capped_at_the_brokers_receive_maximum(
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:
-        buffer.close()
+        buffer.store.close()
         broker.stop()
     assert gate.max_in_flight == window
     assert gate.sent == [str(i) for i in range(1, 41)]
@@ -284,7 +284,7 @@ async def test_a_puback_refusal_is_a_dead_letter_not_a_delivery(
     # As root, mosquitto would drop to a user that cannot read tmp_path.
     broker = Broker(tmp_path, extra_conf=f"acl_file {tmp_path / 'acl'}\nuser root\n").start()
     ok, denied = f"{test_id}/ok/n", f"{test_id}/denied/n"
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=1000, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=1000, name="mqtt")
     records = [f"{i} {denied if i % 3 == 0 else ok} {i}" for i in range(1, 31)]
     await buffer.append(records)
     metrics = Metrics()
@@ -304,7 +304,7 @@ async def test_a_puback_refusal_is_a_dead_letter_not_a_delivery(
             sink.stop()
             nursery.cancel_scope.cancel()
     finally:
-        buffer.close()
+        buffer.store.close()
         broker.stop()
     # 0x10 "No matching subscribers" (nobody listens on the allowed topic) is
     # a success: those ten count as delivered.

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.buffer import DiskBuffer
+from gateway.buffer import open_buffer
 from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile
 from gateway.metrics import Metrics
@@ -75,7 +75,7 @@ async def test_a_missing_internal_stops_the_sink_before_it_is_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(wire, "MISSING", ("paho Client._registered_write",))
-    buffer = await DiskBuffer.open(tmp_path / "buffer", max_records=10, name="mqtt")
+    buffer = await open_buffer(tmp_path / "buffer", max_records=10, name="mqtt")
     cfg = MqttSection(host="127.0.0.1", port=1, client_id="wire-gw", topic_prefix="wire")
     sink = MqttSink(cfg, buffer, Metrics(), DeadLetterFile(tmp_path / "dead"))
     try:
@@ -86,7 +86,7 @@ async def test_a_missing_internal_stops_the_sink_before_it_is_ready(
         assert "paho Client._registered_write" in text
         assert "pyproject.toml" in text
     finally:
-        buffer.close()
+        buffer.store.close()
 
 
 async def test_aiomqtt_settles_a_landing_put_into_its_pending_map() -> None:

@@ -37,8 +37,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway.config.sections import DEFAULT_FLUSH_INTERVAL
-from tests.conftest import base_config, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port, stop_process, wait_listening
+from tests.support import base_config, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 FLUSH_INTERVAL_MS = DEFAULT_FLUSH_INTERVAL * 1000  # the benchmark configs keep the default

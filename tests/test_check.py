@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, base_config, retained, write_config
 from tests.services import Broker, Tsdb, free_port
+from tests.support import REPO, base_config, retained, write_config
 
 USER, PASSWORD = "gw", "probe-secret-17"
 GOOD_TOKEN, READ_ONLY_TOKEN = "good-token-4242", "read-only-token-17"

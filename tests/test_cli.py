@@ -685,7 +685,7 @@ def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
 
 def offline_config(tmp_path: Path) -> Path:
     """A config whose servers are not there (the commands still print their lines)."""
-    from tests.conftest import base_config, write_config
+    from tests.support import base_config, write_config
 
     cfg = base_config(tmp_path, "pipe", 1, "http://127.0.0.1:1", ["true"])
     return write_config(tmp_path / "c.toml", cfg)

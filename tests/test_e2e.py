@@ -15,10 +15,10 @@ from typing import Any
 from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 from gateway.telemetry import UNITS, format_value
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, numbers
 from tests.faults.proxy import Proxy
 from tests.services import free_port
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 ESC = "\x1b"
 
@@ -239,7 +239,7 @@ def test_json_payload_carries_value_unit_and_the_readings_time(
     tmp_path: Path, broker, tsdb, test_id, gateway_factory
 ) -> None:
     """`mqtt.payload = "json"`: a 3.1.1 subscriber can tell an old reading from a live one."""
-    from tests.conftest import DESIGN_EXAMPLE
+    from tests.support import DESIGN_EXAMPLE
 
     capture = tmp_path / "capture.jsonl"
     capture.write_bytes(DESIGN_EXAMPLE + b"\n")

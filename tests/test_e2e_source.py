@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import CHUNKY_CHILD, Subscriber, base_config, wait_until
+from tests.support import CHUNKY_CHILD, Subscriber, base_config, wait_until
 
 BAD_BMP280 = {
     "v": 1,

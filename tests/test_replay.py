@@ -22,8 +22,8 @@ from gateway.capture import CaptureError, decode_record, read_capture, read_expo
 from gateway.clock import boot_key
 from gateway.records import point_line
 from gateway.simulate import NodeSimulator
-from tests.conftest import Subscriber, base_config, retained, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port
+from tests.support import Subscriber, base_config, retained, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Subscriber, base_config, wait_until
+from tests.support import Subscriber, base_config, wait_until
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 PACKETS = 30

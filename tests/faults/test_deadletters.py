@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import base_config, wait_until
 from tests.faults import lazyfs
 from tests.faults.test_kill9 import TIMED, printed_between
 from tests.faults.test_powercut import gw_running, kill_all
 from tests.services import Broker, free_port
+from tests.support import base_config, wait_until
 from tests.test_e2e import scrape
 
 # Each packet: a/n (accepted everywhere) and b/n (refused for good everywhere);

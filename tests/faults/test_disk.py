@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.buffer import STORE_FILE
-from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
 from tests.faults.common import NUMBERED, numbers
+from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 
 @pytest.fixture

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
 from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy
 from tests.faults.slowlink import SlowLink
 from tests.faults.test_kill9 import committed_after_kill
 from tests.faults.test_powercut import flap, gw_running, kill_all
+from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 BACKLOG = 720  # messages, one per packet
 KILLS = 20 if os.environ.get("SOAK_KILLS") else 5  # per loop

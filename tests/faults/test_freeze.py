@@ -18,8 +18,8 @@ from pathlib import Path
 
 from gateway.records import packet_records
 from gateway.telemetry import parse_line
-from tests.conftest import REPO, Subscriber, base_config, wait_until
 from tests.services import free_port
+from tests.support import REPO, Subscriber, base_config, wait_until
 
 
 def _capture(path: Path, count: int) -> list[str]:

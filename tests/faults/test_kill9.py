@@ -17,9 +17,9 @@ from pathlib import Path
 from gateway.buffer import STORE_FILE, BufferStore
 from gateway.records import split_record
 from gateway.sinks.mqtt import WINDOW
-from tests.conftest import Subscriber, base_config, wait_until
 from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy
+from tests.support import Subscriber, base_config, wait_until
 
 KILLS = int(os.environ.get("SOAK_KILLS", "30"))
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from gateway.sinks.mqtt import WINDOW
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.proxy import Proxy
 from tests.services import Tsdb
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 RATE = 20.0  # packets per second
 

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.slowlink import SlowLink
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 TOTAL = 5000  # packets, one message each
 WINDOW = 64  # messages in flight: ~1,300 msg/s over 50 ms, a drain of a few seconds

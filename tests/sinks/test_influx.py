@@ -35,7 +35,7 @@ from gateway.records import (
 )
 from gateway.sinks.influx import DEAD_LETTER_FILE, InfluxSink, InfluxWriter, classify
 from gateway.telemetry import parse_line
-from tests.conftest import DESIGN_EXAMPLE
+from tests.support import DESIGN_EXAMPLE
 
 RECEIVED_NS = 1795773905582000000
 EXAMPLE = DESIGN_EXAMPLE

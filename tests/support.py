@@ -7,6 +7,8 @@ bench/ imports this module too; neither tests nor bench import each other.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import http.server
 import json
 import os
 import signal
@@ -14,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +170,7 @@ class Subscriber:
         argv += getattr(self, "extra", [])
         if retained_only:
             argv.append("--retained-only")
+        self.port = port
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.messages: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -176,11 +181,24 @@ class Subscriber:
             self._wait_subscribed(port)
 
     def _wait_subscribed(self, port: int) -> None:
-        # Publish probes until one comes back: then the subscription is live.
-        for _ in range(100):
+        # The first probe that comes back: the subscription is live.
+        if not self.flush():
+            raise TimeoutError("subscriber never saw its probe")
+
+    def flush(self, timeout: float = 20.0) -> bool:
+        """Publish probes until one comes back: a sentinel behind what the broker holds.
+
+        The broker forwards to this subscriber in the order it took messages
+        in, so once a probe published now arrives, every message the broker
+        had taken before it has arrived too. Call it when no more may come
+        (the publisher gone): then the messages are all there is. The probes
+        are left out of :attr:`messages`. False if none came back in time.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             subprocess.run(
                 [
-                    *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(port)),
+                    *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port)),
                     *("-t", self._probe, "-m", "x", *getattr(self, "extra", [])),
                 ],
                 check=False,
@@ -189,8 +207,8 @@ class Subscriber:
             if self.wait_for(lambda msgs: any(t == self._probe for t, _ in msgs), 0.2):
                 with self._lock:
                     self.messages = [m for m in self.messages if m[0] != self._probe]
-                return
-        raise TimeoutError("subscriber never saw its probe")
+                return True
+        return False
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -285,3 +303,116 @@ def buffer_stats(buffer_dir: Path) -> dict[str, Any]:
     return dict(
         json.loads(gateway_cli("buffer", "stats", "--json", "--buffer-dir", str(buffer_dir)))
     )
+
+
+# -- a scripted HTTP server -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request a :class:`StubHttp` answered."""
+
+    method: str
+    target: str  # as in the request line: the path and the query
+    path: str  # without the query
+    query: dict[str, str]
+    headers: dict[str, str]  # names in lower case
+    body: bytes  # as sent (gzip included)
+
+    @property
+    def content(self) -> bytes:
+        """The body, gunzipped if it came with ``Content-Encoding: gzip``."""
+        if self.headers.get("content-encoding") == "gzip":
+            return gzip.decompress(self.body)
+        return self.body
+
+    @property
+    def lines(self) -> list[str]:
+        """The non-empty lines of the (gunzipped) body: a line-protocol write's points."""
+        return [line for line in self.content.decode().split("\n") if line]
+
+
+# status, headers, body; Content-Length is added.
+HttpResponse = tuple[int, dict[str, str], bytes]
+HttpRoute = Callable[[HttpRequest], HttpResponse]
+
+
+def json_response(status: int, doc: Any, headers: dict[str, str] | None = None) -> HttpResponse:
+    """A JSON answer (an empty body for ``doc`` None)."""
+    body = b"" if doc is None else json.dumps(doc).encode()
+    return status, {"Content-Type": "application/json", **(headers or {})}, body
+
+
+class StubHttp:
+    """A scripted HTTP server on a free port of 127.0.0.1, served from a thread.
+
+    ``routes`` maps a path (without the query) to a callable that answers it;
+    ``"*"`` answers any path without a route of its own; anything else is 404.
+    Routes may be replaced while it runs. Every answered request is kept in
+    ``log`` with its status. ``keep_alive`` speaks HTTP/1.1 with persistent
+    connections (as a real server); by default each answer closes its connection.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, routes: dict[str, HttpRoute], *, keep_alive: bool = False) -> None:
+        self.routes = routes
+        self.log: list[tuple[HttpRequest, int]] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def do_GET(self) -> None:
+                stub._answer(self)
+
+            do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def _answer(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        url = urllib.parse.urlsplit(h.path)
+        request = HttpRequest(
+            method=h.command,
+            target=h.path,
+            path=url.path,
+            query=dict(urllib.parse.parse_qsl(url.query)),
+            headers={k.lower(): v for k, v in h.headers.items()},
+            body=h.rfile.read(length) if length else b"",
+        )
+        route = self.routes.get(url.path) or self.routes.get("*")
+        status, headers, body = route(request) if route else (404, {}, b"")
+        with self._lock:
+            self.log.append((request, status))
+        h.send_response(status)
+        for name, value in headers.items():
+            h.send_header(name, value)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+
+    def requests(self) -> list[HttpRequest]:
+        """Every request answered so far, in order."""
+        with self._lock:
+            return [r for r, _ in self.log]
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> StubHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.__main__ import StockBroker
 from bench.alone import publish_alone
+from bench.harness import StockBroker
 from gateway.config.sections import DEFAULT_MAX_INFLIGHT
 from tests.support import Subscriber
 

@@ -41,6 +41,10 @@ def _capture(path: Path, count: int) -> list[str]:
     return records
 
 
+# A fault's duration: how long the request has been dripping when the signal comes.
+DRIPPING_S = 3.0
+
+
 class HealthProbe:
     """Asks /healthz every 0.2 s from a thread; records how long each answer took."""
 
@@ -189,7 +193,7 @@ def test_sigterm_ends_the_daemon_while_the_database_drips(
         cfg["influxdb"]["timeout"] = 30.0
         gw = gateway_factory(cfg)
         assert wait_until(lambda: slow.accepted >= 1, 30), gw.log_text()[-2000:]
-        time.sleep(3)  # the request is now well inside its dripping response
+        time.sleep(DRIPPING_S)  # the request is now well inside its dripping response
         start = time.monotonic()
         code = gw.terminate(timeout=40)
         took = time.monotonic() - start
@@ -200,9 +204,9 @@ def test_sigterm_ends_the_daemon_while_the_database_drips(
 
         gw2 = gateway_factory(cfg)
         assert wait_until(lambda: slow.accepted >= 2, 30), gw2.log_text()[-2000:]
-        time.sleep(3)
+        time.sleep(DRIPPING_S)
         gw2.proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        time.sleep(0.3)  # kill timing: the second signal while the first is being handled
         gw2.proc.send_signal(signal.SIGINT)
         code2 = gw2.proc.wait(timeout=40)
         log2 = gw2.log_text()

@@ -69,8 +69,11 @@ bench: install deps
 fuzz: install
 	FUZZ_EXAMPLES=100000 $(BIN)/pytest -q tests/test_fuzz.py
 
+# The long variants of the fault scripts (marked soak; `make test` runs their short
+# ones), then the duplicate kill loops with SOAK_KILLS.
 soak: install deps
-	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_kill9.py tests/faults/test_duplicates.py
+	SOAK_KILLS=300 $(BIN)/pytest -q -m soak tests/faults
+	SOAK_KILLS=300 $(BIN)/pytest -q tests/faults/test_duplicates.py
 
 # Power cuts on LazyFS: every kind of cut, POWERCUT_CUTS of them per case, then one
 # table of the figures (`make test` runs a few cuts of the short cases only).

@@ -44,9 +44,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import base_config, wait_until, write_config
 from tests.faults.proxy import Proxy
 from tests.services import Broker, Tsdb, free_port, stop_process, wait_listening
+from tests.support import base_config, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"

@@ -3,11 +3,9 @@ formats, alert records the buffers protect, the state that survives a restart.""
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from gateway.pipeline import Pipeline
 from gateway.records import packet_points, packet_records, split_point, split_record
 from gateway.status.app import alerts_document, page_html
 from gateway.telemetry import Packet
+from tests.support import HttpRoute, StubHttp, json_response
 
 HOT = AlertRule("greenhouse-hot", "node1/temperature", above=35.0, for_s=60.0, clear=33.0)
 COLD = AlertRule("frost", "node2/temperature", below=5.0, clear=7.0)
@@ -543,29 +542,12 @@ def fake_status_server() -> Iterator[int]:
         ],
     }
     page = page_html().encode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body, ctype = (
-                (json.dumps(doc).encode(), "application/json")
-                if self.path.startswith("/api/status")
-                else (page, "text/html")
-            )
-            self.send_response(200)
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    routes: dict[str, HttpRoute] = {
+        "/api/status": lambda request: json_response(200, doc),
+        "*": lambda request: (200, {"Content-Type": "text/html"}, page),
+    }
+    with StubHttp(routes) as server:
+        yield server.port
 
 
 def test_the_status_page_shows_active_alerts_first(tmp_path: Path, fake_status_server: int) -> None:

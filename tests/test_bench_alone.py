@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.__main__ import StockBroker
 from bench.alone import publish_alone
+from bench.harness import StockBroker
 from gateway.config.sections import DEFAULT_MAX_INFLIGHT
-from tests.conftest import Subscriber
+from tests.support import Subscriber
 
 
 def test_paho_alone_sends_everything_within_the_gateways_window(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import grp
-import http.server
 import json
 import os
 import pty
@@ -23,16 +22,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, base_config, retained, write_config
 from tests.services import Broker, Tsdb, free_port
+from tests.support import (
+    REPO,
+    HttpRequest,
+    HttpResponse,
+    StubHttp,
+    base_config,
+    retained,
+    write_config,
+)
 
 USER, PASSWORD = "gw", "probe-secret-17"
 GOOD_TOKEN, READ_ONLY_TOKEN = "good-token-4242", "read-only-token-17"
@@ -49,48 +54,23 @@ class FakeInflux:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, bytes]] = []  # (method, path, body)
         self.stored: list[bytes] = []  # bodies of writes that were accepted
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.answer(self)
-
-            def do_POST(self) -> None:
-                fake.answer(self)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
+        self.http = StubHttp({"*": self.answer})
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
-    def answer(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
-        url = urllib.parse.urlsplit(h.path)
-        query = dict(urllib.parse.parse_qsl(url.query))
-        self.requests.append((h.command, url.path, body))
-        auth = h.headers.get("Authorization", "")
-        status, doc = self.route(h.command, url.path, query, auth, body)
-        if h.command == "POST" and status == 204:
-            self.stored.append(body)
+    def answer(self, request: HttpRequest) -> HttpResponse:
+        self.requests.append((request.method, request.path, request.body))
+        auth = request.headers.get("authorization", "")
+        status, doc = self.route(request.method, request.path, request.query, auth, request.body)
+        if request.method == "POST" and status == 204:
+            self.stored.append(request.body)
         data = json.dumps(doc).encode() if doc is not None else b""
-        h.send_response(status)
-        h.send_header("X-Influxdb-Version", "v2.7.10")
+        headers = {"X-Influxdb-Version": "v2.7.10"}
         if data:
-            h.send_header("Content-Type", "application/json; charset=utf-8")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        return status, headers, data
 
     def route(
         self, method: str, path: str, query: dict[str, str], auth: str, body: bytes

@@ -11,9 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 
 from gateway.buffer import STORE_FILE, BufferStore
 from gateway.records import point_time_ns, split_record
+from tests.support import StubHttp, json_response
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -373,34 +372,15 @@ def status_doc(gateway_id: str = "gw-1", last_error: str = "") -> dict[str, Any]
 @pytest.fixture
 def serve_status() -> Iterator[Callable[[dict[str, Any]], int]]:
     """Serve a document at /api/status; returns the port."""
-    servers: list[HTTPServer] = []
+    servers: list[StubHttp] = []
 
     def start(doc: dict[str, Any]) -> int:
-        body = json.dumps(doc).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != "/api/status":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return int(server.server_address[1])
+        servers.append(StubHttp({"/api/status": lambda request: json_response(200, doc)}))
+        return servers[-1].port
 
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_status_prints_the_documents_text_literally(
@@ -685,7 +665,7 @@ def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
 
 def offline_config(tmp_path: Path) -> Path:
     """A config whose servers are not there (the commands still print their lines)."""
-    from tests.conftest import base_config, write_config
+    from tests.support import base_config, write_config
 
     cfg = base_config(tmp_path, "pipe", 1, "http://127.0.0.1:1", ["true"])
     return write_config(tmp_path / "c.toml", cfg)

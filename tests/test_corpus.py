@@ -8,8 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import Subscriber, base_config, wait_until
 from tests.services import free_port
+from tests.support import Subscriber, base_config, wait_until
 
 GOOD = {"v": 1, "seq": 1, "node2": {"temperature": 21.5, "pressure": 1001.5}}
 

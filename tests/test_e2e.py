@@ -15,12 +15,17 @@ from typing import Any
 from gateway.buffer import STORE_FILE
 from gateway.simulate import NodeSimulator
 from gateway.telemetry import UNITS, format_value
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, numbers
 from tests.faults.proxy import Proxy
 from tests.services import free_port
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 ESC = "\x1b"
+# An observation window: nothing more may arrive in it (a duplicate would). The
+# gateway keeps running after it, so no sentinel can say that nothing follows.
+DUPLICATE_WINDOW_S = 1.0
+# An observation window: the daemon must survive several failed reconnects in it.
+SERVERS_DOWN_S = 2.0
 
 # A child that prints a capture file in small pieces (as a UART would), then
 # stays alive like probe-rs attached to a quiet board.
@@ -107,7 +112,7 @@ def test_noisy_stream_delivers_every_valid_metric_once(
     try:
         data_topics = lambda msgs: [m for m in msgs if "/gateway/" not in m[0]]  # noqa: E731
         assert sub.wait_for(lambda msgs: len(data_topics(msgs)) >= total, 60), gw.log_text()
-        time.sleep(1.0)  # anything extra (a duplicate) would arrive now
+        time.sleep(DUPLICATE_WINDOW_S)
         got: dict[str, list[str]] = defaultdict(list)
         for topic, payload in data_topics(sub.snapshot()):
             got[topic].append(payload)
@@ -181,7 +186,7 @@ def test_servers_down_at_start_then_buffered_and_delivered(
             ),
             30,
         ), gw.log_text()
-        time.sleep(2)  # several failed reconnects later ...
+        time.sleep(SERVERS_DOWN_S)  # several failed reconnects later ...
         assert gw.alive(), gw.log_text()  # ... the daemon is still there
         stats = buffer_stats(buffer_dir)
         assert stats["mqtt"]["records"] == 90
@@ -201,7 +206,7 @@ def test_servers_down_at_start_then_buffered_and_delivered(
         assert sub.wait_for(lambda msgs: len(data(msgs)) >= 90, 30), gw2.log_text()
         assert wait_until(lambda: len(db.points(testid=test_id)) >= 90, 30), gw2.log_text()
         assert gw2.terminate() == 0
-        time.sleep(0.5)
+        assert sub.flush()  # a probe behind the gateway's last message: none is still coming
         assert len(data(sub.snapshot())) == 90
         assert len(db.points(testid=test_id)) == 90
         sub.close()
@@ -239,7 +244,7 @@ def test_json_payload_carries_value_unit_and_the_readings_time(
     tmp_path: Path, broker, tsdb, test_id, gateway_factory
 ) -> None:
     """`mqtt.payload = "json"`: a 3.1.1 subscriber can tell an old reading from a live one."""
-    from tests.conftest import DESIGN_EXAMPLE
+    from tests.support import DESIGN_EXAMPLE
 
     capture = tmp_path / "capture.jsonl"
     capture.write_bytes(DESIGN_EXAMPLE + b"\n")

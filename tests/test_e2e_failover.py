@@ -19,10 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Subscriber, base_config, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.proxy import Proxy
 from tests.services import Broker, Tsdb, free_port
+from tests.support import Subscriber, base_config, retained, wait_until
 
 RATE = 25.0  # packets per second
 WINDOW = 20  # mqtt.max_inflight: the duplicate bound of one switch

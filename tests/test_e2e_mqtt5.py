@@ -24,10 +24,10 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.records import rfc3339_ms
-from tests.conftest import DESIGN_EXAMPLE, base_config, gateway_cli, wait_until
 from tests.faults.proxy import Proxy
 from tests.services import Broker, free_port
 from tests.sinks.test_mqtt import CONNECT, PUBLISH, protocol_level, publish_fields, take_packets
+from tests.support import DESIGN_EXAMPLE, base_config, gateway_cli, wait_until
 from tests.test_e2e import scrape
 
 # A packet every 0.1 s whose a/n is its number: every message is unique.

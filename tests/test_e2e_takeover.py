@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayProcess, base_config, wait_until
 from tests.services import Broker, free_port
+from tests.support import GatewayProcess, base_config, wait_until
 from tests.test_e2e import scrape
 
 IDLE_CHILD = "import time\nwhile True: time.sleep(1)\n"

@@ -7,7 +7,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from tests.conftest import REPO, Subscriber, base_config, wait_until
+from tests.support import REPO, Subscriber, base_config, wait_until
 from tests.test_firmware import QEMU_COMMAND, QEMU_ELF
 
 NINE = {

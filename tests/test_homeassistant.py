@@ -21,8 +21,8 @@ from gateway.clock import Stamp
 from gateway.homeassistant import Discovery, config_filter, readable, status_page_url
 from gateway.records import json_payload
 from gateway.telemetry import format_value, parse_line
-from tests.conftest import DESIGN_EXAMPLE, REPO, base_config, retained, wait_until, write_config
 from tests.ha_rules import attributes_of, check_all, state_of
+from tests.support import DESIGN_EXAMPLE, REPO, base_config, retained, wait_until, write_config
 
 WALL_NS = 1_795_773_905_582_000_000
 # The seed's groups and metrics (the design example), and its values.

@@ -28,8 +28,8 @@ import pytest
 
 from gateway.config import load_config
 from gateway.config.sections import derive_gateway_id
-from tests.conftest import Subscriber, write_config
 from tests.services import Broker, free_port, stop_process
+from tests.support import Subscriber, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "ops" / "install.sh"

@@ -22,8 +22,16 @@ from gateway.capture import CaptureError, decode_record, read_capture, read_expo
 from gateway.clock import boot_key
 from gateway.records import point_line
 from gateway.simulate import NodeSimulator
-from tests.conftest import Subscriber, base_config, retained, wait_until, write_config
 from tests.services import Broker, Tsdb, free_port
+from tests.support import (
+    StubHttp,
+    Subscriber,
+    base_config,
+    json_response,
+    retained,
+    wait_until,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -522,30 +530,12 @@ def test_replay_of_nothing_or_garbage(tmp_path: Path, tsdb: Tsdb, test_id: str) 
 def test_replay_says_what_the_database_refused_for_good(tmp_path: Path, test_id: str) -> None:
     # No real server refuses a point for good on demand (the TSDB takes
     # anything): this one answers every write as InfluxDB answers a bad point.
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    class Refuse(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = b'{"code":"invalid","message":"field type conflict"}'
-            self.send_response(400)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    refuse = {"code": "invalid", "message": "field type conflict"}
+    server = StubHttp({"/api/v2/write": lambda request: json_response(400, refuse)})
     try:
         write_store(tmp_path / "site", sample_records(test_id, test_id), {})
         capture = write_lines(tmp_path / "export.jsonl", export(tmp_path / "site"))
-        cfg = base_config(
-            tmp_path, test_id, free_port(), f"http://127.0.0.1:{server.server_port}", ["true"]
-        )
+        cfg = base_config(tmp_path, test_id, free_port(), server.url, ["true"])
         config = write_config(tmp_path / "config.toml", cfg)
         dead_letters = tmp_path / "refused"
         result = run(
@@ -559,8 +549,7 @@ def test_replay_says_what_the_database_refused_for_good(tmp_path: Path, test_id:
             str(dead_letters),
         )
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     assert result.returncode == 1
     assert f"influx: 4 record(s) refused for good, written to {dead_letters}" in result.stderr
     assert "mqtt" not in result.stdout  # --sink influx: the broker is never asked

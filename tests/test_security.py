@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Subscriber, base_config, wait_until, write_config
 from tests.services import free_port, wait_listening
+from tests.support import REPO, Subscriber, base_config, wait_until, write_config
 
 USER, PASSWORD = "gw", "field-secret-42"
 

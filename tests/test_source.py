@@ -18,7 +18,7 @@ import trio.testing
 from gateway.config.sections import SourceSection
 from gateway.metrics import Metrics
 from gateway.source import Source, open_serial
-from tests.conftest import CHUNKY_CHILD
+from tests.support import CHUNKY_CHILD
 
 
 class Collector:

@@ -15,9 +15,9 @@ from typing import Any
 
 from gateway.records import rfc3339_ms
 from gateway.status.state import SCHEMA
-from tests.conftest import Subscriber, base_config, retained, wait_until
 from tests.faults.proxy import Proxy
 from tests.services import Tsdb
+from tests.support import Subscriber, base_config, retained, wait_until
 from tests.test_e2e import THRESHOLD_CHILD
 
 # Every field README "State on MQTT" documents, by path.

@@ -153,7 +153,7 @@ def test_the_page_is_served_with_the_state_in_it(tmp_path: Path) -> None:
     import importlib.util
     import urllib.request
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     spec = importlib.util.spec_from_file_location("screenshot", REPO / "ops" / "screenshot.py")
     assert spec is not None

@@ -20,8 +20,8 @@ from trio_util import AsyncValue
 
 from gateway.metrics import Metrics
 from gateway.systemd import notify, watchdog, watchdog_interval
-from tests.conftest import GatewayProcess, base_config, wait_until
 from tests.services import free_port
+from tests.support import GatewayProcess, base_config, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "ops" / "iiot-gateway.service"

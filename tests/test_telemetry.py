@@ -24,7 +24,7 @@ from gateway.telemetry import (
     format_value,
     parse_line,
 )
-from tests.conftest import DESIGN_EXAMPLE
+from tests.support import DESIGN_EXAMPLE
 
 RECEIVED_NS = 1795773905582000000
 EXAMPLE = DESIGN_EXAMPLE

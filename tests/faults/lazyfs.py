@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, wait_until
+from tests.support import REPO, wait_until
 
 SOURCE = REPO.parent / "shared" / "tools" / "lazyfs"
 # Built once per checkout and reused: the build script rebuilds only when the source

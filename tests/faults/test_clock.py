@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Subscriber, base_config, wait_until
+from tests.support import Subscriber, base_config, wait_until
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 PACKETS = 30
+OBSERVE_S = 2.0  # an observation window: no point may reach the database in it
 
 # Prints PACKETS lines once (a state file says it did), noting each line's true
 # time; then stays quiet like probe-rs attached to an idle board.
@@ -110,14 +111,14 @@ def test_points_of_a_wrong_clock_are_held_and_stamped_right_when_it_is(
         assert wait_until(
             lambda: "holding points until the clock is synchronised" in gw.log_text(), 30
         )
-        time.sleep(2)
+        time.sleep(OBSERVE_S)
         assert _points(tsdb, test_id) == {}, "points were written with a wrong clock"
         # Power cut: the daemon dies; it comes back in the same boot, clock still wrong.
         gw.proc.send_signal(signal.SIGKILL)
         gw.proc.wait(10)
         gw2 = gateway_factory(cfg, env)
         assert wait_until(lambda: "running:" in gw2.log_text(), 30), gw2.log_text()[-3000:]
-        time.sleep(2)
+        time.sleep(OBSERVE_S)
         assert _points(tsdb, test_id) == {}
         # NTP comes back with the uplink: the clock steps 2 h forward and is synchronised.
         offset.write_text("+0\n")

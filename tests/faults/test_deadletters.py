@@ -19,22 +19,26 @@ cut that loses that transaction only means the record is sent, and refused, agai
 
 from __future__ import annotations
 
-import gzip
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import base_config, wait_until
 from tests.faults import lazyfs
 from tests.faults.test_kill9 import TIMED, printed_between
 from tests.faults.test_powercut import gw_running, kill_all
 from tests.services import Broker, free_port
+from tests.support import (
+    HttpRequest,
+    HttpResponse,
+    StubHttp,
+    base_config,
+    json_response,
+    wait_until,
+)
 from tests.test_e2e import scrape
 
 # Each packet: a/n (accepted everywhere) and b/n (refused for good everywhere);
@@ -54,33 +58,11 @@ def fs(tmp_path: Path) -> Iterator[lazyfs.LazyFS]:
     mount.unmount()
 
 
-class RefusingInflux:
-    """A stub InfluxDB: 400 for any write that holds a ``node=b`` point, 204 otherwise."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                bad = b",node=b," in body
-                payload = b'{"code":"invalid","message":"refused"}' if bad else b""
-                self.send_response(400 if bad else 204)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def refuse_node_b(request: HttpRequest) -> HttpResponse:
+    """A stub InfluxDB's write: 400 for any write that holds a ``node=b`` point, 204 otherwise."""
+    if b",node=b," in request.content:
+        return json_response(400, {"code": "invalid", "message": "refused"})
+    return json_response(204, None)
 
 
 def waiting(port: int) -> dict[str, float]:
@@ -119,7 +101,7 @@ def test_refused_dead_letters_survive_kill9_and_a_power_cut_until_the_file_accep
     )
     # As root, mosquitto would drop to a user that cannot read tmp_path.
     broker = Broker(tmp_path, extra_conf=f"acl_file {tmp_path / 'acl'}\nuser root\n").start()
-    influx = RefusingInflux()
+    influx = StubHttp({"/api/v2/write": refuse_node_b})
     script = tmp_path / "two.py"
     script.write_text(TWO)
     assert TWO != TIMED

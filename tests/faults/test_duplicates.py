@@ -30,12 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
 from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy
 from tests.faults.slowlink import SlowLink
 from tests.faults.test_kill9 import committed_after_kill
 from tests.faults.test_powercut import flap, gw_running, kill_all
+from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 BACKLOG = 720  # messages, one per packet
 KILLS = 20 if os.environ.get("SOAK_KILLS") else 5  # per loop
@@ -113,7 +113,7 @@ def test_kill9_early_in_a_drain_repeats_at_most_one_window(
         assert sub.wait_for(lambda msgs: any(t.endswith("/a/n") for t, _ in msgs), 30), (
             gw.log_text()[-2000:]
         )
-        time.sleep(0.4)
+        time.sleep(0.4)  # kill timing: the kill lands 0.4 s into the drain
         kill_all(gw)
         at_kill = deliveries(sub)
         left = mqtt_records(buffer_dir)
@@ -230,7 +230,7 @@ def test_kills_at_field_rate_repeat_at_most_one_packet_each(
             gw = gateway_factory(cfg)
             assert wait_until(gw_running(gw), 30), gw.log_text()[-3000:]
             # Packets arrive and are delivered; the kill lands anywhere between them.
-            time.sleep(rng.uniform(2.0, 4.0))
+            time.sleep(rng.uniform(2.0, 4.0))  # kill timing
             assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
             totals.append(repeated(sub, test_id))
             kill_all(gw)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from gateway.records import packet_records
 from gateway.telemetry import parse_line
-from tests.conftest import REPO, Subscriber, base_config, wait_until
 from tests.services import free_port
+from tests.support import REPO, Subscriber, base_config, wait_until
 
 
 def _capture(path: Path, count: int) -> list[str]:
@@ -39,6 +39,10 @@ def _capture(path: Path, count: int) -> list[str]:
         assert parsed.packet is not None
         records += [r.split(" ", 1)[1] for r in packet_records(parsed.packet, "P", "1")]
     return records
+
+
+# A fault's duration: how long the request has been dripping when the signal comes.
+DRIPPING_S = 3.0
 
 
 class HealthProbe:
@@ -189,7 +193,7 @@ def test_sigterm_ends_the_daemon_while_the_database_drips(
         cfg["influxdb"]["timeout"] = 30.0
         gw = gateway_factory(cfg)
         assert wait_until(lambda: slow.accepted >= 1, 30), gw.log_text()[-2000:]
-        time.sleep(3)  # the request is now well inside its dripping response
+        time.sleep(DRIPPING_S)  # the request is now well inside its dripping response
         start = time.monotonic()
         code = gw.terminate(timeout=40)
         took = time.monotonic() - start
@@ -200,9 +204,9 @@ def test_sigterm_ends_the_daemon_while_the_database_drips(
 
         gw2 = gateway_factory(cfg)
         assert wait_until(lambda: slow.accepted >= 2, 30), gw2.log_text()[-2000:]
-        time.sleep(3)
+        time.sleep(DRIPPING_S)
         gw2.proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        time.sleep(0.3)  # kill timing: the second signal while the first is being handled
         gw2.proc.send_signal(signal.SIGINT)
         code2 = gw2.proc.wait(timeout=40)
         log2 = gw2.log_text()

@@ -6,8 +6,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import base_config, wait_until
 from tests.services import free_port
+from tests.support import base_config, wait_until
 
 LINES = 100_000
 

@@ -1,8 +1,8 @@
 """kill -9 at random moments (buffering, mid-batch, mid-replay), then restart.
 
 Every record committed before a kill is delivered afterwards, SQLite's
-integrity_check is "ok" after every kill, and no restart fails. `make soak`
-runs many more iterations (SOAK_KILLS).
+integrity_check is "ok" after every kill, and no restart fails. The loop runs
+SHORT_KILLS times in `make test`; its ``soak`` variant (`make soak`) SOAK_KILLS times.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.buffer import STORE_FILE, BufferStore, Record
 from gateway.records import split_record
 from gateway.sinks.mqtt import WINDOW
-from tests.conftest import Subscriber, base_config, wait_until
 from tests.faults.common import NUMBERED, duplicates, numbers
 from tests.faults.proxy import Proxy
+from tests.support import Subscriber, base_config, wait_until
 
-KILLS = int(os.environ.get("SOAK_KILLS", "30"))
+SHORT_KILLS = 12
+SOAK_KILLS = int(os.environ.get("SOAK_KILLS", "300"))
 
 
 def on_disk(store: BufferStore, name: str) -> list[Record]:
@@ -49,8 +52,15 @@ def committed_after_kill(buffer_dir: Path) -> tuple[set[int], set[int], list[str
     return waiting["mqtt"], waiting["influx"], checks
 
 
+@pytest.mark.parametrize(
+    "kills",
+    [
+        pytest.param(SHORT_KILLS, id="short"),
+        pytest.param(SOAK_KILLS, id="soak", marks=pytest.mark.soak),
+    ],
+)
 def test_kill9_loop_loses_nothing_committed(
-    tmp_path: Path, broker, tsdb, test_id, gateway_factory, record_property
+    tmp_path: Path, broker, tsdb, test_id, gateway_factory, record_property, kills: int
 ) -> None:
     rng = random.Random(1234)
     proxy = Proxy(broker.port).start()
@@ -70,12 +80,12 @@ def test_kill9_loop_loses_nothing_committed(
     committed_mqtt: set[int] = set()
     committed_influx: set[int] = set()
     try:
-        for i in range(KILLS):
+        for i in range(kills):
             # A third of the runs with the broker unreachable: kills while buffering
             # and, on the next healthy run, mid-replay.
             proxy.set_mode("refuse" if rng.random() < 0.33 else "heal")
             gw = gateway_factory(cfg)
-            time.sleep(rng.uniform(0.8, 2.5))
+            time.sleep(rng.uniform(0.8, 2.5))  # kill timing: anywhere in a run
             assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
             os.kill(gw.proc.pid, signal.SIGKILL)
             gw.proc.wait()
@@ -84,7 +94,8 @@ def test_kill9_loop_loses_nothing_committed(
             assert checks == ["ok"], (i, checks)
             committed_mqtt |= mqtt_waiting
             committed_influx |= influx_waiting
-            # The orphaned child dies on its next write to the dead pipe.
+            # The orphaned child dies on its next write to the dead pipe (it writes
+            # every 20 ms): a grace before the next run, not a wait for an event.
             time.sleep(0.1)
 
         # Heal and let a last run drain everything.
@@ -116,18 +127,18 @@ def test_kill9_loop_loses_nothing_committed(
     # What never reached a buffer died with a process (in a pipe), never after a commit.
     lost_uncommitted = len(printed - got)
     figures = {
-        "kills": KILLS,
+        "kills": kills,
         "printed": len(printed),
         "delivered": len(got),
         "committed_checked": len(committed_mqtt),
         "mqtt_duplicates": duplicates(seq),
-        "duplicates_per_kill": round(duplicates(seq) / KILLS, 1),
+        "duplicates_per_kill": round(duplicates(seq) / kills, 1),
         "uncommitted_lost": lost_uncommitted,
     }
     record_property("figures", figures)
     print("kill -9 figures:", figures)
     assert committed_mqtt <= got
-    assert duplicates(seq) <= KILLS * WINDOW
+    assert duplicates(seq) <= kills * WINDOW
 
 
 # -- write-behind: [gateway] write_delay = 2 ------------------------------------------
@@ -207,7 +218,7 @@ def test_kill9_with_write_delay_and_links_down_keeps_every_record_older_than_it(
             time.sleep(rng.uniform(1.5, 3.0))  # delivering: records acked from memory
             mqtt_proxy.set_mode("refuse")
             tsdb_proxy.set_mode("refuse")
-            time.sleep(rng.uniform(0.5, 3.0))
+            time.sleep(rng.uniform(0.5, 3.0))  # kill timing: buffering, links refused
             assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
             killed_at = time.time()
             os.kill(gw.proc.pid, signal.SIGKILL)
@@ -221,7 +232,7 @@ def test_kill9_with_write_delay_and_links_down_keeps_every_record_older_than_it(
             missing_influx = old - influx_waiting - delivered_influx(tsdb, test_id)
             assert not missing_mqtt, (i, sorted(missing_mqtt)[:20])
             assert not missing_influx, (i, sorted(missing_influx)[:20])
-            time.sleep(0.1)
+            time.sleep(0.1)  # the orphaned child's grace, as in the loop above
         mqtt_proxy.set_mode("heal")
         tsdb_proxy.set_mode("heal")
         gw = gateway_factory(cfg)
@@ -246,7 +257,7 @@ def test_kill9_with_write_delay_and_links_up_delivers_nothing_twice_beyond_the_w
         for i in range(WRITE_BEHIND_KILLS):
             started_at = time.time()
             gw = gateway_factory(cfg)
-            time.sleep(rng.uniform(1.5, 4.0))
+            time.sleep(rng.uniform(1.5, 4.0))  # kill timing: anywhere while delivering
             assert gw.alive(), f"run {i} exited by itself:\n{gw.log_text()[-2000:]}"
             killed_at = time.time()
             os.kill(gw.proc.pid, signal.SIGKILL)
@@ -258,7 +269,7 @@ def test_kill9_with_write_delay_and_links_up_delivers_nothing_twice_beyond_the_w
             kept |= old
             missing = old - mqtt_waiting - set(delivered_mqtt(sub))
             assert not missing, (i, sorted(missing)[:20])
-            time.sleep(0.1)
+            time.sleep(0.1)  # the orphaned child's grace, as in the loop above
         gw = gateway_factory(cfg)
         assert wait_until(lambda: kept <= set(delivered_mqtt(sub)), 120), gw.log_text()[-3000:]
         assert wait_until(lambda: "running:" in gw.log_text(), 30)  # SIGTERM handled from here

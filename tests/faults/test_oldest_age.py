@@ -16,10 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO, base_config, wait_until
 from tests.faults.common import NUMBERED
 from tests.faults.proxy import Proxy
 from tests.services import free_port
+from tests.support import REPO, base_config, wait_until
 from tests.test_e2e import scrape
 
 OUTAGE_S = 30.0

@@ -1,33 +1,62 @@
 """Outages while packets flow: broker flaps, a database down for 30 s, a black hole.
 
 Nothing committed is lost, duplicates stay within the in-flight window, new
-records never overtake old ones, and the backlog drains after each heal.
+records never overtake old ones, and the backlog drains after each heal. The
+``soak`` variant (`make soak`) has the full durations; `make test` runs a short one.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from gateway.sinks.mqtt import WINDOW
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.proxy import Proxy
 from tests.services import Tsdb
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 RATE = 20.0  # packets per second
+FLAP_S = 2.0  # the broker down, then up, for this long each time
 
 
+@dataclass(frozen=True)
+class Outages:
+    """How long each fault lasts, and how many packets are printed meanwhile."""
+
+    flaps: int  # broker deaths, FLAP_S down and FLAP_S up each
+    db_down_s: float  # the database refusing connections
+    blackhole_s: float  # both links a black hole (longer than keepalive x 1.5)
+    total: int  # packets, at RATE
+
+
+SHORT = Outages(flaps=3, db_down_s=10.0, blackhole_s=10.0, total=700)
+SOAK = Outages(flaps=10, db_down_s=30.0, blackhole_s=20.0, total=1600)  # 80 s of packets
+
+
+@pytest.mark.parametrize(
+    "outages",
+    [pytest.param(SHORT, id="short"), pytest.param(SOAK, id="soak", marks=pytest.mark.soak)],
+)
 def test_flapping_broker_database_outage_and_black_hole(
-    tmp_path: Path, broker, test_id, gateway_factory, tmp_path_factory, record_property
+    tmp_path: Path,
+    broker,
+    test_id,
+    gateway_factory,
+    tmp_path_factory,
+    record_property,
+    outages: Outages,
 ) -> None:
     db = Tsdb(tmp_path_factory.mktemp("outage-db")).start()
     mqtt_proxy = Proxy(broker.port).start()
     db_proxy = Proxy(db.port).start()
     script = tmp_path / "numbered.py"
     script.write_text(NUMBERED)
-    total = 1600  # 80 s of packets at 20/s
+    total = outages.total
     cfg = base_config(
         tmp_path,
         test_id,
@@ -52,31 +81,31 @@ def test_flapping_broker_database_outage_and_black_hole(
     try:
         assert sub.wait_for(lambda m: len(m) > 20, 30), gw.log_text()
 
-        # 1. The broker "dies" ten times within a minute: every connection reset,
-        #    new ones refused, for two seconds at a time.
-        for _ in range(10):
+        # 1. The broker "dies" again and again (ten times within a minute in the
+        #    soak): every connection reset, new ones refused, FLAP_S at a time.
+        for _ in range(outages.flaps):
             mqtt_proxy.set_mode("refuse")
-            time.sleep(2.0)
+            time.sleep(FLAP_S)  # fault duration: down ...
             mqtt_proxy.set_mode("heal")
-            time.sleep(2.0)
+            time.sleep(FLAP_S)  # ... and up again
         healed = time.monotonic()
         sent_so_far = int((tmp_path / "state").read_text())
         assert sub.wait_for(lambda m: set(range(1, sent_so_far + 1)) <= set(delivered()), 60)
         drains["mqtt_after_flaps_s"] = time.monotonic() - healed
 
-        # 2. The database is down for 30 s.
+        # 2. The database is down (30 s in the soak).
         db_proxy.set_mode("refuse")
-        time.sleep(30)
+        time.sleep(outages.db_down_s)  # fault duration
         db_proxy.set_mode("heal")
         healed = time.monotonic()
         sent_so_far = int((tmp_path / "state").read_text())
         assert wait_until(lambda: set(range(1, sent_so_far + 1)) <= set(points()), 60)
         drains["influx_after_30s_down_s"] = time.monotonic() - healed
 
-        # 3. Both links become black holes for 20 s (a hung broker and database).
+        # 3. Both links become black holes (20 s in the soak: a hung broker and database).
         mqtt_proxy.set_mode("blackhole")
         db_proxy.set_mode("blackhole")
-        time.sleep(20)
+        time.sleep(outages.blackhole_s)  # fault duration
         mqtt_proxy.set_mode("heal")
         db_proxy.set_mode("heal")
         healed = time.monotonic()
@@ -101,7 +130,7 @@ def test_flapping_broker_database_outage_and_black_hole(
     db_seq = points()
     assert set(mqtt_seq) == set(range(1, total + 1))
     assert set(db_seq) == set(range(1, total + 1))
-    assert duplicates(mqtt_seq) <= 12 * WINDOW  # at most one window per fault
+    assert duplicates(mqtt_seq) <= (outages.flaps + 2) * WINDOW  # at most one window per fault
     assert fifo_violations(mqtt_seq) == 0
     assert retained(broker.port, f"{test_id}/a/n") == {f"{test_id}/a/n": str(total)}
     stats = buffer_stats(tmp_path / "buffer")

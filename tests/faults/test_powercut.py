@@ -40,11 +40,11 @@ from typing import Any
 import pytest
 
 from gateway.buffer import STORE_FILE
-from tests.conftest import Subscriber, base_config, buffer_stats, wait_until
 from tests.faults import lazyfs
 from tests.faults.common import duplicates
 from tests.faults.proxy import Proxy
 from tests.faults.test_kill9 import TIMED, delivered_influx, delivered_mqtt, printed_between
+from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 CUTS = int(os.environ.get("POWERCUT_CUTS", "0"))  # 0: the short cases of `make test`
 REPORT = os.environ.get("POWERCUT_REPORT", "")

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import Subscriber, base_config, buffer_stats, retained, wait_until
 from tests.faults.common import NUMBERED, duplicates, fifo_violations, numbers
 from tests.faults.slowlink import SlowLink
+from tests.support import Subscriber, base_config, buffer_stats, retained, wait_until
 
 TOTAL = 5000  # packets, one message each
 WINDOW = 64  # messages in flight: ~1,300 msg/s over 50 ms, a drain of a few seconds
@@ -72,10 +72,10 @@ def test_link_drop_and_sigterm_with_a_full_window_in_flight(
             )
             if share == 2:
                 link.set_mode("blackhole")
-                time.sleep(0.5)
+                time.sleep(0.5)  # fault duration: the window sent, nothing back
             drops.append(len(delivered()))
             link.set_mode("refuse")
-            time.sleep(0.5)  # a short outage: the gateway retries meanwhile
+            time.sleep(0.5)  # fault duration: a short outage, the gateway retries meanwhile
             link.set_mode("heal")
 
         # Three quarters of the way in: SIGTERM, with a window in flight.

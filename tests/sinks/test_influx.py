@@ -5,13 +5,10 @@ letters, splitting, retries, and batch timing under a virtual clock."""
 
 from __future__ import annotations
 
-import json
 import math
 import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,7 +32,7 @@ from gateway.records import (
 )
 from gateway.sinks.influx import DEAD_LETTER_FILE, InfluxSink, InfluxWriter, classify
 from gateway.telemetry import parse_line
-from tests.conftest import DESIGN_EXAMPLE
+from tests.support import DESIGN_EXAMPLE, HttpRequest, HttpResponse, StubHttp, json_response
 
 RECEIVED_NS = 1795773905582000000
 EXAMPLE = DESIGN_EXAMPLE
@@ -94,23 +91,28 @@ def test_static_tags_are_sorted_and_escaped() -> None:
 
 @dataclass
 class Request:
-    path: str
+    path: str  # with the query
     lines: list[str]
     status: int
 
 
-@dataclass
 class FakeInflux:
-    """An HTTP server on a free port; ``respond(lines)`` picks each answer."""
+    """InfluxDB's write endpoint on a :class:`StubHttp`; ``respond(lines)`` picks each answer."""
 
-    respond: Callable[[list[str]], tuple[int, dict[str, str]]]
-    log: list[Request] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
+    def __init__(self) -> None:
+        self.respond: Callable[[list[str]], tuple[int, dict[str, str]]] = lambda lines: (204, {})
+        self.http = StubHttp({"/api/v2/write": self._write})
+        self.url = self.http.url
+
+    def _write(self, request: HttpRequest) -> HttpResponse:
+        status, headers = self.respond(request.lines)
+        return json_response(
+            status, None if status == 204 else {"code": "x", "message": "m"}, headers
+        )
 
     @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def log(self) -> list[Request]:
+        return [Request(r.target, r.lines, status) for r, status in self.http.log]
 
     def accepted(self) -> list[str]:
         return [line for r in self.log if 200 <= r.status < 300 for line in r.lines]
@@ -118,33 +120,9 @@ class FakeInflux:
 
 @pytest.fixture
 def influx() -> Iterator[FakeInflux]:
-    fake = FakeInflux(respond=lambda lines: (204, {}))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            lines = [line for line in body.decode().split("\n") if line]
-            status, headers = fake.respond(lines)
-            fake.log.append(Request(self.path, lines, status))
-            payload = b"" if status == 204 else json.dumps({"code": "x", "message": "m"}).encode()
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    fake.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=fake.server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
+    fake = FakeInflux()
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-    thread.join()
+    fake.http.close()
 
 
 def section(url: str, **kwargs: object) -> InfluxSection:
@@ -530,11 +508,22 @@ class FakeClock:
         return out, truth
 
 
-async def run_until(predicate: Callable[[], bool], limit: float = 20) -> None:
-    """Poll plain attributes of the sink (they have no event to wait on)."""
+WAIT_LIMIT_S = 20.0
+# Nothing may be written in this window while the sink holds its points.
+HOLD_OBSERVE_S = 0.3
+
+
+async def until_holding(sink: InfluxSink, limit: float = WAIT_LIMIT_S) -> None:
+    """Poll ``sink.holding``: a plain attribute, with no event to wait on (yet)."""
     with trio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110
+        while not sink.holding:  # noqa: ASYNC110
             await trio.sleep(0.02)
+
+
+async def until_drained(buffer: DiskBuffer, limit: float = WAIT_LIMIT_S) -> None:
+    """Wait until every record of ``buffer`` is acknowledged (its count is an AsyncValue)."""
+    with trio.fail_after(limit):
+        await buffer.count.wait_value(0)
 
 
 async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
@@ -554,14 +543,14 @@ async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.run)
         await buffer.append(records)
-        await run_until(lambda: sink.holding)
-        await trio.sleep(0.3)
+        await until_holding(sink)
+        await trio.sleep(HOLD_OBSERVE_S)
         assert influx.log == []  # nothing written with a wrong time
         assert metrics.influx.holding
         # NTP: the clock steps to the right time and is synchronised.
         clock.right = True
         clock.tracker.refresh()
-        await run_until(lambda: buffer.count.value == 0)
+        await until_drained(buffer)
         sink.stop()
     buffer.store.close()
     assert [int(line.rsplit(" ", 1)[1]) for line in influx.accepted()] == truth
@@ -592,7 +581,7 @@ async def test_points_of_an_earlier_boot_use_its_offset_or_are_tagged_unsynced(
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.run)
         await buffer.append(known + never)
-        await run_until(lambda: buffer.count.value == 0)
+        await until_drained(buffer)
         sink.stop()
     buffer.store.close()
     accepted = influx.accepted()
@@ -620,9 +609,9 @@ async def test_held_points_are_released_unsynced_before_the_bound_would_drop_the
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.run)
         await buffer.append(records[:5])
-        await run_until(lambda: sink.holding)
+        await until_holding(sink)
         await buffer.append(records[5:])  # 9 of 10: the release share
-        await run_until(lambda: buffer.count.value == 0)
+        await until_drained(buffer)
         sink.stop()
     buffer.store.close()
     assert len(influx.accepted()) == 9

@@ -30,7 +30,7 @@ from gateway.metrics import Metrics
 from gateway.sinks import mqtt as mqtt_sink
 from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.mqtt.wire import Wire
-from tests.conftest import Subscriber
+from tests.support import Subscriber
 
 
 def sink_config(port: int, test_id: str, **overrides: Any) -> MqttSection:

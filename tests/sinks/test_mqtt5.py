@@ -27,9 +27,9 @@ from gateway.config.sections import MqttSection
 from gateway.deadletter import DeadLetterFile, DeadLetterMover
 from gateway.metrics import Metrics
 from gateway.sinks.mqtt import MqttSink
-from tests.conftest import Subscriber
 from tests.services import Broker
 from tests.sinks.test_mqtt import CONNECT, PubackGate, _varint, protocol_level, take_packets
+from tests.support import Subscriber
 
 _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 # What a broker says to a protocol level it does not speak: a 3.1.1 broker

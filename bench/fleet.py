@@ -44,8 +44,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.harness import StockBroker
 from tests.faults.proxy import Proxy
-from tests.services import Broker, Tsdb, free_port, stop_process, wait_listening
+from tests.services import Tsdb, free_port, stop_process
 from tests.support import base_config, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,20 +71,6 @@ while True:
     next_at += interval
     time.sleep(max(0.0, next_at - time.monotonic()))
 """
-
-
-@dataclass
-class StockBroker(Broker):
-    """Mosquitto as a distribution installs it: a listener and anonymous access only."""
-
-    def start(self) -> StockBroker:
-        """Start (or restart) the broker on its port and wait until it listens."""
-        conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
-        wait_listening(self.port)
-        return self
 
 
 @dataclass

@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 
 PacketObserver = Callable[[Packet], None]
 MAX_NAMES_LOGGED = 8  # rejected names quoted in one log line
+# Every measurement of the self-stats points (Pipeline.stats_values), field ``value``.
+STATS_MEASUREMENTS = (
+    "mqtt_backlog",
+    "influx_backlog",
+    "mqtt_dropped",
+    "influx_dropped",
+    "packets",
+    *(
+        f"{sink}_{figure}"
+        for sink in ("mqtt", "influx")
+        for figure in ("oldest_age", "coverage_hours", "dead_letters_waiting")
+    ),
+    "clock_synchronized",
+    "alerts_active",
+)
 
 
 class Pipeline:
@@ -78,6 +93,9 @@ class Pipeline:
         self.sequence = SequenceTracker()
         self._prefix = cfg.mqtt.topic_prefix
         self._tags = tag_suffix(cfg.influxdb.tags)
+        # Self-stats also name the box (gateway=<gateway.id>) for the fleet dashboard;
+        # a static tag of that name, if configured, wins.
+        self._stats_tags = tag_suffix({"gateway": cfg.gateway.id, **cfg.influxdb.tags})
         self._rejects = RateLimitedLog(log, interval=10.0)
         self.publish_backlogs()
 
@@ -213,21 +231,41 @@ class Pipeline:
         for buf in (self.mqtt_buffer, self.influx_buffer):
             self.metrics.sink(buf.name).set_backlog(buf.count.value)
 
+    def stats_values(self) -> dict[str, float]:
+        """The self-stats figures now: measurement name → value (see :meth:`report_stats`).
+
+        Per sink (``mqtt_``/``influx_``): backlog, drops, the oldest waiting
+        record's age (s), outage coverage (h, left out while there is no rate)
+        and dead letters waiting in the store; then packets, the clock
+        (1 = known right) and the alerts firing.
+        """
+        m = self.metrics
+        values = {
+            "mqtt_backlog": float(self.mqtt_buffer.count.value),
+            "influx_backlog": float(self.influx_buffer.count.value),
+            "mqtt_dropped": float(m.mqtt.dropped),
+            "influx_dropped": float(m.influx.dropped),
+            "packets": float(m.packets),
+        }
+        for sink in m.sinks:
+            values[f"{sink.name}_oldest_age"] = float(sink.oldest_age)
+            if sink.coverage_hours is not None:
+                values[f"{sink.name}_coverage_hours"] = float(sink.coverage_hours)
+            values[f"{sink.name}_dead_letters_waiting"] = float(sink.dead_letters_waiting)
+        values["clock_synchronized"] = 1.0 if self.clock.synchronised.value else 0.0
+        values["alerts_active"] = float(len(self.alerts.active()) if self.alerts else 0)
+        return values
+
     async def report_stats(self) -> None:
-        """Write the gateway's own backlog and drops to InfluxDB, every ``stats_interval``.
+        """Write the gateway's own figures to InfluxDB, every ``stats_interval``.
 
         They go through the InfluxDB buffer like readings, so an outage's
         backlog curve arrives with the replay, at the times it was measured.
+        Tags: ``node=gateway``, ``gateway=<gateway.id>`` and the static tags.
         """
-        m = self.metrics
         while True:
             await trio.sleep(self.cfg.gateway.stats_interval)
-            values = {
-                "mqtt_backlog": float(self.mqtt_buffer.count.value),
-                "influx_backlog": float(self.influx_buffer.count.value),
-                "mqtt_dropped": float(m.mqtt.dropped),
-                "influx_dropped": float(m.influx.dropped),
-                "packets": float(m.packets),
-            }
-            points = gateway_points(values, self._tags, stamp_text(self.clock.stamp()))
+            points = gateway_points(
+                self.stats_values(), self._stats_tags, stamp_text(self.clock.stamp())
+            )
             await self.commit({self.influx_buffer: points})

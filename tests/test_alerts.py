@@ -34,7 +34,7 @@ from gateway.clock import ClockTracker
 from gateway.config import parse_config
 from gateway.config.sections import AlertRule, AlertsSection
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import STATS_MEASUREMENTS, Pipeline
 from gateway.records import packet_points, packet_records, split_point, split_record
 from gateway.status.app import alerts_document, page_html
 from gateway.telemetry import Packet
@@ -444,6 +444,68 @@ async def test_values_the_plausibility_filter_drops_never_trigger_a_rule(tmp_pat
     store.close()
     store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100})
     assert set(store.alert_state()) == {"active:hot"}
+    store.close()
+
+
+# -- the gateway's self-stats ------------------------------------------------------------
+
+
+async def test_self_stats_carry_each_sinks_age_coverage_dead_letters_clock_and_alerts(
+    tmp_path: Path,
+) -> None:
+    """What the fleet dashboard draws: one point per figure, tagged with the gateway's id."""
+    cfg = parse_config(
+        {
+            "gateway": {
+                "id": "site-07",
+                "buffer_dir": str(tmp_path),
+                "clock_sync": "none",
+                "stats_interval": 0.1,
+            },
+            "influxdb": {"tags": {"site": "north"}},
+            "alerts": {
+                "stale_after": 0,
+                "rule": [{"name": "hot", "metric": "node1/temperature", "above": 35}],
+            },
+        },
+        environ={},
+    )
+    store = await BufferStore.open(tmp_path, {"mqtt": 100, "influx": 100}, ack_delay=0)
+    metrics = Metrics()
+    clock = ClockTracker("none", "")
+    pipeline = Pipeline(cfg, store, metrics, clock, alerts=Alerts(cfg.alerts))
+    await pipeline.ingest([b'{"v":1,"node1":{"temperature":36.5}}'])  # fires "hot"
+    metrics.mqtt.oldest_age = 12.5
+    metrics.mqtt.coverage_hours = 30.0
+    metrics.influx.coverage_hours = None  # no rate yet: the field is left out
+    metrics.influx.dead_letters_waiting = 2
+    clock.synchronised.value = True
+    before = len(on_disk(store, "influx"))
+    with trio.move_on_after(0.35):  # stats_interval 0.1: a few rounds
+        await pipeline.report_stats()
+    points = [split_point(r.value)[1] for r in on_disk(store, "influx")[before:]]
+    values = {}
+    for point in points:
+        series, value = point.split(" ")
+        name, tags = series.split(",", 1)
+        # The contract: node=gateway, then gateway=<gateway.id> and the static tags.
+        assert tags == "node=gateway,gateway=site-07,site=north", point
+        values.setdefault(name, float(value.removeprefix("value=")))  # the first round
+    assert values == {
+        "mqtt_backlog": 2.0,  # the reading and the alert's event
+        "influx_backlog": float(before),
+        "mqtt_dropped": 0.0,
+        "influx_dropped": 0.0,
+        "packets": 1.0,
+        "mqtt_oldest_age": 12.5,
+        "influx_oldest_age": 0.0,
+        "mqtt_coverage_hours": 30.0,
+        "mqtt_dead_letters_waiting": 0.0,
+        "influx_dead_letters_waiting": 2.0,
+        "clock_synchronized": 1.0,
+        "alerts_active": 1.0,
+    }
+    assert {*values, "influx_coverage_hours"} == set(STATS_MEASUREMENTS)
     store.close()
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.config import load_config
+from gateway.pipeline import STATS_MEASUREMENTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,6 +170,50 @@ def test_grafana_provisioning_parses_and_covers_every_metric() -> None:
     text = json.dumps(dashboard)
     for metric in ("temperature", "humidity", "gas_resistance", "pressure", "rssi", "snr"):
         assert metric in text, metric
+
+
+def flux_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every Flux query of a dashboard: its panels' targets and its template variables'."""
+    queries = [t["query"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return queries + [v["query"] for v in dashboard["templating"]["list"]]
+
+
+def test_grafana_fleet_dashboard_draws_a_row_per_gateway_from_the_self_stats() -> None:
+    provider = yaml.safe_load((REPO / "ops/grafana/provisioning/dashboards/iiot.yaml").read_text())
+    mounts = compose()["services"]["grafana"]["volumes"]
+    # The provider loads every JSON file of the directory compose mounts: no entry per dashboard.
+    assert f"./ops/grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
+    dashboards = {
+        p.name: json.loads(p.read_text()) for p in (REPO / "ops/grafana/dashboards").glob("*.json")
+    }
+    assert {"iiot-telemetry.json", "iiot-fleet.json"} <= set(dashboards)
+    assert len({d["uid"] for d in dashboards.values()}) == len(dashboards)
+    fleet = dashboards["iiot-fleet.json"]
+    (variable,) = fleet["templating"]["list"]
+    assert variable["name"] == "gateway"
+    assert 'tag: "gateway"' in variable["query"]
+    rows = [p for p in fleet["panels"] if p["type"] == "row"]
+    assert [r.get("repeat") for r in rows] == ["gateway"]
+    measurements: set[str] = set()
+    for query in flux_queries(fleet):
+        assert query.count('bucket: "telemetry"') == 1, query
+        assert 'r.node == "gateway"' in query, query
+        measurements |= set(re.findall(r'r\._measurement == "(\w+)"', query))
+    for panel in fleet["panels"][1:]:
+        assert panel["datasource"]["uid"] == "iiot-influxdb"
+        assert all('r.gateway == "${gateway}"' in t["query"] for t in panel["targets"])
+    # What it draws is what the gateway writes, and every figure the gateway writes is drawn.
+    assert measurements <= set(STATS_MEASUREMENTS)
+    assert set(STATS_MEASUREMENTS) - measurements == {
+        "mqtt_dropped",
+        "influx_dropped",
+        "packets",
+    }
+    # The telemetry dashboard's gateway panel keeps to the figures it names.
+    telemetry = flux_queries(dashboards["iiot-telemetry.json"])
+    gateway_panel = [q for q in telemetry if 'r.node == "gateway"' in q]
+    assert len(gateway_panel) == 1
+    assert "oldest_age" not in gateway_panel[0]
 
 
 def heading_anchors(markdown: str) -> set[str]:

@@ -238,6 +238,18 @@ def test_gateway_writes_its_own_backlog_points(
         assert gw.terminate() == 0
     packets = [v for name, node, _, v, _ in tsdb.points(testid=test_id) if name == "packets"]
     assert max(packets) == 1.0
+    # The fleet dashboard's figures, each series tagged with the gateway's id.
+    series = tsdb.export(testid=test_id, node="gateway")
+    names = {str(s["metric"]["__name__"]).removesuffix("_value") for s in series}  # type: ignore[index]
+    assert {
+        "mqtt_oldest_age",
+        "influx_oldest_age",
+        "mqtt_dead_letters_waiting",
+        "influx_dead_letters_waiting",
+        "clock_synchronized",
+        "alerts_active",
+    } <= names, names
+    assert {s["metric"]["gateway"] for s in series} == {test_id}  # type: ignore[index]
 
 
 def test_json_payload_carries_value_unit_and_the_readings_time(

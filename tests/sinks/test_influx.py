@@ -299,13 +299,16 @@ async def run_sink_until_drained(
     assert buffer.dead is not None
     mover = DeadLetterMover(buffer.dead, dead, metrics.influx)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sink.run)
-            await nursery.start(mover.run)
-            await buffer.count.wait_value(0)
-            await buffer.dead.count.wait_value(0)
-            sink.stop()
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as movers:
+            await movers.start(mover.run)
+            async with trio.open_nursery() as sinks:
+                await sinks.start(sink.run)
+                await buffer.count.wait_value(0)
+                await buffer.dead.count.wait_value(0)
+                # The count reaches 0 inside the last ack: let the sink finish
+                # that ack (and count it) and return by itself, not cancelled.
+                sink.stop()
+            movers.cancel_scope.cancel()
     return sink
 
 

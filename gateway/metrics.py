@@ -69,6 +69,8 @@ class SinkMetrics:
     """One sink's figures; ``name`` is "mqtt" or "influx" (the ``sink`` label)."""
 
     name: str
+    # connected, holding, window and protocol: the sink writes each in one place
+    # (its own state is read from the same place or set beside it, one setter).
     connected: bool = False
     # Records waiting in the buffer that the sink may deliver now.
     backlog: int = 0
@@ -103,7 +105,7 @@ class SinkMetrics:
     # MQTT: messages in flight at most on this connection (mqtt.max_inflight,
     # under MQTT 5 capped by the broker's Receive Maximum).
     window: int = 0
-    protocol: str = ""  # MQTT: "5" or "3.1.1", as spoken on the last connection
+    protocol: str = ""  # MQTT: "5" or "3.1.1", as spoken (or tried) now
     # The configured servers (mqtt.servers as host:port, influxdb.urls) and the
     # one in use or being tried; the sink owns the choice, these mirror it.
     servers: tuple[str, ...] = ()

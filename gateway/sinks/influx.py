@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 
 import trio
-from trio_util import wait_any
+from trio_util import AsyncValue, wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer, Record
@@ -74,7 +74,11 @@ class InfluxSink:
         self.dead_letters = dead_letters
         self.dead_letter_path = dead_letters.path
         self.resolver = resolver
-        self.holding = False  # points wait for the clock to be right
+        # The owners of what the status page, the metrics and tests read (and
+        # tests wait on): the points wait for the clock to be right; the last
+        # request succeeded (None until the first). Written only by _set_*.
+        self.holding_value: AsyncValue[bool] = AsyncValue(False)
+        self.healthy_value: AsyncValue[bool | None] = AsyncValue(None)
         urls = cfg.endpoints
         if writers is None:
             writers = [writer] * len(urls) if writer else [InfluxWriter(cfg, url) for url in urls]
@@ -83,7 +87,6 @@ class InfluxSink:
         self.servers = Rotation(urls, lambda: Backoff(cfg.backoff_initial, cfg.backoff_max))
         self.figures.servers = urls
         self.figures.server = self.server
-        self.healthy: bool | None = None  # None until the first request
         self.last_error = ""
         self.last_delivery: float | None = None
         self._stop = trio.Event()
@@ -97,6 +100,27 @@ class InfluxSink:
     def server(self) -> str:
         """The URL written to now (or next)."""
         return self.servers.active
+
+    @property
+    def healthy(self) -> bool | None:
+        """The last request succeeded; None until the first (the status page's verdict)."""
+        healthy: bool | None = self.healthy_value.value  # trio_util is untyped
+        return healthy
+
+    @property
+    def holding(self) -> bool:
+        """The points wait for the clock to be right (not stuck)."""
+        return bool(self.holding_value.value)
+
+    def _set_healthy(self, value: bool) -> None:
+        self.healthy_value.value = value
+        self.figures.connected = value
+        # Write-behind: records wait in memory only while they can be acked soon.
+        self.buffer.set_delivering(value)
+
+    def _set_holding(self, value: bool) -> None:
+        self.holding_value.value = value
+        self.figures.holding = value
 
     @property
     def writer(self) -> InfluxWriter:
@@ -148,9 +172,7 @@ class InfluxSink:
             await count.wait_value(lambda n: n >= batch_size)
 
     async def _failed(self, exc: InfluxWriteError) -> None:
-        self.healthy = False
-        self.figures.connected = False
-        self.buffer.set_delivering(False)  # write-behind: write what waits in memory
+        self._set_healthy(False)  # write-behind: write what waits in memory
         self.last_error = scrub(str(exc), (self.cfg.token,))
         failed = self.server
         # Another URL may well take what this one could not answer (a network
@@ -195,9 +217,7 @@ class InfluxSink:
         await self._write(points)
         if self.healthy is False:  # None: the first request since start-up
             log.info("influxdb: writes to %s succeed again", self.server)
-        self.healthy = True
-        self.figures.connected = True
-        self.buffer.set_delivering(True)
+        self._set_healthy(True)
         self.servers.up()
         self.last_error = ""
         self.last_delivery = trio.current_time()
@@ -241,8 +261,7 @@ class InfluxSink:
         assert self.resolver is not None
         clock = self.resolver.clock
         if not self.holding:
-            self.holding = True
-            self.figures.holding = True
+            self._set_holding(True)
             self.buffer.set_delivering(False)  # held points are written, not kept in memory
             log.warning(
                 "influxdb: holding points until the clock is synchronised (%s); "
@@ -269,8 +288,7 @@ class InfluxSink:
 
     def _end_hold(self) -> None:
         if self.holding:
-            self.holding = False
-            self.figures.holding = False
+            self._set_holding(False)
             # The held backlog starts waiting now: it was not stuck before.
             self.figures.set_backlog(0)
             self.figures.set_backlog(self.buffer.count.value)

@@ -516,13 +516,6 @@ WAIT_LIMIT_S = 20.0
 HOLD_OBSERVE_S = 0.3
 
 
-async def until_holding(sink: InfluxSink, limit: float = WAIT_LIMIT_S) -> None:
-    """Poll ``sink.holding``: a plain attribute, with no event to wait on (yet)."""
-    with trio.fail_after(limit):
-        while not sink.holding:  # noqa: ASYNC110
-            await trio.sleep(0.02)
-
-
 async def until_drained(buffer: DiskBuffer, limit: float = WAIT_LIMIT_S) -> None:
     """Wait until every record of ``buffer`` is acknowledged (its count is an AsyncValue)."""
     with trio.fail_after(limit):
@@ -546,7 +539,8 @@ async def test_points_of_a_wrong_clock_are_held_then_sent_with_their_true_time(
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.run)
         await buffer.append(records)
-        await until_holding(sink)
+        with trio.fail_after(WAIT_LIMIT_S):
+            await sink.holding_value.wait_value(True)
         await trio.sleep(HOLD_OBSERVE_S)
         assert influx.log == []  # nothing written with a wrong time
         assert metrics.influx.holding
@@ -612,7 +606,8 @@ async def test_held_points_are_released_unsynced_before_the_bound_would_drop_the
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.run)
         await buffer.append(records[:5])
-        await until_holding(sink)
+        with trio.fail_after(WAIT_LIMIT_S):
+            await sink.holding_value.wait_value(True)
         await buffer.append(records[5:])  # 9 of 10: the release share
         await until_drained(buffer)
         sink.stop()

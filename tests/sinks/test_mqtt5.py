@@ -150,8 +150,9 @@ async def test_a_broker_that_refuses_5_is_spoken_to_in_3_1_1_from_then_on(
                 # A later reconnect does not try 5 again.
                 fake.drop()
                 with trio.fail_after(30):
-                    while len(fake.connects) < 3 or not sink.connected:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                    await sink.connected_value.wait_value(False)
+                    await sink.connected_value.wait_value(True)
+                assert len(fake.connects) == 3
                 await buffer.append([f"{i} {topic} {i}" for i in range(11, 21)])
                 with trio.fail_after(30):
                     await buffer.count.wait_value(lambda n: n == 0)
@@ -209,8 +210,7 @@ async def test_every_connection_starts_a_clean_session_that_ends_with_it(
             async with trio.open_nursery() as nursery:
                 await nursery.start(sink.run)
                 with trio.fail_after(30):
-                    while not sink.connected:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                    await sink.connected_value.wait_value(True)
                 sink.stop()
             servers.cancel_scope.cancel()
     finally:

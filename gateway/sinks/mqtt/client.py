@@ -147,3 +147,13 @@ def asyncio_exception(loop: Any, context: dict[str, Any]) -> None:
         log.debug("asyncio: %s (%r)", context.get("message"), exc)
         return
     log.warning("asyncio: %s (%r)", context.get("message"), exc)
+
+
+def window_note(configured: int, effective: int, receive_maximum: int) -> str:
+    """What the connect log adds when the broker's Receive Maximum caps the window."""
+    if effective < configured:
+        return (
+            f" (mqtt.max_inflight {configured}, capped by the broker's "
+            f"Receive Maximum {receive_maximum})"
+        )
+    return ""

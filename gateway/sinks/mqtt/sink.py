@@ -22,7 +22,7 @@ import trio_asyncio
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from trio_util import wait_any
+from trio_util import AsyncValue, wait_any
 
 from gateway.backoff import Backoff
 from gateway.buffer import DiskBuffer
@@ -45,6 +45,7 @@ from gateway.sinks.mqtt.client import (
     new_client,
     reason_value,
     tls_context,
+    window_note,
 )
 from gateway.sinks.mqtt.properties import MessageProperties, new_properties
 from gateway.sinks.mqtt.takeover import Takeover, TakeoverWatch
@@ -113,12 +114,11 @@ class MqttSink:
         self.discovery = discovery
         self.gateway_id = gateway_id
         self._json = cfg.payload == "json"
-        # The protocol spoken now: cfg.protocol, or 3.1.1 once the broker refused 5.
-        self.protocol = cfg.protocol
-        # The window of the current connection (the status page shows it).
-        self.effective_window = self.window
+        # One owner each: the protocol and the connection's window live in the
+        # figures (the properties read them), connected in connected_value.
+        self.figures.protocol = cfg.protocol
         self.figures.window = self.window
-        self.figures.protocol = self.protocol
+        self.connected_value: AsyncValue[bool] = AsyncValue(False)  # _set_connected writes it
         self._receive_maximum = DEFAULT_RECEIVE_MAXIMUM  # from the last CONNACK
         self._properties = MessageProperties(gateway_id, cfg.message_expiry)
         self._discovery_wake = trio.Event()
@@ -137,7 +137,6 @@ class MqttSink:
         self.figures.servers = tuple(server_name(*s) for s in cfg.endpoints)
         self.figures.server = self.server
         self.takeovers = TakeoverWatch()
-        self.connected = False
         self.last_error = ""
         self._stop = trio.Event()
         self._window = Window(
@@ -170,9 +169,21 @@ class MqttSink:
         return self.cfg.retain or topic.startswith(self._alerts_level)
 
     @property
-    def healthy(self) -> bool:
-        """Connected to the broker (the status page's verdict on this sink)."""
-        return self.connected
+    def connected(self) -> bool:
+        """Connected to the broker (the status page's verdict on this sink: ``healthy``)."""
+        return bool(self.connected_value.value)
+
+    healthy = connected
+
+    @property
+    def protocol(self) -> str:
+        """The protocol spoken (or tried) now: ``mqtt.protocol``, or 3.1.1 once refused 5."""
+        return self.figures.protocol
+
+    @property
+    def effective_window(self) -> int:
+        """The window of the current connection (the status page shows it)."""
+        return self.figures.window
 
     @property
     def last_delivery(self) -> float | None:
@@ -253,7 +264,7 @@ class MqttSink:
         )
 
     def _set_connected(self, value: bool) -> None:
-        self.connected = value
+        self.connected_value.value = value
         self.figures.connected = value
         # Write-behind: records wait in memory only while they can be acked soon.
         self.buffer.set_delivering(value)
@@ -324,7 +335,7 @@ class MqttSink:
         protocol between two connections, each retry would cost a refused
         connection, and consumers would see ``ts`` come and go.
         """
-        self.protocol = V311
+        self.figures.protocol = V311
         log.warning(
             "mqtt: %s refused MQTT 5 (%s); using 3.1.1 until restart: messages carry no "
             'ts/gw properties and PUBACK refusals cannot be seen (payload = "json" carries ts)',
@@ -345,9 +356,7 @@ class MqttSink:
             raise
         self.takeovers.connected()
         wire.cork()
-        self.effective_window = self._connection_window()
-        self.figures.window = self.effective_window
-        self.figures.protocol = self.protocol
+        self.figures.window = self._connection_window()
         try:
             await trio_asyncio.aio_as_trio(client.publish)(
                 status_topic(self.cfg.topic_prefix),
@@ -365,7 +374,7 @@ class MqttSink:
                 self.server,
                 self.protocol,
                 self.effective_window,
-                self._window_note(),
+                window_note(self.window, self.effective_window, self._receive_maximum),
                 self.buffer.count.value,
             )
             async with trio.open_nursery() as nursery:
@@ -397,14 +406,6 @@ class MqttSink:
                 contextlib.suppress(aiomqtt.MqttError, OSError),
             ):
                 await trio_asyncio.aio_as_trio(client.__aexit__)(None, None, None)
-
-    def _window_note(self) -> str:
-        if self.effective_window < self.window:
-            return (
-                f" (mqtt.max_inflight {self.window}, capped by the broker's "
-                f"Receive Maximum {self._receive_maximum})"
-            )
-        return ""
 
     def _live_properties(self) -> Properties | None:
         """MQTT 5 properties of a message about now (presence, discovery); None under 3.1.1."""

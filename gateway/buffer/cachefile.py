@@ -64,9 +64,14 @@ class CorruptItem(sqlite3.DatabaseError):
     """An item or a document SQLite reads back but that does not decode: damaged bytes."""
 
 
+def valid_name(name: object) -> bool:
+    """Whether ``name`` may name a buffer (what :func:`check_name` accepts)."""
+    return isinstance(name, str) and name.isidentifier() and name.isascii()
+
+
 def check_name(name: str) -> str:
     """A buffer's name (an ASCII identifier, checked): its records' key prefix."""
-    if not name.isidentifier() or not name.isascii():
+    if not valid_name(name):
         raise ValueError(f"invalid buffer name {name!r}")
     return name
 

@@ -27,10 +27,10 @@ from gateway.buffer.cachefile import (
     HEADS_KEY,
     STORE_FILE,
     _is_corruption,
-    check_name,
     key_range,
     seq_of,
     store_bytes,
+    valid_name,
 )
 from gateway.buffer.chunks import decode
 from gateway.buffer.layout import first_live, parse_boots, saved_head
@@ -92,7 +92,7 @@ class StoreReader:
             self.con = self._connect()
             self._check()
             names = self._document(BUFFERS_KEY, [])
-            self.tables = [name for name in names if isinstance(name, str) and _valid(name)]
+            self.tables = [name for name in names if valid_name(name)]
         except StoreError:
             self.close()
             raise
@@ -231,14 +231,6 @@ class StoreReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def read_store(directory: Path) -> dict[str, list[Record]]:

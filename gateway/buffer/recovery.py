@@ -47,9 +47,9 @@ from gateway.buffer.cachefile import (
     HEADS_KEY,
     SEQ_DIGITS,
     StoreFormatError,
-    check_name,
     open_cache,
     record_key,
+    valid_name,
 )
 from gateway.buffer.chunks import MAX_ITEM, decode, encode
 from gateway.config.sections import Durability
@@ -396,7 +396,7 @@ def _assemble(
     items: dict[str, dict[int, list[str]]] = {}
     for key, candidates in rows.items():
         name, _, digits = key.rpartition("-")
-        if len(digits) != SEQ_DIGITS or not digits.isdigit() or not _valid(name):
+        if len(digits) != SEQ_DIGITS or not digits.isdigit() or not valid_name(name):
             continue
         for value in candidates:
             try:
@@ -408,11 +408,7 @@ def _assemble(
                 break
     if names is None:
         listed = _document(rows.get(BUFFERS_KEY))
-        known = (
-            [n for n in listed if isinstance(n, str) and _valid(n)]
-            if isinstance(listed, list)
-            else []
-        )
+        known = [n for n in listed if valid_name(n)] if isinstance(listed, list) else []
         names = list(dict.fromkeys([*known, *items]))
     for name in names:
         head = heads.get(name)
@@ -444,11 +440,3 @@ def _assemble(
         if isinstance(doc, dict):
             out.documents[key] = json.dumps(doc)
     return out
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_name(name)
-    except ValueError:
-        return False
-    return True

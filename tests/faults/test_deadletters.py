@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 
 from tests.faults import lazyfs
-from tests.faults.test_kill9 import TIMED, printed_between
-from tests.faults.test_powercut import gw_running, kill_all
+from tests.faults.common import TIMED, gw_running, kill_all, printed_between
 from tests.services import Broker, free_port
 from tests.support import (
     HttpRequest,

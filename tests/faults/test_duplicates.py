@@ -30,11 +30,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.common import NUMBERED, duplicates, numbers
+from tests.faults.common import (
+    NUMBERED,
+    committed_after_kill,
+    duplicates,
+    flap,
+    gw_running,
+    kill_all,
+    numbers,
+)
 from tests.faults.proxy import Proxy
 from tests.faults.slowlink import SlowLink
-from tests.faults.test_kill9 import committed_after_kill
-from tests.faults.test_powercut import flap, gw_running, kill_all
 from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 BACKLOG = 720  # messages, one per packet

@@ -16,40 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import STORE_FILE, BufferStore, Record
-from gateway.records import split_record
 from gateway.sinks.mqtt import WINDOW
-from tests.faults.common import NUMBERED, duplicates, numbers
+from tests.faults.common import (
+    NUMBERED,
+    TIMED,
+    committed_after_kill,
+    delivered_influx,
+    delivered_mqtt,
+    duplicates,
+    numbers,
+    printed_between,
+)
 from tests.faults.proxy import Proxy
 from tests.support import Subscriber, base_config, wait_until
 
 SHORT_KILLS = 12
 SOAK_KILLS = int(os.environ.get("SOAK_KILLS", "300"))
-
-
-def on_disk(store: BufferStore, name: str) -> list[Record]:
-    """Every record waiting in buffer ``name`` (the store was just opened: all on disk)."""
-    buf = store.buffers[name]
-    return store.read_sync(buf, buf.head, buf.tail)
-
-
-def committed_after_kill(buffer_dir: Path) -> tuple[set[int], set[int], list[str]]:
-    """Numbers waiting in each buffer, and the store's integrity_check result."""
-    waiting: dict[str, set[int]] = {"mqtt": set(), "influx": set()}
-    checks: list[str] = []
-    if not (buffer_dir / STORE_FILE).exists():
-        return waiting["mqtt"], waiting["influx"], checks
-    store = BufferStore(buffer_dir, {"mqtt": 10**9, "influx": 10**9}, ack_delay=0)
-    try:
-        checks.append(store.file.integrity_check())
-        assert not store.corrupt_moved, "the buffer store was corrupt after kill -9"
-        waiting["mqtt"] = {int(split_record(r.value)[2]) for r in on_disk(store, "mqtt")}
-        waiting["influx"] = {
-            int(float(r.value.split("value=")[1].split()[0])) for r in on_disk(store, "influx")
-        }
-    finally:
-        store.close()
-    return waiting["mqtt"], waiting["influx"], checks
 
 
 @pytest.mark.parametrize(
@@ -146,31 +128,6 @@ def test_kill9_loop_loses_nothing_committed(
 WRITE_DELAY = 2.0
 WRITE_BEHIND_KILLS = 4
 
-# Like NUMBERED, and logs when each packet was printed ("<n> <unix time>").
-TIMED = NUMBERED.replace(
-    '    os.replace(state + ".tmp", state)\n',
-    '    os.replace(state + ".tmp", state)\n'
-    '    with open(state + ".times", "a") as f:\n'
-    '        f.write(f"{n} {time.time()}\\n")\n',
-)
-
-
-def printed_between(state: Path, start: float, end: float) -> set[int]:
-    """Packets the source printed between ``start`` and ``end`` (unix times).
-
-    Lines printed just before an earlier kill that were still in the pipe were
-    never committed: only a run's own lines are checked after its kill.
-    """
-    times = Path(f"{state}.times")
-    if not times.exists():
-        return set()
-    out = set()
-    for line in times.read_text().splitlines():
-        n, _, at = line.partition(" ")
-        if at and start <= float(at) < end:
-            out.add(int(n))
-    return out
-
 
 def write_behind_run(tmp_path: Path, test_id: str, broker, tsdb):  # type: ignore[no-untyped-def]
     """A config with write_delay = 2, its links through proxies, and a subscriber."""
@@ -191,14 +148,6 @@ def write_behind_run(tmp_path: Path, test_id: str, broker, tsdb):  # type: ignor
     cfg["mqtt"]["buffer_max_messages"] = 100_000  # nothing may be dropped here
     sub = Subscriber(broker.port, f"{test_id}/#")
     return cfg, state, mqtt_proxy, tsdb_proxy, sub
-
-
-def delivered_mqtt(sub: Subscriber) -> list[int]:
-    return numbers(p for t, p in sub.snapshot() if t.endswith("/a/n"))
-
-
-def delivered_influx(tsdb, test_id: str) -> set[int]:  # type: ignore[no-untyped-def]
-    return set(numbers(str(v) for name, _, _, v, _ in tsdb.points(testid=test_id) if name == "n"))
 
 
 def test_kill9_with_write_delay_and_links_down_keeps_every_record_older_than_it(

@@ -23,12 +23,10 @@ directory) and a ``verify`` hook (assert on the :class:`Outcome`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import sys
 import time
@@ -41,9 +39,17 @@ import pytest
 
 from gateway.buffer import STORE_FILE
 from tests.faults import lazyfs
-from tests.faults.common import duplicates
+from tests.faults.common import (
+    TIMED,
+    delivered_influx,
+    delivered_mqtt,
+    duplicates,
+    flap,
+    gw_running,
+    kill_all,
+    printed_between,
+)
 from tests.faults.proxy import Proxy
-from tests.faults.test_kill9 import TIMED, delivered_influx, delivered_mqtt, printed_between
 from tests.support import Subscriber, base_config, buffer_stats, wait_until
 
 CUTS = int(os.environ.get("POWERCUT_CUTS", "0"))  # 0: the short cases of `make test`
@@ -162,35 +168,6 @@ def fs(lazyfs_binary: Path, tmp_path: Path) -> Iterator[lazyfs.LazyFS]:
     mount.unmount()
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def kill_all(gw) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the gateway and its source at once, as a power cut would."""
-    for pid in [gw.proc.pid, *descendants(gw.proc.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    gw.proc.wait()
-    gw.kill()
-
-
 def cut(kind: str, gw, fs: lazyfs.LazyFS, rng: random.Random, outcome: Outcome) -> float:  # type: ignore[no-untyped-def]
     """Cut the power one way; return when (unix time) it was cut, at the latest.
 
@@ -244,19 +221,6 @@ def integrity_on_disk(backing: Path, scratch: Path) -> str:
     finally:
         con.close()
     return str(row[0]) if row else "no result"
-
-
-def gw_running(gw) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
-    """A condition: the gateway says it is running (its stages are up)."""
-    return lambda: "running:" in gw.log_text()
-
-
-def flap(rng: random.Random, proxies: list[Proxy], seconds: float) -> None:
-    """Switch each link up or down at random moments for ``seconds``."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(left, rng.uniform(0.3, 1.2)))
-        rng.choice(proxies).set_mode(rng.choice(["heal", "heal", "refuse"]))
 
 
 def report(outcome: Outcome) -> None:

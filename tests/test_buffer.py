@@ -365,26 +365,18 @@ async def test_acks_without_a_commit_are_written_after_ack_delay(
     store = await BufferStore.open(tmp_path, {"influx": 100}, ack_delay=1.0)
     buf = store.buffers["influx"]
 
-    async def settled() -> None:
-        # Let the flusher's worker thread (if any) finish: real time, not mock.
-        for _ in range(100):
-            await trio.testing.wait_all_tasks_blocked()
-            if not store._lock.locked():
-                return
-            await trio.to_thread.run_sync(time.sleep, 0.01)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.run)
         await buf.append(["a", "b", "c"])
         # Caught up (field rate): the ack waits for a commit to ride with ...
         await buf.ack(await buf.peek(3))
         mock_clock.jump(0.9)
-        await settled()
+        await settled(store)
         assert disk_values(tmp_path, "influx") == ["a", "b", "c"]
         assert buf.unsynced_acks == 3  # what a crash now would deliver again
         # ... but not for longer than ack_delay.
         mock_clock.jump(0.2)
-        await settled()
+        await settled(store)
         assert disk_values(tmp_path, "influx") == []
         assert buf.unsynced_acks == 0
         nursery.cancel_scope.cancel()
@@ -397,13 +389,6 @@ async def test_acks_during_a_drain_are_written_within_the_drain_pacing(
     store = await BufferStore.open(tmp_path, {"influx": 100}, ack_delay=1.0)
     buf = store.buffers["influx"]
 
-    async def settled() -> None:
-        for _ in range(100):  # the store's worker thread runs in real time
-            await trio.testing.wait_all_tasks_blocked()
-            if not store._lock.locked():
-                return
-            await trio.to_thread.run_sync(time.sleep, 0.01)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.run)
         await buf.append(["a", "b", "c", "d"])
@@ -412,10 +397,10 @@ async def test_acks_during_a_drain_are_written_within_the_drain_pacing(
         await buf.ack(await buf.peek(1))
         mock_clock.jump(DRAIN_ACK_DELAY / 2)
         await buf.ack(await buf.peek(1))  # rides with the first one's write
-        await settled()
+        await settled(store)
         assert buf.unsynced_acks == 2
         mock_clock.jump(DRAIN_ACK_DELAY / 2)
-        await settled()
+        await settled(store)
         assert buf.unsynced_acks == 0
         assert disk_values(tmp_path, "influx") == ["c", "d"]
         # A sink that needs the room asks: written at once, no clock moving.
